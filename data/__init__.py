@@ -1,0 +1,1 @@
+"""MNIST loading and federated partitioning."""

@@ -1,0 +1,83 @@
+"""Load MNIST once per process into normalised float tensors."""
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+class DataUnavailableError(RuntimeError):
+    """MNIST is neither on disk nor downloadable."""
+
+
+@dataclass(frozen=True)
+class TensorDataset:
+    """Images (N, 1, 28, 28) float32, normalised, and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> "TensorDataset":
+        """The samples at `indices`, copied into contiguous tensors."""
+        return TensorDataset(self.images[indices], self.labels[indices])
+
+
+def missing_files(data_dir: str | Path) -> list[str]:
+    """The MNIST files absent from `<data_dir>/MNIST/raw`."""
+    raw = Path(data_dir).expanduser() / "MNIST" / "raw"
+    return [name for name in MNIST_FILES if not (raw / name).is_file()]
+
+
+def ensure_mnist(data_dir: str | Path, download: bool) -> Path:
+    """Return the resolved `data_dir`, downloading MNIST into it if asked and needed.
+
+    Raises `DataUnavailableError` naming the directory and the expected files when
+    they are missing and cannot be downloaded.
+    """
+    root = Path(data_dir).expanduser().resolve()
+    if not missing_files(root):
+        return root
+    problem = "download disabled (data-download = false)"
+    if download:
+        from torchvision.datasets import MNIST  # imported lazily: rarely needed
+
+        try:
+            MNIST(str(root), train=True, download=True)
+            MNIST(str(root), train=False, download=True)
+        except Exception as err:  # network, disk or mirror failure: all mean "no data"
+            problem = f"download failed: {err}"
+        if not missing_files(root):
+            return root
+    raise DataUnavailableError(
+        f"MNIST not found in data-dir '{root}': expected {root / 'MNIST' / 'raw'}/"
+        f"{{{', '.join(MNIST_FILES)}}} ({problem})"
+    )
+
+
+@lru_cache(maxsize=4)
+def load_mnist(data_dir: str, train: bool) -> TensorDataset:
+    """The MNIST train or test split from `data_dir` (torchvision layout), cached."""
+    from torchvision.datasets import MNIST
+
+    root = Path(data_dir).expanduser().resolve()
+    if missing_files(root):
+        raise DataUnavailableError(
+            f"MNIST not found in data-dir '{root}': missing {', '.join(missing_files(root))}"
+        )
+    raw = MNIST(str(root), train=train, download=False)
+    images = raw.data.unsqueeze(1).to(torch.float32).div_(255.0)
+    images.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return TensorDataset(images.contiguous(), raw.targets.to(torch.int64))

@@ -1,0 +1,91 @@
+"""Split MNIST's training set among clients with flwr-datasets partitioners."""
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from datasets import Dataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    Partitioner,
+    ShardPartitioner,
+)
+
+from data.mnist import TensorDataset
+
+PARTITIONERS = ("iid", "dirichlet", "shards")
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How to carve a labelled dataset into `num_partitions` client datasets."""
+
+    scheme: str  # one of PARTITIONERS
+    num_partitions: int
+    seed: int
+    dirichlet_alpha: float = 0.5
+    shards_per_client: int = 2
+
+
+def _make_partitioner(spec: PartitionSpec) -> Partitioner:
+    if spec.scheme == "iid":
+        return IidPartitioner(num_partitions=spec.num_partitions)
+    if spec.scheme == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=spec.num_partitions,
+            partition_by="label",
+            alpha=spec.dirichlet_alpha,
+            seed=spec.seed,
+        )
+    if spec.scheme == "shards":
+        return ShardPartitioner(
+            num_partitions=spec.num_partitions,
+            partition_by="label",
+            num_shards_per_partition=spec.shards_per_client,
+            seed=spec.seed,
+        )
+    raise ValueError(f"unknown partitioner '{spec.scheme}'; allowed: {', '.join(PARTITIONERS)}")
+
+
+@lru_cache(maxsize=8)
+def _partitioner(spec: PartitionSpec, label_bytes: bytes) -> Partitioner:
+    """A partitioner over a table of (index, label); IID rows are shuffled by seed first
+    (flwr-datasets' IID partitioner cuts contiguous blocks)."""
+    labels = np.frombuffer(label_bytes, dtype=np.int64)
+    index = np.arange(len(labels))
+    if spec.scheme == "iid":
+        index = np.random.default_rng(spec.seed).permutation(index)
+    table = Dataset.from_dict({"index": index, "label": labels[index]})
+    partitioner = _make_partitioner(spec)
+    partitioner.dataset = table
+    return partitioner
+
+
+def partition_indices(labels: torch.Tensor, spec: PartitionSpec, partition_id: int) -> np.ndarray:
+    """Indices into `labels` of partition `partition_id` under `spec`."""
+    if not 0 <= partition_id < spec.num_partitions:
+        raise ValueError(
+            f"partition-id {partition_id} outside [0, {spec.num_partitions - 1}]"
+        )
+    partitioner = _partitioner(spec, labels.numpy().astype(np.int64).tobytes())
+    return np.asarray(partitioner.load_partition(partition_id)["index"], dtype=np.int64)
+
+
+def client_split(
+    data: TensorDataset,
+    indices: np.ndarray,
+    *,
+    seed: int,
+    max_samples: int,
+    validation_fraction: float,
+) -> tuple[TensorDataset, TensorDataset]:
+    """Shuffle a partition (seeded), cap it at `max_samples` (0: no cap) and split it
+    into local train and validation sets."""
+    order = np.random.default_rng(seed).permutation(indices)
+    if max_samples:
+        order = order[:max_samples]
+    num_val = int(round(len(order) * validation_fraction))
+    val, trn = order[:num_val], order[num_val:]
+    return data.subset(torch.from_numpy(trn)), data.subset(torch.from_numpy(val))

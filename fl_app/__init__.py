@@ -1,0 +1,1 @@
+"""Flower app: federated MNIST with a custom FedAvg."""

@@ -1,0 +1,87 @@
+"""ClientApp: a NumPyClient that trains `Net` on its partition of MNIST."""
+
+from functools import lru_cache
+
+import numpy as np
+from flwr.client import Client, ClientApp, NumPyClient
+from flwr.common import Context, NDArrays, Scalar
+
+from data.mnist import TensorDataset, load_mnist
+from data.partition import PartitionSpec, client_split, partition_indices
+from fl_app.config import AppConfig
+from fl_app.model import Net
+from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train
+
+
+class FlowerClient(NumPyClient):
+    """One site: local training on `train_set`, evaluation on `val_set`."""
+
+    def __init__(
+        self, cfg: AppConfig, partition_id: int, train_set: TensorDataset, val_set: TensorDataset
+    ) -> None:
+        self.cfg = cfg
+        self.partition_id = partition_id
+        self.train_set = train_set
+        self.val_set = val_set
+        self.net = Net().to(device())
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict]:
+        """Train the global model locally; return it, the example count and metrics."""
+        set_weights(self.net, parameters)
+        server_round = int(config["server-round"])
+        seed = np.random.SeedSequence([self.cfg.seed, self.partition_id, server_round])
+        settings = TrainSettings(
+            epochs=self.cfg.local_epochs,
+            batch_size=self.cfg.batch_size,
+            optimizer=self.cfg.optimizer,
+            learning_rate=float(config["learning-rate"]),
+            momentum=self.cfg.momentum,
+            seed=int(seed.generate_state(1)[0]),
+        )
+        loss, accuracy = train(self.net, self.train_set, settings)
+        metrics = {"train_loss": loss, "train_accuracy": accuracy}
+        return get_weights(self.net), len(self.train_set), metrics
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict]:
+        """Loss and accuracy of the global model on the local validation split."""
+        if len(self.val_set) == 0:
+            return float("nan"), 0, {}
+        set_weights(self.net, parameters)
+        loss, accuracy = evaluate(self.net, self.val_set)
+        return loss, len(self.val_set), {"accuracy": accuracy}
+
+
+@lru_cache(maxsize=16)
+def load_client_data(
+    cfg: AppConfig, data_dir: str, partition_id: int, num_partitions: int
+) -> tuple[TensorDataset, TensorDataset]:
+    """This client's (train, validation) split, computed once per process."""
+    full = load_mnist(data_dir, train=True)
+    spec = PartitionSpec(
+        scheme=cfg.partitioner,
+        num_partitions=num_partitions,
+        seed=cfg.seed,
+        dirichlet_alpha=cfg.dirichlet_alpha,
+        shards_per_client=cfg.shards_per_client,
+    )
+    indices = partition_indices(full.labels, spec, partition_id)
+    return client_split(
+        full,
+        indices,
+        seed=cfg.seed + partition_id,
+        max_samples=cfg.samples_per_client,
+        validation_fraction=cfg.validation_fraction,
+    )
+
+
+def client_fn(context: Context) -> Client:
+    """Build the client for this node from its node-config and the run-config."""
+    cfg = AppConfig.from_run_config(context.run_config)
+    data_dir = str(context.node_config.get("data-dir", cfg.data_dir))
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    train_set, val_set = load_client_data(cfg, data_dir, partition_id, num_partitions)
+    return FlowerClient(cfg, partition_id, train_set, val_set).to_client()
+
+
+app = ClientApp(client_fn=client_fn)

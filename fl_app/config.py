@@ -1,0 +1,167 @@
+"""The app's run configuration: one typed view of `[tool.flwr.app.config]`, validated
+in one place.
+
+Defaults live only in pyproject.toml; this module checks what Flower hands over
+(defaults merged with `--run-config` overrides) before any work starts.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from data.partition import PARTITIONERS
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class ConfigError(ValueError):
+    """A run-config value that the app cannot use."""
+
+
+def _int(minimum: int) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            return f"an integer >= {minimum}"
+        return None
+
+    return check
+
+
+def _float(low: float, high: float, low_open: bool, high_open: bool) -> Callable[[Any], str | None]:
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    interval = f"a number in {lo}{low:g}, {high:g}{hi}".replace("inf", "infinity")
+
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return interval
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        return None if above and below else interval
+
+    return check
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in allowed else "one of " + ", ".join(f"'{a}'" for a in allowed)
+
+    return check
+
+
+def _text(v: Any) -> str | None:
+    return None if isinstance(v, str) and v.strip() else "a non-empty string"
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
+INF = float("inf")
+
+# key -> rule; the dataclass below has one field per key (kebab-case -> snake_case).
+RULES: dict[str, Callable[[Any], str | None]] = {
+    "num-server-rounds": _int(1),
+    "seed": _int(0),
+    "data-dir": _text,
+    "data-download": _bool,
+    "output-dir": _text,
+    "partitioner": _choice(*PARTITIONERS),
+    "dirichlet-alpha": _float(0, INF, True, True),
+    "shards-per-client": _int(1),
+    "samples-per-client": _int(0),
+    "validation-fraction": _float(0, 1, False, True),
+    "local-epochs": _int(1),
+    "batch-size": _int(1),
+    "optimizer": _choice(*OPTIMIZERS),
+    "learning-rate": _float(0, INF, True, True),
+    "momentum": _float(0, 1, False, True),
+    "lr-schedule": _choice(*LR_SCHEDULES),
+    "fraction-fit": _float(0, 1, True, False),
+    "fraction-evaluate": _float(0, 1, True, False),
+    "min-fit-clients": _int(1),
+    "min-evaluate-clients": _int(1),
+    "min-available-clients": _int(1),
+}
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The validated run configuration (see README's config reference)."""
+
+    num_server_rounds: int
+    seed: int
+    data_dir: str
+    data_download: bool
+    output_dir: str
+    partitioner: str
+    dirichlet_alpha: float
+    shards_per_client: int
+    samples_per_client: int
+    validation_fraction: float
+    local_epochs: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    lr_schedule: str
+    fraction_fit: float
+    fraction_evaluate: float
+    min_fit_clients: int
+    min_evaluate_clients: int
+    min_available_clients: int
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> "AppConfig":
+        """Validate `run_config`; raise `ConfigError` on the first bad or missing key."""
+        unknown = sorted(set(run_config) - set(RULES))
+        if unknown:
+            raise ConfigError(
+                f"Invalid run-config: unknown key '{unknown[0]}' "
+                f"(allowed keys: {', '.join(RULES)})"
+            )
+        values = {}
+        for key, rule in RULES.items():
+            if key not in run_config:
+                raise ConfigError(f"Invalid run-config: missing key '{key}'")
+            value = run_config[key]
+            allowed = rule(value)
+            if allowed is not None:
+                raise ConfigError(
+                    f"Invalid run-config: {key} = {value!r} (allowed: {allowed})"
+                )
+            values[key.replace("-", "_")] = value
+        if values["min_fit_clients"] > values["min_available_clients"]:
+            raise ConfigError(
+                f"Invalid run-config: min-fit-clients = {values['min_fit_clients']} "
+                f"(allowed: at most min-available-clients = {values['min_available_clients']})"
+            )
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The kebab-case mapping this config was built from."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) -> None:
+    """Refuse partition counts the training set cannot supply."""
+    if num_partitions < 1 or num_partitions > num_samples:
+        raise ConfigError(
+            f"Invalid federation: num-partitions = {num_partitions} "
+            f"(allowed: 1 to {num_samples}, the number of training samples)"
+        )
+    if cfg.partitioner == "shards" and num_partitions * cfg.shards_per_client > num_samples:
+        raise ConfigError(
+            f"Invalid run-config: shards-per-client = {cfg.shards_per_client} "
+            f"(allowed: at most {num_samples // num_partitions} with {num_partitions} "
+            f"partitions of {num_samples} samples)"
+        )
+
+
+def project_defaults(project_dir: str | Path) -> dict[str, Any]:
+    """The `[tool.flwr.app.config]` table of the app's pyproject.toml."""
+    with open(Path(project_dir) / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["flwr"]["app"]["config"]

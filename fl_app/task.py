@@ -1,0 +1,102 @@
+"""Local training and evaluation of `Net` on in-memory tensors."""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.mnist import TensorDataset
+
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one client's local training needs for one round."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str  # "sgd" (with momentum) or "adam"
+    learning_rate: float
+    momentum: float
+    seed: int
+
+
+def get_weights(net: nn.Module) -> list[np.ndarray]:
+    """The model's state (parameters and buffers) as numpy arrays, in state_dict order."""
+    return [t.detach().cpu().numpy() for t in net.state_dict().values()]
+
+
+def set_weights(net: nn.Module, weights: list[np.ndarray]) -> None:
+    """Load arrays in state_dict order into the model."""
+    keys = list(net.state_dict().keys())
+    if len(keys) != len(weights):
+        raise ValueError(f"expected {len(keys)} arrays, got {len(weights)}")
+    net.load_state_dict(
+        OrderedDict((k, torch.from_numpy(np.asarray(w))) for k, w in zip(keys, weights)),
+        strict=True,
+    )
+
+
+def device() -> torch.device:
+    """CUDA when this process sees a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(net: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam, as `settings.optimizer` says."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            net.parameters(), lr=settings.learning_rate, momentum=settings.momentum
+        )
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    raise ValueError(f"unknown optimizer '{settings.optimizer}'")
+
+
+def train(net: nn.Module, data: TensorDataset, settings: TrainSettings) -> tuple[float, float]:
+    """Train for `settings.epochs` epochs of shuffled minibatches.
+
+    Returns the mean training loss and accuracy over all samples seen.
+    """
+    dev = next(net.parameters()).device
+    images, labels = data.images.to(dev), data.labels.to(dev)
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)  # dropout masks
+    optimizer = make_optimizer(net, settings)
+    net.train()
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    n = len(labels)
+    for _ in range(settings.epochs):
+        order = torch.randperm(n, generator=generator).to(dev)
+        for start in range(0, n, settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            x, y = images[idx], labels[idx]
+            optimizer.zero_grad(set_to_none=True)
+            out = net(x)
+            loss = F.nll_loss(out, y)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (out.argmax(1) == y).sum()
+    seen = n * settings.epochs
+    return float(loss_sum) / seen, float(correct) / seen
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, data: TensorDataset) -> tuple[float, float]:
+    """Mean negative log-likelihood and accuracy of `net` on `data`."""
+    dev = next(net.parameters()).device
+    net.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(data), EVAL_BATCH_SIZE):
+        x = data.images[start : start + EVAL_BATCH_SIZE].to(dev)
+        y = data.labels[start : start + EVAL_BATCH_SIZE].to(dev)
+        out = net(x)
+        loss_sum += float(F.nll_loss(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+    return loss_sum / len(data), correct / len(data)

@@ -1,0 +1,5 @@
+"""Aggregation strategies and the array math behind them."""
+
+from strategies.fedavg import FedAvg
+
+__all__ = ["FedAvg"]

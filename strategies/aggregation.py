@@ -1,0 +1,62 @@
+"""Aggregation math on plain numpy arrays, independent of Flower.
+
+An *update* is one client's model as a list of arrays in a fixed order.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+Update = Sequence[np.ndarray]
+
+
+def update_problem(update: Update, expected_shapes: Sequence[tuple[int, ...]]) -> str | None:
+    """Why `update` cannot be aggregated (wrong tensor count or shape, non-finite
+    values), or None when it can."""
+    if len(update) != len(expected_shapes):
+        return f"{len(update)} tensors, expected {len(expected_shapes)}"
+    for i, (array, shape) in enumerate(zip(update, expected_shapes)):
+        if tuple(array.shape) != tuple(shape):
+            return f"tensor {i} has shape {tuple(array.shape)}, expected {tuple(shape)}"
+        if not np.issubdtype(array.dtype, np.number):
+            return f"tensor {i} has non-numeric dtype {array.dtype}"
+        if not np.all(np.isfinite(array)):
+            return f"tensor {i} has non-finite values"
+    return None
+
+
+def weighted_average(updates: Sequence[Update], weights: Sequence[float]) -> list[np.ndarray]:
+    """FedAvg: w = sum_k (n_k / n) w_k with n = sum_k n_k (McMahan et al. 2017).
+
+    Accumulates in float64 and returns arrays in the dtype of the first update.
+    """
+    if not updates:
+        raise ValueError("no updates to average")
+    if len(updates) != len(weights):
+        raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"weights must be finite, non-negative, with a positive sum: {weights}")
+    coefficients = w / w.sum()
+    averaged = []
+    for layer in range(len(updates[0])):
+        acc = np.zeros(np.shape(updates[0][layer]), dtype=np.float64)
+        for coefficient, update in zip(coefficients, updates):
+            acc += coefficient * update[layer]
+        averaged.append(acc.astype(updates[0][layer].dtype, copy=False))
+    return averaged
+
+
+def weighted_metric_means(
+    metrics: Sequence[tuple[int, Mapping[str, float | int | bool | str | bytes]]],
+) -> dict[str, float]:
+    """Example-weighted mean of every numeric metric, over the clients reporting it."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for num_examples, client_metrics in metrics:
+        for name, value in client_metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            sums[name] = sums.get(name, 0.0) + num_examples * float(value)
+            counts[name] = counts.get(name, 0) + num_examples
+    return {name: sums[name] / counts[name] for name in sums if counts[name] > 0}
