@@ -1,0 +1,59 @@
+import pytest
+
+from fl_app.config import RULES, AppConfig, ConfigError, check_partitioning
+
+
+def test_defaults_are_valid_and_cover_every_key(default_run_config):
+    cfg = AppConfig.from_run_config(default_run_config)
+    assert cfg.to_run_config() == default_run_config
+    assert set(default_run_config) == set(RULES)
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("partitioner", "random", "one of 'iid', 'dirichlet', 'shards'"),
+        ("optimizer", "rmsprop", "one of 'sgd', 'adam'"),
+        ("dirichlet-alpha", 0.0, "a number in (0, infinity)"),
+        ("dirichlet-alpha", -1, "a number in (0, infinity)"),
+        ("fraction-fit", 0.0, "a number in (0, 1]"),
+        ("fraction-fit", 1.5, "a number in (0, 1]"),
+        ("fraction-evaluate", -0.1, "a number in (0, 1]"),
+        ("num-server-rounds", 0, "an integer >= 1"),
+        ("batch-size", 0, "an integer >= 1"),
+        ("batch-size", 3.5, "an integer >= 1"),
+        ("local-epochs", True, "an integer >= 1"),
+        ("learning-rate", 0, "a number in (0, infinity)"),
+        ("lr-schedule", "step", "one of 'constant', 'cosine'"),
+        ("validation-fraction", 1.0, "a number in [0, 1)"),
+        ("data-dir", "", "a non-empty string"),
+        ("data-download", "yes", "true or false"),
+    ],
+)
+def test_bad_value_gives_one_message_naming_key_value_and_allowed(default_run_config, key, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        AppConfig.from_run_config(default_run_config | {key: value})
+    assert str(err.value) == f"Invalid run-config: {key} = {value!r} (allowed: {allowed})"
+
+
+def test_unknown_and_missing_keys_are_named(default_run_config):
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+        AppConfig.from_run_config(default_run_config | {"learning_rate": 0.1})
+    incomplete = dict(default_run_config)
+    del incomplete["seed"]
+    with pytest.raises(ConfigError, match="missing key 'seed'"):
+        AppConfig.from_run_config(incomplete)
+
+
+def test_integers_are_accepted_for_float_keys(default_run_config):
+    assert AppConfig.from_run_config(default_run_config | {"learning-rate": 1}).learning_rate == 1
+
+
+def test_more_partitions_than_samples_is_refused(default_run_config):
+    cfg = AppConfig.from_run_config(default_run_config)
+    check_partitioning(cfg, 60_000, 60_000)
+    with pytest.raises(ConfigError, match=r"num-partitions = 60001 \(allowed: 1 to 60000"):
+        check_partitioning(cfg, 60_001, 60_000)
+    shards = AppConfig.from_run_config(default_run_config | {"partitioner": "shards", "shards-per-client": 7})
+    with pytest.raises(ConfigError, match=r"shards-per-client = 7 \(allowed: at most 6"):
+        check_partitioning(shards, 10_000, 60_000)

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from data.mnist import MNIST_FILES, DataUnavailableError, ensure_mnist, load_mnist
+from data.partition import PartitionSpec, client_split, partition_indices
+
+
+@pytest.fixture(scope="module")
+def train(mnist_dir):
+    return load_mnist(mnist_dir, train=True)
+
+
+def test_loads_normalised_tensors_once(mnist_dir, train):
+    test = load_mnist(mnist_dir, train=False)
+    assert train.images.shape == (60_000, 1, 28, 28) and train.images.dtype == torch.float32
+    assert test.images.shape == (10_000, 1, 28, 28) and test.labels.dtype == torch.int64
+    assert abs(float(train.images.mean())) < 0.01 and abs(float(train.images.std()) - 1) < 0.01
+    assert torch.equal(torch.bincount(test.labels), torch.tensor([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]))
+    assert load_mnist(mnist_dir, train=True) is train  # cached per process
+
+
+def test_missing_files_give_one_message_naming_directory_and_files(tmp_path):
+    with pytest.raises(DataUnavailableError) as err:
+        ensure_mnist(tmp_path, download=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(tmp_path.resolve()) in message
+    assert all(name in message for name in MNIST_FILES)
+
+
+def test_existing_files_are_used_without_download(mnist_dir):
+    assert str(ensure_mnist(mnist_dir, download=False)) == mnist_dir
+
+
+def all_partitions(labels, scheme, n=10, seed=42, **kw):
+    spec = PartitionSpec(scheme=scheme, num_partitions=n, seed=seed, **kw)
+    return [partition_indices(labels, spec, i) for i in range(n)]
+
+
+def label_histograms(labels, parts):
+    return np.stack([np.bincount(labels[p].numpy(), minlength=10) for p in parts])
+
+
+def test_iid_gives_ten_disjoint_partitions_of_6000(train):
+    parts = all_partitions(train.labels, "iid")
+    assert [len(p) for p in parts] == [6000] * 10
+    assert len(np.unique(np.concatenate(parts))) == 60_000
+    shares = label_histograms(train.labels, parts) / 6000
+    overall = np.bincount(train.labels.numpy()) / 60_000
+    assert np.abs(shares - overall).max() < 0.03  # every client sees the global label mix
+
+
+def test_dirichlet_skews_labels(train):
+    parts = all_partitions(train.labels, "dirichlet", dirichlet_alpha=0.1)
+    hist = label_histograms(train.labels, parts)
+    assert hist.sum() == 60_000 and len(np.unique(np.concatenate(parts))) == 60_000
+    top_share = hist.max(axis=1) / hist.sum(axis=1)
+    assert np.median(top_share) > 0.5  # IID would be about 0.11
+
+
+def test_shards_give_each_client_about_two_labels(train):
+    parts = all_partitions(train.labels, "shards", shards_per_client=2)
+    hist = label_histograms(train.labels, parts)
+    assert [len(p) for p in parts] == [6000] * 10
+    top_two = np.sort(hist, axis=1)[:, -2:].sum(axis=1) / hist.sum(axis=1)
+    assert ((hist > 0).sum(axis=1) <= 4).all()  # a shard may straddle two labels
+    assert (top_two >= 0.8).all() and top_two.mean() >= 0.9
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shards"])
+def test_partitions_are_deterministic_given_seed(train, scheme):
+    a = all_partitions(train.labels, scheme, seed=1)
+    b = all_partitions(train.labels, scheme, seed=1)
+    c = all_partitions(train.labels, scheme, seed=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c))
+
+
+def test_client_split_caps_and_splits_deterministically(train):
+    indices = np.arange(1000)
+    trn, val = client_split(train, indices, seed=3, max_samples=500, validation_fraction=0.2)
+    assert (len(trn), len(val)) == (400, 100)
+    again, _ = client_split(train, indices, seed=3, max_samples=500, validation_fraction=0.2)
+    assert torch.equal(trn.labels, again.labels) and torch.equal(trn.images, again.images)
+    whole, none = client_split(train, indices, seed=3, max_samples=0, validation_fraction=0.0)
+    assert (len(whole), len(none)) == (1000, 0)
+
+
+def test_partition_id_out_of_range_is_refused(train):
+    with pytest.raises(ValueError, match="partition-id 10 outside"):
+        partition_indices(train.labels, PartitionSpec("iid", 10, 0), 10)

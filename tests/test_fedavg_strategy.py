@@ -1,0 +1,74 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+from strategies import FedAvg
+
+OK = Status(code=Code.OK, message="")
+SHAPES = [(2, 2), (3,)]
+
+
+def arrays(value: float) -> list[np.ndarray]:
+    return [np.full(s, value, dtype=np.float32) for s in SHAPES]
+
+
+def fit_result(cid: str, weights: list[np.ndarray], n: int, **metrics):
+    return SimpleNamespace(cid=cid), FitRes(OK, ndarrays_to_parameters(weights), n, metrics)
+
+
+@pytest.fixture
+def strategy() -> FedAvg:
+    return FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)))
+
+
+def test_aggregate_fit_is_example_weighted(strategy):
+    results = [fit_result("a", arrays(1.0), 100, train_loss=1.0), fit_result("b", arrays(4.0), 300, train_loss=3.0)]
+    params, metrics = strategy.aggregate_fit(1, results, [])
+    for layer in parameters_to_ndarrays(params):
+        np.testing.assert_allclose(layer, 0.25 * 1.0 + 0.75 * 4.0)
+    assert metrics["train_loss"] == pytest.approx(2.5)
+    assert metrics["num_rejected"] == 0
+
+
+def test_malformed_results_are_left_out_and_logged(strategy, caplog):
+    nan = arrays(1.0)
+    nan[1][0] = np.nan
+    results = [
+        fit_result("good", arrays(2.0), 50),
+        fit_result("nan", nan, 1000),
+        fit_result("inf", arrays(np.inf), 1000),
+        fit_result("shape", [np.zeros((4,)), np.zeros(3)], 1000),
+        fit_result("count", arrays(3.0)[:1], 1000),
+        fit_result("empty", arrays(9.0), 0),
+    ]
+    params, metrics = strategy.aggregate_fit(3, results, [])
+    for layer in parameters_to_ndarrays(params):
+        np.testing.assert_array_equal(layer, 2.0)
+    assert metrics["num_rejected"] == 5
+    for cid in ("nan", "inf", "shape", "count", "empty"):
+        assert f"left out client {cid}" in caplog.text
+
+
+def test_round_with_only_bad_results_keeps_the_global_model(strategy):
+    params, metrics = strategy.aggregate_fit(1, [fit_result("x", arrays(np.nan), 10)], [])
+    assert params is None
+    assert metrics == {"num_rejected": 1}
+
+
+def test_failures_are_refused_when_not_accepted():
+    strict = FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), accept_failures=False)
+    params, _ = strict.aggregate_fit(1, [fit_result("a", arrays(1.0), 10)], [RuntimeError("boom")])
+    assert params is None
+
+
+def test_aggregate_evaluate_drops_non_finite_losses(strategy):
+    def res(cid, loss, n, acc):
+        return SimpleNamespace(cid=cid), EvaluateRes(OK, loss, n, {"accuracy": acc})
+
+    loss, metrics = strategy.aggregate_evaluate(
+        1, [res("a", 0.5, 10, 0.8), res("b", float("nan"), 90, 0.0), res("c", 1.5, 30, 0.4)], []
+    )
+    assert loss == pytest.approx((10 * 0.5 + 30 * 1.5) / 40)
+    assert metrics["accuracy"] == pytest.approx((10 * 0.8 + 30 * 0.4) / 40)

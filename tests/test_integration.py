@@ -1,0 +1,111 @@
+"""Whole federations in Flower's simulation engine: `run_simulation.py` and `flwr run .`
+on the local connection. Each test uses its own FLWR_HOME and ports and stops every
+process it started."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fl_app.local_superlink import free_port, stop_process_tree
+from fl_app.outputs import HISTORY_FIELDS
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(sys.executable).parent
+QUICK = "samples-per-client=500 num-server-rounds=2"
+
+
+def assert_complete_run_dir(output_dir: Path, rounds: int) -> dict:
+    (run_dir,) = output_dir.iterdir()
+    for name in ("config.json", "history.jsonl", "summary.json", "model.pt", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["round"] for h in history] == list(range(rounds + 1))
+    assert all(set(HISTORY_FIELDS) <= set(h) for h in history)
+    assert all(h["num_fit_clients"] == 3 for h in history[1:])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == rounds
+    assert summary["final_accuracy"] > 0.5  # chance is 0.1
+    return summary
+
+
+def flower_processes() -> set[int]:
+    marks = ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server")
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if any(mark in cmdline for mark in marks):
+            found.add(proc.info["pid"])
+    return found
+
+
+def test_run_simulation_runs_a_federation_and_leaves_nothing_behind(tmp_path, mnist_dir):
+    before = flower_processes()
+    out = tmp_path / "outputs"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "3", "--rounds", "2",
+         "--run-config", f"{QUICK} data-dir='{mnist_dir}' output-dir='{out}'"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round 2/2 | test acc" in result.stdout
+    assert "finished:completed" in result.stdout
+    assert_complete_run_dir(out, rounds=2)
+    assert flower_processes() <= before
+
+
+@pytest.fixture
+def local_connection(tmp_path):
+    """Environment for `flwr run . [local]` with a private FLWR_HOME and free ports;
+    stops the background SuperLink that `flwr run` starts."""
+    home = tmp_path / "flwr-home"
+    env = os.environ | {
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{SCRIPTS}{os.pathsep}{os.environ['PATH']}",
+    }
+    yield env
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "flower-superlink" in cmdline and str(home) in cmdline:
+            stop_process_tree(proc.info["pid"])
+
+
+def flwr(env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPTS / "flwr"), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def run_status(env: dict, cwd: Path, stdout: str) -> dict:
+    run_id = stdout.split("Successfully started run ")[1].split()[0]
+    listing = flwr(env, cwd, "list", "--run-id", run_id, "--format", "json")
+    return json.loads(listing.stdout)["runs"][0]
+
+
+def test_flwr_run_on_the_local_connection(tmp_path, mnist_dir, local_connection):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = flwr(local_connection, workdir, "run", str(REPO), "--stream",
+                  "--run-config", f"{QUICK} data-dir='{mnist_dir}'",
+                  "--federation-config", "num-supernodes=3 client-resources-num-cpus=1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round 2/2 | test acc" in result.stdout
+    assert run_status(local_connection, workdir, result.stdout)["status"] == "finished:completed"
+    # relative output-dir: under the directory the local SuperLink was started from
+    assert_complete_run_dir(workdir / "outputs", rounds=2)
+
+    bad = flwr(local_connection, workdir, "run", str(REPO), "--stream",
+               "--run-config", f"batch-size=0 data-dir='{mnist_dir}'",
+               "--federation-config", "num-supernodes=3 client-resources-num-cpus=1")
+    status = run_status(local_connection, workdir, bad.stdout)
+    assert status["status"] == "finished:failed"
+    assert "Invalid run-config: batch-size = 0 (allowed: an integer >= 1)" in status["status-details"]
+    assert "round 1/" not in bad.stdout

@@ -1,0 +1,37 @@
+import torch
+
+from fl_app.model import Net, seeded_net
+from fl_app.task import get_weights, set_weights
+
+
+def test_reference_cnn_has_1_199_882_parameters():
+    assert sum(p.numel() for p in Net().parameters()) == 1_199_882
+
+
+def test_layers_match_the_reference_architecture():
+    net = Net()
+    assert (net.conv1.in_channels, net.conv1.out_channels, net.conv1.kernel_size) == (1, 32, (3, 3))
+    assert (net.conv2.in_channels, net.conv2.out_channels, net.conv2.kernel_size) == (32, 64, (3, 3))
+    assert (net.fc1.in_features, net.fc1.out_features) == (9216, 128)
+    assert (net.fc2.in_features, net.fc2.out_features) == (128, 10)
+    assert (net.dropout1.p, net.dropout2.p) == (0.25, 0.5)
+
+
+def test_forward_gives_log_probabilities():
+    out = Net().eval()(torch.randn(5, 1, 28, 28))
+    assert out.shape == (5, 10)
+    assert torch.allclose(out.exp().sum(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_seeded_net_depends_only_on_seed():
+    a, b, c = seeded_net(7), seeded_net(7), seeded_net(8)
+    for x, y in zip(get_weights(a), get_weights(b)):
+        assert (x == y).all()
+    assert any((x != z).any() for x, z in zip(get_weights(a), get_weights(c)))
+
+
+def test_weights_round_trip():
+    src, dst = seeded_net(1), seeded_net(2)
+    set_weights(dst, get_weights(src))
+    for x, y in zip(get_weights(src), get_weights(dst)):
+        assert (x == y).all()

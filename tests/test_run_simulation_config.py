@@ -1,0 +1,47 @@
+"""run_simulation.py refuses bad input before starting anything: one line, exit 2."""
+
+import pytest
+
+import run_simulation
+from data.mnist import MNIST_FILES
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = run_simulation.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ("batch-size=0", "Invalid run-config: batch-size = 0 (allowed: an integer >= 1)"),
+        ("partitioner='zipf'", "Invalid run-config: partitioner = 'zipf' (allowed: one of 'iid', 'dirichlet', 'shards')"),
+        ("optimizer='lbfgs'", "Invalid run-config: optimizer = 'lbfgs' (allowed: one of 'sgd', 'adam')"),
+        ("dirichlet-alpha=0.0", "Invalid run-config: dirichlet-alpha = 0.0 (allowed: a number in (0, infinity))"),
+        ("fraction-fit=1.5", "Invalid run-config: fraction-fit = 1.5 (allowed: a number in (0, 1])"),
+        ("num-server-rounds=0", "Invalid run-config: num-server-rounds = 0 (allowed: an integer >= 1)"),
+    ],
+)
+def test_bad_value_stops_with_one_line(capsys, mnist_dir, overrides, message):
+    code, err = run(capsys, "--run-config", f"data-dir='{mnist_dir}' {overrides}")
+    assert code == 2
+    assert err == f"run_simulation: {message}\n"
+
+
+def test_more_clients_than_samples_is_refused(capsys, mnist_dir):
+    code, err = run(capsys, "--num-clients", "60001", "--run-config", f"data-dir='{mnist_dir}'")
+    assert code == 2
+    assert err.count("\n") == 1 and "num-partitions = 60001 (allowed: 1 to 60000" in err
+
+
+def test_missing_data_names_directory_and_files(capsys, tmp_path):
+    code, err = run(capsys, "--run-config", f"data-dir='{tmp_path}' data-download=false")
+    assert code == 2
+    assert err.count("\n") == 1 and str(tmp_path) in err
+    assert all(name in err for name in MNIST_FILES)
+
+
+def test_unparseable_run_config_is_explained(capsys):
+    code, err = run(capsys, "--run-config", "data-dir=../x")
+    assert code == 2
+    assert err.startswith("run_simulation: Invalid --run-config 'data-dir=../x'") and err.count("\n") == 1
