@@ -26,8 +26,9 @@ class TrainSettings:
 
 
 def get_weights(net: nn.Module) -> list[np.ndarray]:
-    """The model's state (parameters and buffers) as numpy arrays, in state_dict order."""
-    return [t.detach().cpu().numpy() for t in net.state_dict().values()]
+    """Copies of the model's state (parameters and buffers) as numpy arrays, in
+    state_dict order; later training does not change them."""
+    return [t.detach().to("cpu", copy=True).numpy() for t in net.state_dict().values()]
 
 
 def set_weights(net: nn.Module, weights: list[np.ndarray]) -> None:

@@ -35,3 +35,13 @@ def test_weights_round_trip():
     set_weights(dst, get_weights(src))
     for x, y in zip(get_weights(src), get_weights(dst)):
         assert (x == y).all()
+
+
+def test_weights_are_copies_not_views_of_the_model():
+    net = seeded_net(1)
+    weights = get_weights(net)
+    snapshot = [w.copy() for w in weights]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    assert all((w == s).all() for w, s in zip(weights, snapshot))

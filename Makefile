@@ -1,0 +1,39 @@
+# Set up a virtual environment, run the reference experiment, run the tests.
+#   make run    - the reference experiment: 10 clients x 6000 IID MNIST samples, 10 rounds
+#   make test   - the test suite (unit + end-to-end simulations)
+# Variables: DATA_DIR (holds MNIST/raw), NUM_CLIENTS, ROUNDS, RUN_CONFIG, PYTHON, VENV.
+
+PYTHON ?= python3
+VENV ?= .venv
+DATA_DIR ?= ../shared/data
+NUM_CLIENTS ?= 10
+ROUNDS ?= 10
+CPUS_PER_CLIENT ?= 1
+GPUS_PER_CLIENT ?= 0
+RUN_CONFIG ?=
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA := $(abspath $(DATA_DIR))
+
+.PHONY: install run test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python run_simulation.py --num-clients $(NUM_CLIENTS) --rounds $(ROUNDS) \
+		--cpus-per-client $(CPUS_PER_CLIENT) --gpus-per-client $(GPUS_PER_CLIENT) \
+		--run-config "data-dir='$(DATA)' $(RUN_CONFIG)"
+
+test: $(STAMP)
+	FL_APP_MNIST_DIR="$(DATA)" $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
