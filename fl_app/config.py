@@ -147,11 +147,16 @@ class AppConfig:
 
 
 def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) -> None:
-    """Refuse partition counts the training set cannot supply."""
+    """Refuse partition counts the training set or the minimum client counts rule out."""
     if num_partitions < 1 or num_partitions > num_samples:
         raise ConfigError(
             f"Invalid federation: num-partitions = {num_partitions} "
             f"(allowed: 1 to {num_samples}, the number of training samples)"
+        )
+    if num_partitions < cfg.min_available_clients:
+        raise ConfigError(
+            f"Invalid run-config: min-available-clients = {cfg.min_available_clients} "
+            f"(allowed: at most the {num_partitions} clients of this federation)"
         )
     if cfg.partitioner == "shards" and num_partitions * cfg.shards_per_client > num_samples:
         raise ConfigError(

@@ -107,6 +107,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatter
 
     rounds = [r["round"] for r in rows]
 
@@ -125,6 +126,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
+    loss_ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    loss_ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

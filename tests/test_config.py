@@ -57,3 +57,9 @@ def test_more_partitions_than_samples_is_refused(default_run_config):
     shards = AppConfig.from_run_config(default_run_config | {"partitioner": "shards", "shards-per-client": 7})
     with pytest.raises(ConfigError, match=r"shards-per-client = 7 \(allowed: at most 6"):
         check_partitioning(shards, 10_000, 60_000)
+
+
+def test_waiting_for_more_clients_than_exist_is_refused(default_run_config):
+    cfg = AppConfig.from_run_config(default_run_config | {"min-available-clients": 5})
+    with pytest.raises(ConfigError, match=r"min-available-clients = 5 \(allowed: at most the 3 clients"):
+        check_partitioning(cfg, 3, 60_000)

@@ -1,0 +1,87 @@
+"""Client-level privacy accounting for DP-FedAvg with Opacus' accountants.
+
+Every round is one application of the subsampled Gaussian mechanism with noise
+multiplier σ and client sampling rate q; the accountant composes them and converts to
+(ε, δ):
+
+- ``rdp``: Rényi DP of the sampled Gaussian mechanism (Mironov 2017; Mironov, Talwar &
+  Zhang 2019), converted to (ε, δ) with the improved bound of Balle et al. 2020;
+- ``prv``: numerical composition of privacy loss random variables (Gopi, Lee &
+  Wutschitz 2021), usually a tighter ε.
+"""
+
+from typing import Any
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+class ClientLevelAccountant:
+    """ε spent so far at a fixed δ, one `step(σ, q)` per round; serialisable."""
+
+    def __init__(self, accountant: str, delta: float) -> None:
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        self.kind = accountant
+        self.delta = delta
+        self._accountant = create_accountant(mechanism=accountant)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds accounted for."""
+        return sum(steps for _, _, steps in self._accountant.history)
+
+    def step(self, noise_multiplier: float, sample_rate: float) -> None:
+        """Account for one round released with (σ, q)."""
+        self._accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+
+    def epsilon(self) -> float:
+        """ε at `delta` after the rounds so far (0 before the first)."""
+        if not self._accountant.history:
+            return 0.0
+        return float(self._accountant.get_epsilon(delta=self.delta))
+
+    def epsilon_after_next(self, noise_multiplier: float, sample_rate: float) -> float:
+        """ε if one more round with (σ, q) were released; the state is unchanged."""
+        trial = ClientLevelAccountant(self.kind, self.delta)
+        trial.load_state_dict(self.state_dict())
+        trial.step(noise_multiplier, sample_rate)
+        return trial.epsilon()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue accounting in a resumed run."""
+        return {
+            "accountant": self.kind,
+            "delta": self.delta,
+            "history": [list(entry) for entry in self._accountant.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()`; the accountant kind and δ must match."""
+        if state["accountant"] != self.kind or state["delta"] != self.delta:
+            raise ValueError(
+                f"accountant state is for {state['accountant']} at delta {state['delta']}, "
+                f"not {self.kind} at delta {self.delta}"
+            )
+        self._accountant.history = [tuple(entry) for entry in state["history"]]
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float, delta: float, sample_rate: float, rounds: int, accountant: str
+) -> float:
+    """The σ for which `rounds` rounds at rate q spend at most `target_epsilon` at δ
+    (Opacus' binary search, tolerance 0.01 in ε)."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=rounds,
+            accountant=accountant,
+            epsilon_tolerance=0.01,
+        )
+    )

@@ -1,0 +1,107 @@
+"""The numbers behind client-level DP: clipping, noise, Poisson sampling, accounting."""
+
+import numpy as np
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier
+from strategies.dp_mechanism import clip_update, global_l2_norm, noisy_mean
+from strategies.sampling import poisson_sample
+
+
+def random_update(seed: int, scale: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [scale * rng.normal(size=s).astype(np.float32) for s in [(32, 1, 3, 3), (32,), (10, 128)]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clipping_scales_large_updates_to_exactly_s(seed):
+    update = random_update(seed, scale=10.0)
+    clipped, norm = clip_update(update, clipping_norm=1.5)
+    assert norm == pytest.approx(global_l2_norm(update)) and norm > 1.5
+    assert global_l2_norm(clipped) == pytest.approx(1.5, rel=1e-6)
+    for a, c in zip(update, clipped):  # same direction, every tensor scaled alike
+        np.testing.assert_allclose(c, a * (1.5 / norm), rtol=1e-6)
+
+
+def test_clipping_leaves_small_updates_untouched():
+    update = random_update(0, scale=1e-3)
+    clipped, norm = clip_update(update, clipping_norm=1.5)
+    assert norm < 1.5
+    assert all(np.array_equal(a, c) for a, c in zip(update, clipped))
+
+
+def test_noise_on_the_mean_has_std_sigma_s_over_qn():
+    sigma, s, q, n = 1.3, 0.7, 0.25, 40
+    shapes = [(1000, 600), (400_000,)]  # 1,000,000 coordinates
+    zeros = [[np.zeros(sh, dtype=np.float32) for sh in shapes] for _ in range(3)]
+    mean = noisy_mean(zeros, shapes, clipping_norm=s, noise_multiplier=sigma,
+                      expected_cohort_size=q * n, rng=np.random.default_rng(0))
+    coords = np.concatenate([m.ravel() for m in mean])
+    assert coords.size >= 1_000_000
+    assert abs(coords.mean()) < 5 * sigma * s / (q * n) / 1000
+    assert coords.std() == pytest.approx(sigma * s / (q * n), rel=0.02)
+
+
+def test_mean_divides_the_sum_by_the_expected_not_the_realised_cohort():
+    shapes = [(3,)]
+    updates = [[np.array([1.0, 2.0, 3.0])], [np.array([3.0, 2.0, 1.0])]]
+    mean = noisy_mean(updates, shapes, clipping_norm=10.0, noise_multiplier=1e-12,
+                      expected_cohort_size=8.0, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(mean[0], [0.5, 0.5, 0.5], atol=1e-9)
+
+
+def test_empty_cohort_releases_noise_only():
+    mean = noisy_mean([], [(10_000,)], clipping_norm=1.0, noise_multiplier=2.0,
+                      expected_cohort_size=5.0, rng=np.random.default_rng(1))
+    assert mean[0].std() == pytest.approx(2.0 / 5.0, rel=0.05)
+
+
+def test_poisson_participation_frequency_matches_q():
+    q, clients, rounds = 0.3, 100, 2000
+    rng = np.random.default_rng(7)
+    counts = np.zeros(clients)
+    for _ in range(rounds):
+        for c in poisson_sample(list(range(clients)), q, rng):
+            counts[c] += 1
+    frequency = counts.sum() / (clients * rounds)
+    standard_error = np.sqrt(q * (1 - q) / (clients * rounds))
+    assert abs(frequency - q) < 4 * standard_error
+    sizes = [len(poisson_sample(list(range(10)), 0.05, rng)) for _ in range(500)]
+    assert 0 in sizes and len(set(sizes)) > 1  # cohorts vary, and may be empty
+
+
+@pytest.mark.parametrize("kind, reference", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+def test_epsilon_equals_opacus_stepped_directly(kind, reference):
+    sigma, q, rounds, delta = 1.1, 0.1, 50, 1e-5
+    ours, theirs = ClientLevelAccountant(kind, delta), reference()
+    for _ in range(rounds):
+        ours.step(sigma, q)
+        theirs.step(noise_multiplier=sigma, sample_rate=q)
+    assert ours.rounds == rounds
+    assert ours.epsilon() == pytest.approx(theirs.get_epsilon(delta=delta), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["rdp", "prv"])
+def test_calibrated_sigma_spends_at_most_the_target_and_close_to_it(kind):
+    target, delta, q, rounds = 3.0, 1e-5, 0.1, 100
+    sigma = calibrate_noise_multiplier(target, delta, q, rounds, kind)
+    accountant = ClientLevelAccountant(kind, delta)
+    for _ in range(rounds):
+        accountant.step(sigma, q)
+    assert 0.98 * target <= accountant.epsilon() <= target
+
+
+def test_state_dict_continues_the_budget():
+    first = ClientLevelAccountant("rdp", 1e-5)
+    for _ in range(10):
+        first.step(1.0, 0.2)
+    resumed = ClientLevelAccountant("rdp", 1e-5)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.rounds == 10 and resumed.epsilon() == first.epsilon()
+    predicted = resumed.epsilon_after_next(1.0, 0.2)
+    assert resumed.rounds == 10
+    resumed.step(1.0, 0.2)
+    assert resumed.epsilon() == predicted > first.epsilon()
+    with pytest.raises(ValueError, match="not rdp at delta 0.001"):
+        ClientLevelAccountant("rdp", 1e-3).load_state_dict(first.state_dict())
