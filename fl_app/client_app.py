@@ -11,6 +11,8 @@ from data.partition import PartitionSpec, client_split, partition_indices
 from fl_app.config import AppConfig
 from fl_app.model import Net
 from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train
+from strategies.dp_fedavg import CLIENT_CLIP_KEY
+from strategies.dp_mechanism import clip_update, model_delta
 
 
 class FlowerClient(NumPyClient):
@@ -26,7 +28,9 @@ class FlowerClient(NumPyClient):
         self.net = Net().to(device())
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict]:
-        """Train the global model locally; return it, the example count and metrics."""
+        """Train the global model locally; return it (or, when the server asks for
+        client-side DP clipping, the update clipped to norm S), the example count and
+        metrics."""
         set_weights(self.net, parameters)
         server_round = int(config["server-round"])
         seed = np.random.SeedSequence([self.cfg.seed, self.partition_id, server_round])
@@ -40,7 +44,11 @@ class FlowerClient(NumPyClient):
         )
         loss, accuracy = train(self.net, self.train_set, settings)
         metrics = {"train_loss": loss, "train_accuracy": accuracy}
-        return get_weights(self.net), len(self.train_set), metrics
+        weights = get_weights(self.net)
+        if CLIENT_CLIP_KEY in config:
+            weights, norm = clip_update(model_delta(weights, parameters), float(config[CLIENT_CLIP_KEY]))
+            metrics["update_norm"] = norm
+        return weights, len(self.train_set), metrics
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict]:
         """Loss and accuracy of the global model on the local validation split."""

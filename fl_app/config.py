@@ -13,9 +13,12 @@ from typing import Any
 import tomllib
 
 from data.partition import PARTITIONERS
+from strategies.accounting import ACCOUNTANTS
+from strategies.dp_fedavg import CLIPPING_MODES
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
+DP_MODES = ("off", "central")
 
 
 class ConfigError(ValueError):
@@ -85,6 +88,15 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "min-fit-clients": _int(1),
     "min-evaluate-clients": _int(1),
     "min-available-clients": _int(1),
+    "server-learning-rate": _float(0, INF, True, True),
+    "dp-mode": _choice(*DP_MODES),
+    "dp-clipping": _choice(*CLIPPING_MODES),
+    "dp-clipping-norm": _float(0, INF, True, True),
+    "dp-noise-multiplier": _float(0, INF, False, True),
+    "dp-target-epsilon": _float(0, INF, False, True),
+    "dp-delta": _float(0, 1, True, True),
+    "dp-clients-per-round": _float(0, INF, True, True),
+    "dp-accountant": _choice(*ACCOUNTANTS),
 }
 
 
@@ -113,6 +125,15 @@ class AppConfig:
     min_fit_clients: int
     min_evaluate_clients: int
     min_available_clients: int
+    server_learning_rate: float
+    dp_mode: str
+    dp_clipping: str
+    dp_clipping_norm: float
+    dp_noise_multiplier: float
+    dp_target_epsilon: float
+    dp_delta: float
+    dp_clients_per_round: float
+    dp_accountant: str
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "AppConfig":
@@ -138,6 +159,13 @@ class AppConfig:
             raise ConfigError(
                 f"Invalid run-config: min-fit-clients = {values['min_fit_clients']} "
                 f"(allowed: at most min-available-clients = {values['min_available_clients']})"
+            )
+        if values["dp_mode"] == "central" and not (
+            values["dp_noise_multiplier"] > 0 or values["dp_target_epsilon"] > 0
+        ):
+            raise ConfigError(
+                f"Invalid run-config: dp-noise-multiplier = {values['dp_noise_multiplier']!r} "
+                "(allowed: > 0, or 0 with dp-target-epsilon > 0 to calibrate it)"
             )
         return cls(**values)
 

@@ -63,14 +63,16 @@ class RunRecorder:
             f.write(json.dumps(row) + "\n")
         log(INFO, "%s", format_round(row, self.num_rounds))
 
-    def finish(self, weights: list[np.ndarray]) -> dict[str, Any]:
-        """Write model.pt, summary.json and curves.png; return the summary."""
+    def finish(self, weights: list[np.ndarray], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write model.pt, summary.json (with `extra`, e.g. the privacy statement) and
+        curves.png; return the summary."""
         net = Net()
         keys = list(net.state_dict().keys())
         state = OrderedDict((k, torch.from_numpy(np.array(w))) for k, w in zip(keys, weights))
         net.load_state_dict(state)  # proves the file will load into Net
         torch.save(state, self.run_dir / "model.pt")
         summary = summarize(self.rows, time.perf_counter() - self.started)
+        summary.update(extra or {})
         summary["run_dir"] = str(self.run_dir)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_curves(self.rows, self.run_dir / "curves.png")

@@ -14,6 +14,8 @@ from fl_app.outputs import RunRecorder, new_run_dir, resolve_output_dir
 from fl_app.server import RecordingServer
 from fl_app.task import device, evaluate, get_weights, set_weights
 from strategies import FedAvg
+from strategies.accounting import ClientLevelAccountant
+from strategies.dp_fedavg import DPFedAvg
 
 MNIST_TRAIN_SIZE = 60_000
 
@@ -41,16 +43,9 @@ def centralized_evaluator(
     return evaluate_fn
 
 
-def server_fn(context: Context) -> ServerAppComponents:
-    """Validate the config, load the test set, and build the strategy and server."""
-    cfg = AppConfig.from_run_config(context.run_config)
-    data_dir = ensure_mnist(cfg.data_dir, cfg.data_download)
-    test_set = load_mnist(str(data_dir), train=False)
-    run_dir = new_run_dir(resolve_output_dir(cfg.output_dir), context.run_id)
-    resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(run_dir.parent)}
-    recorder = RunRecorder(run_dir, resolved, cfg.num_server_rounds)
-
-    strategy = FedAvg(
+def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> FedAvg:
+    """FedAvg, or central DP-FedAvg when `dp-mode = "central"`."""
+    common = dict(
         fraction_fit=cfg.fraction_fit,
         fraction_evaluate=cfg.fraction_evaluate,
         min_fit_clients=cfg.min_fit_clients,
@@ -61,6 +56,32 @@ def server_fn(context: Context) -> ServerAppComponents:
         on_evaluate_config_fn=lambda r: {"server-round": r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_net(cfg.seed))),
     )
+    if cfg.dp_mode == "off":
+        return FedAvg(**common)
+    return DPFedAvg(
+        clipping_norm=cfg.dp_clipping_norm,
+        noise_multiplier=cfg.dp_noise_multiplier or None,
+        clients_per_round=cfg.dp_clients_per_round,
+        accountant=ClientLevelAccountant(cfg.dp_accountant, cfg.dp_delta),
+        target_epsilon=cfg.dp_target_epsilon or None,
+        rounds=cfg.num_server_rounds,
+        clipping=cfg.dp_clipping,
+        server_learning_rate=cfg.server_learning_rate,
+        seed=cfg.seed,
+        **common,
+    )
+
+
+def server_fn(context: Context) -> ServerAppComponents:
+    """Validate the config, load the test set, and build the strategy and server."""
+    cfg = AppConfig.from_run_config(context.run_config)
+    data_dir = ensure_mnist(cfg.data_dir, cfg.data_download)
+    test_set = load_mnist(str(data_dir), train=False)
+    run_dir = new_run_dir(resolve_output_dir(cfg.output_dir), context.run_id)
+    resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(run_dir.parent)}
+    recorder = RunRecorder(run_dir, resolved, cfg.num_server_rounds)
+
+    strategy = build_strategy(cfg, test_set)
     server = RecordingServer(
         client_manager=SimpleClientManager(),
         strategy=strategy,

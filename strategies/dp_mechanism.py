@@ -68,3 +68,9 @@ def noisy_mean(
     total = sum_updates(clipped_updates, shapes)
     noised = add_gaussian_noise(total, noise_multiplier * clipping_norm, rng)
     return [n / expected_cohort_size for n in noised]
+
+
+def model_delta(weights: Update, reference: Update) -> list[np.ndarray]:
+    """Δ = weights − reference, tensor by tensor, in the weights' dtype (the same
+    arithmetic on clients and server, so both clipping modes agree bitwise)."""
+    return [np.subtract(w, r, dtype=w.dtype) for w, r in zip(weights, reference)]

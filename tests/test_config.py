@@ -63,3 +63,30 @@ def test_waiting_for_more_clients_than_exist_is_refused(default_run_config):
     cfg = AppConfig.from_run_config(default_run_config | {"min-available-clients": 5})
     with pytest.raises(ConfigError, match=r"min-available-clients = 5 \(allowed: at most the 3 clients"):
         check_partitioning(cfg, 3, 60_000)
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("dp-mode", "local", "one of 'off', 'central'"),
+        ("dp-clipping", "adaptive", "one of 'server', 'client'"),
+        ("dp-clipping-norm", 0.0, "a number in (0, infinity)"),
+        ("dp-delta", 1.0, "a number in (0, 1)"),
+        ("dp-delta", 0.0, "a number in (0, 1)"),
+        ("dp-noise-multiplier", -1.0, "a number in [0, infinity)"),
+        ("dp-clients-per-round", 0.0, "a number in (0, infinity)"),
+        ("dp-accountant", "gdp", "one of 'rdp', 'prv'"),
+        ("server-learning-rate", 0.0, "a number in (0, infinity)"),
+    ],
+)
+def test_bad_dp_values_are_named(default_run_config, key, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        AppConfig.from_run_config(default_run_config | {key: value})
+    assert str(err.value) == f"Invalid run-config: {key} = {value!r} (allowed: {allowed})"
+
+
+def test_central_dp_needs_a_noise_multiplier_or_a_target(default_run_config):
+    no_noise = default_run_config | {"dp-mode": "central", "dp-noise-multiplier": 0.0}
+    with pytest.raises(ConfigError, match=r"dp-noise-multiplier = 0.0 \(allowed: > 0, or 0 with dp-target-epsilon > 0"):
+        AppConfig.from_run_config(no_noise)
+    assert AppConfig.from_run_config(no_noise | {"dp-target-epsilon": 3.0}).dp_target_epsilon == 3.0

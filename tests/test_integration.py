@@ -109,3 +109,26 @@ def test_flwr_run_on_the_local_connection(tmp_path, mnist_dir, local_connection)
     assert status["status"] == "finished:failed"
     assert "Invalid run-config: batch-size = 0 (allowed: an integer >= 1)" in status["status-details"]
     assert "round 1/" not in bad.stdout
+
+
+@pytest.mark.parametrize("clipping", ["server", "client"])
+def test_central_dp_simulation_reports_epsilon(tmp_path, mnist_dir, clipping):
+    out = tmp_path / "outputs"
+    dp = (f"dp-mode='central' dp-clipping='{clipping}' dp-clients-per-round=2.0 "
+          "dp-noise-multiplier=0.0 dp-target-epsilon=8.0 dp-delta=1e-3 dp-clipping-norm=2.0")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "3", "--rounds", "2",
+         "--run-config", f"{QUICK} {dp} data-dir='{mnist_dir}' output-dir='{out}'"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = out.iterdir()
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    epsilons = [h["epsilon"] for h in history[1:]]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0
+    assert all(0 <= h["clip_fraction"] <= 1 and h["cohort_size"] <= 3 for h in history[1:])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epsilon"] == pytest.approx(epsilons[-1])
+    assert summary["epsilon"] >= 0.98 * 8.0  # sigma calibrated to spend the budget in 2 rounds
+    assert (summary["delta"], summary["accountant"], summary["sampling_rate"]) == (1e-3, "rdp", pytest.approx(2 / 3))
+    assert summary["noise_multiplier"] > 0

@@ -1,0 +1,220 @@
+"""Central client-level DP-FedAvg (McMahan et al. 2018) as a Flower strategy.
+
+Per round: Poisson-sample the fixed population at rate q = m/N; take each returned
+update Δ_k = w_k − w_global over every tensor; clip it to norm S (here, or trust the
+clients' clipping after checking its norm); release (Σ clipped Δ_k + N(0, σ²S² I)) / m;
+set w ← w + η·mean; step the accountant once with (σ, q). The math lives in
+`dp_mechanism`, `sampling` and `accounting`; this module is the Flower glue.
+"""
+
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    log,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+
+from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier
+from strategies.aggregation import update_problem
+from strategies.dp_mechanism import clip_update, global_l2_norm, model_delta, noisy_mean
+from strategies.fedavg import Failures, FedAvg
+from strategies.sampling import poisson_sample
+
+CLIPPING_MODES = ("server", "client")
+CLIENT_CLIP_KEY = "dp-clipping-norm"  # in FitIns.config: clip locally, send the clipped Δ
+NORM_SLACK = 1e-5  # float32 rounding allowed on client-clipped norms
+
+
+class DPFedAvg(FedAvg):
+    """FedAvg with client-level (ε, δ)-DP: fixed clipping norm S, noise multiplier σ,
+    expected cohort size m, Poisson sampling, an accountant and an optional ε budget.
+
+    The population N is the number of clients connected when round 1 is configured
+    (after waiting for `min_available_clients`); q = m/N must lie in (0, 1]. Without a
+    `noise_multiplier`, σ is calibrated then so that `rounds` rounds spend at most
+    `target_epsilon`.
+    """
+
+    def __init__(
+        self,
+        *,
+        initial_parameters: Parameters,
+        clipping_norm: float,
+        noise_multiplier: float | None,
+        clients_per_round: float,
+        accountant: ClientLevelAccountant,
+        target_epsilon: float | None = None,
+        rounds: int | None = None,
+        clipping: str = "server",
+        server_learning_rate: float = 1.0,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(initial_parameters=initial_parameters, **kwargs)
+        if clipping not in CLIPPING_MODES:
+            raise ValueError(f"clipping must be one of {CLIPPING_MODES}, got {clipping!r}")
+        if not clipping_norm > 0 or not clients_per_round > 0:
+            raise ValueError("clipping_norm and clients_per_round must be > 0")
+        if noise_multiplier is None and (target_epsilon is None or rounds is None):
+            raise ValueError("give noise_multiplier, or target_epsilon and rounds to calibrate it")
+        if noise_multiplier is not None and not noise_multiplier > 0:
+            raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier}")
+        self.clipping_norm = clipping_norm
+        self.noise_multiplier = noise_multiplier
+        self.clients_per_round = clients_per_round
+        self.accountant = accountant
+        self.target_epsilon = target_epsilon
+        self.rounds = rounds
+        self.clipping = clipping
+        self.server_learning_rate = server_learning_rate
+        sampling_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
+        self.sampling_rng = np.random.default_rng(sampling_seed)
+        self.noise_rng = np.random.default_rng(noise_seed)
+        self.population: list[str] | None = None
+        self.global_weights = parameters_to_ndarrays(initial_parameters)
+        self.cohort_size = 0
+
+    def __repr__(self) -> str:
+        return (f"DPFedAvg(S={self.clipping_norm}, sigma={self.noise_multiplier}, "
+                f"m={self.clients_per_round}, clipping={self.clipping})")
+
+    @property
+    def sampling_rate(self) -> float:
+        """q = m / N (known once the population is fixed)."""
+        if self.population is None:
+            raise RuntimeError("the population is fixed when round 1 is configured")
+        return self.clients_per_round / len(self.population)
+
+    def fix_population(self, client_manager: ClientManager) -> None:
+        """Wait for `min_available_clients`, then fix N and check q ∈ (0, 1]."""
+        client_manager.wait_for(self.min_available_clients)
+        self.population = sorted(client_manager.all())
+        if self.sampling_rate > 1:
+            raise ValueError(
+                f"dp-clients-per-round = {self.clients_per_round} exceeds the population of "
+                f"{len(self.population)} clients (q must be in (0, 1])"
+            )
+        if self.accountant.delta >= 1 / len(self.population):
+            log(WARNING, "dp-delta = %g is not below 1/population = %g: a δ this large "
+                "allows the leak of a whole client's data", self.accountant.delta,
+                1 / len(self.population))
+        if self.noise_multiplier is None:
+            self.noise_multiplier = calibrate_noise_multiplier(
+                self.target_epsilon, self.accountant.delta, self.sampling_rate, self.rounds,
+                self.accountant.kind,
+            )
+        log(INFO, "DP: population N = %s, q = %.4f, sigma = %.4f, S = %g, %s accountant",
+            len(self.population), self.sampling_rate, self.noise_multiplier,
+            self.clipping_norm, self.accountant.kind)
+
+    def stop_reason(self, server_round: int, client_manager: ClientManager) -> str | None:
+        """Why round `server_round` must not run (it would exceed the ε budget), or None."""
+        if self.population is None:
+            self.fix_population(client_manager)
+        if self.target_epsilon is None:
+            return None
+        next_epsilon = self.accountant.epsilon_after_next(self.noise_multiplier, self.sampling_rate)
+        if next_epsilon > self.target_epsilon:
+            return (f"privacy budget reached: round {server_round} would raise epsilon from "
+                    f"{self.accountant.epsilon():.4f} to {next_epsilon:.4f} > "
+                    f"dp-target-epsilon = {self.target_epsilon}")
+        return None
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """Poisson-sample the cohort; clients clip locally in client mode."""
+        if self.population is None:
+            self.fix_population(client_manager)
+        self.global_weights = parameters_to_ndarrays(parameters)
+        config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
+        if self.clipping == "client":
+            config[CLIENT_CLIP_KEY] = self.clipping_norm
+        cohort = poisson_sample(self.population, self.sampling_rate, self.sampling_rng)
+        self.cohort_size = len(cohort)
+        available = client_manager.all()
+        fit_ins = FitIns(parameters, config)
+        return [(available[cid], fit_ins) for cid in cohort if cid in available]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: Failures,
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Release the noised mean of the clipped updates and account for the round."""
+        clipped, norms = [], []
+        for proxy, res in results:
+            arrays = parameters_to_ndarrays(res.parameters)
+            problem = update_problem(arrays, self.expected_shapes)
+            if problem is None:
+                update, norm = self._clipped_update(arrays, res)
+                if update is None:
+                    problem = f"client-clipped update has norm {norm:.6g} > S = {self.clipping_norm}"
+            if problem is not None:
+                log(WARNING, "round %s: left out client %s: %s", server_round, proxy.cid, problem)
+                continue
+            clipped.append(update)
+            norms.append(norm)
+        mean = noisy_mean(
+            clipped,
+            self.expected_shapes,
+            clipping_norm=self.clipping_norm,
+            noise_multiplier=self.noise_multiplier,
+            expected_cohort_size=self.clients_per_round,
+            rng=self.noise_rng,
+        )
+        new_weights = [
+            (w.astype(np.float64) + self.server_learning_rate * m).astype(w.dtype)
+            for w, m in zip(self.global_weights, mean)
+        ]
+        self.accountant.step(self.noise_multiplier, self.sampling_rate)
+        metrics: dict[str, Scalar] = {}
+        if self.fit_metrics_aggregation_fn is not None and results:
+            metrics.update(self.fit_metrics_aggregation_fn(
+                [(r.num_examples, r.metrics) for _, r in results]))
+        metrics.update(self._diagnostics(norms, len(results) - len(clipped)))
+        return ndarrays_to_parameters(new_weights), metrics
+
+    def _clipped_update(
+        self, arrays: list[np.ndarray], res: FitRes
+    ) -> tuple[list[np.ndarray] | None, float]:
+        """(clipped Δ, norm before clipping); None when a client-clipped Δ is too long."""
+        if self.clipping == "server":
+            return clip_update(model_delta(arrays, self.global_weights), self.clipping_norm)
+        norm = global_l2_norm(arrays)
+        if norm > self.clipping_norm * (1 + NORM_SLACK):
+            return None, norm
+        return arrays, float(res.metrics.get("update_norm", norm))
+
+    def _diagnostics(self, norms: list[float], rejected: int) -> dict[str, Scalar]:
+        """What users need to choose S, plus the privacy spent so far."""
+        return {
+            "epsilon": self.accountant.epsilon(),
+            "cohort_size": self.cohort_size,
+            "num_rejected": rejected,
+            "clip_fraction": float(np.mean([n > self.clipping_norm for n in norms])) if norms else 0.0,
+            "median_update_norm": float(np.median(norms)) if norms else float("nan"),
+            "clipping_norm": self.clipping_norm,
+        }
+
+    def summary(self) -> dict[str, Scalar]:
+        """The run's privacy statement."""
+        return {
+            "epsilon": self.accountant.epsilon(),
+            "delta": self.accountant.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "sampling_rate": self.sampling_rate if self.population else float("nan"),
+            "accountant": self.accountant.kind,
+            "clipping_norm": self.clipping_norm,
+            "clients_per_round": self.clients_per_round,
+            "population": len(self.population) if self.population else 0,
+        }

@@ -1,0 +1,163 @@
+"""DPFedAvg: sampling, clipping modes, noise, accounting and the budget stop."""
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from opacus.accountants import RDPAccountant
+
+from strategies.accounting import ClientLevelAccountant
+from strategies.dp_fedavg import CLIENT_CLIP_KEY, DPFedAvg
+from strategies.dp_mechanism import clip_update, model_delta
+
+OK = Status(code=Code.OK, message="")
+SHAPES = [(4, 3), (5,)]
+GLOBAL = [np.full(s, 0.5, dtype=np.float32) for s in SHAPES]
+
+
+class Proxy(ClientProxy):
+    """A registered client that is never called: the tests hand results in directly."""
+
+    def get_properties(self, *a, **k): raise AssertionError("not called")
+    def get_parameters(self, *a, **k): raise AssertionError("not called")
+    def fit(self, *a, **k): raise AssertionError("not called")
+    def evaluate(self, *a, **k): raise AssertionError("not called")
+    def reconnect(self, *a, **k): raise AssertionError("not called")
+
+
+def manager(n: int) -> SimpleClientManager:
+    cm = SimpleClientManager()
+    for i in range(n):
+        cm.register(Proxy(f"c{i:03d}"))
+    return cm
+
+
+def strategy(**kw) -> DPFedAvg:
+    args = dict(initial_parameters=ndarrays_to_parameters(GLOBAL), clipping_norm=1.0,
+                noise_multiplier=1.0, clients_per_round=5, min_available_clients=2,
+                accountant=ClientLevelAccountant("rdp", 1e-5), seed=3)
+    return DPFedAvg(**(args | kw))
+
+
+def trained(seed: int, scale: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(g + scale * rng.normal(size=g.shape)).astype(np.float32) for g in GLOBAL]
+
+
+def result(cid: str, arrays, **metrics):
+    return Proxy(cid), FitRes(OK, ndarrays_to_parameters(arrays), 100, metrics)
+
+
+def test_sampling_rate_is_clients_per_round_over_population():
+    s = strategy(clients_per_round=5)
+    s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(20))
+    assert s.sampling_rate == 0.25 and len(s.population) == 20
+
+
+def test_cohorts_are_poisson_with_rate_q():
+    s, cm = strategy(clients_per_round=6), manager(30)
+    sizes = [len(s.configure_fit(r, ndarrays_to_parameters(GLOBAL), cm)) for r in range(1, 401)]
+    q, n = 0.2, 30
+    assert abs(np.mean(sizes) - q * n) < 4 * np.sqrt(n * q * (1 - q) / len(sizes))
+    assert np.var(sizes) == pytest.approx(n * q * (1 - q), rel=0.25)
+
+
+def test_more_clients_per_round_than_population_is_refused():
+    with pytest.raises(ValueError, match="dp-clients-per-round = 12 exceeds the population of 10"):
+        strategy(clients_per_round=12).configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(10))
+
+
+def test_large_delta_is_warned_about(caplog):
+    strategy(accountant=ClientLevelAccountant("rdp", 0.2)).configure_fit(
+        1, ndarrays_to_parameters(GLOBAL), manager(10))
+    assert "dp-delta = 0.2 is not below 1/population = 0.1" in caplog.text
+
+
+def test_client_and_server_clipping_give_identical_aggregates():
+    updates = [trained(i, scale) for i, scale in enumerate([0.01, 1.0, 5.0, 0.3])]
+    server, client = strategy(clipping="server"), strategy(clipping="client")
+    cm = manager(10)
+    server.configure_fit(1, ndarrays_to_parameters(GLOBAL), cm)
+    ins = client.configure_fit(1, ndarrays_to_parameters(GLOBAL), cm)
+    assert all(fit_ins.config[CLIENT_CLIP_KEY] == 1.0 for _, fit_ins in ins)
+    server_params, server_metrics = server.aggregate_fit(
+        1, [result(f"c{i}", u) for i, u in enumerate(updates)], [])
+    client_sent = [clip_update(model_delta(u, GLOBAL), 1.0) for u in updates]
+    client_params, client_metrics = client.aggregate_fit(
+        1, [result(f"c{i}", c, update_norm=n) for i, (c, n) in enumerate(client_sent)], [])
+    for a, b in zip(parameters_to_ndarrays(server_params), parameters_to_ndarrays(client_params)):
+        np.testing.assert_array_equal(a, b)
+    norms = [n for _, n in client_sent]
+    assert 0 < np.mean([n > 1.0 for n in norms]) < 1
+    assert server_metrics["clip_fraction"] == client_metrics["clip_fraction"] == np.mean([n > 1.0 for n in norms])
+    assert server_metrics["median_update_norm"] == pytest.approx(np.median(norms))
+
+
+def test_aggregate_is_global_plus_noised_sum_over_expected_cohort():
+    s = strategy(noise_multiplier=1e-9, clients_per_round=4, server_learning_rate=0.5)
+    s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(8))
+    updates = [trained(i, 0.01) for i in range(2)]  # norms below S: not clipped
+    params, metrics = s.aggregate_fit(1, [result(f"c{i}", u) for i, u in enumerate(updates)], [])
+    expected = [g + 0.5 * (model_delta(updates[0], GLOBAL)[k] + model_delta(updates[1], GLOBAL)[k]) / 4
+                for k, g in enumerate(GLOBAL)]
+    for got, want in zip(parameters_to_ndarrays(params), expected):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert metrics["clip_fraction"] == 0.0 and metrics["epsilon"] > 0
+
+
+def test_empty_cohort_releases_noise_and_is_accounted():
+    s = strategy(noise_multiplier=2.0, clients_per_round=4, clipping_norm=0.5)
+    s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(8))
+    params, metrics = s.aggregate_fit(1, [], [])
+    moved = np.concatenate([(p - g).ravel() for p, g in zip(parameters_to_ndarrays(params), GLOBAL)])
+    assert np.all(moved != 0) and s.accountant.rounds == 1
+    assert np.std(moved) == pytest.approx(2.0 * 0.5 / 4, rel=0.5)
+    assert metrics["cohort_size"] >= 0 and metrics["epsilon"] > 0
+
+
+def test_too_long_client_clipped_update_never_reaches_the_model(caplog):
+    s = strategy(clipping="client", noise_multiplier=1e-9, clients_per_round=2)
+    s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(4))
+    honest = clip_update(model_delta(trained(0, 0.001), GLOBAL), 1.0)[0]
+    cheat = [np.full(sh, 10.0, dtype=np.float32) for sh in SHAPES]
+    params, metrics = s.aggregate_fit(1, [result("h", honest), result("x", cheat)], [])
+    for got, g, h in zip(parameters_to_ndarrays(params), GLOBAL, honest):
+        np.testing.assert_allclose(got, g + h / 2, atol=1e-6)
+    assert metrics["num_rejected"] == 1 and "left out client x" in caplog.text
+
+
+def test_budget_stops_before_the_round_that_would_exceed_it():
+    sigma, q, delta, target = 2.0, 0.1, 1e-5, 1.0  # 11 rounds fit the budget
+    reference = RDPAccountant()
+    allowed = 0
+    while True:
+        reference.step(noise_multiplier=sigma, sample_rate=q)
+        if reference.get_epsilon(delta) > target:
+            break
+        allowed += 1
+    assert allowed >= 3
+    s = strategy(noise_multiplier=sigma, clients_per_round=1, target_epsilon=target)
+    cm = manager(10)
+    server_round = 1
+    while s.stop_reason(server_round, cm) is None:
+        s.configure_fit(server_round, ndarrays_to_parameters(GLOBAL), cm)
+        s.aggregate_fit(server_round, [], [])
+        server_round += 1
+    assert s.accountant.rounds == allowed == server_round - 1
+    assert s.accountant.epsilon() <= target
+    assert f"round {allowed + 1} would raise epsilon" in s.stop_reason(allowed + 1, cm)
+
+
+def test_a_first_round_over_budget_never_runs():
+    s = strategy(noise_multiplier=0.5, clients_per_round=10, target_epsilon=0.1)
+    assert "round 1 would raise epsilon from 0.0000" in s.stop_reason(1, manager(10))
+
+
+def test_sigma_is_calibrated_to_the_target_when_not_given():
+    s = strategy(noise_multiplier=None, target_epsilon=2.0, rounds=20, clients_per_round=5)
+    s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(50))
+    for r in range(20):
+        s.aggregate_fit(r + 1, [], [])
+    assert 0.98 * 2.0 <= s.accountant.epsilon() <= 2.0
+    assert s.summary()["noise_multiplier"] == s.noise_multiplier > 0
