@@ -97,6 +97,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "dp-delta": _float(0, 1, True, True),
     "dp-clients-per-round": _float(0, INF, True, True),
     "dp-accountant": _choice(*ACCOUNTANTS),
+    "dp-target-quantile": _float(0, 1, True, True),
+    "dp-clip-learning-rate": _float(0, INF, True, True),
+    "dp-clipped-count-stddev": _float(0, INF, True, True),
 }
 
 
@@ -134,6 +137,9 @@ class AppConfig:
     dp_delta: float
     dp_clients_per_round: float
     dp_accountant: str
+    dp_target_quantile: float
+    dp_clip_learning_rate: float
+    dp_clipped_count_stddev: float
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "AppConfig":
@@ -166,6 +172,17 @@ class AppConfig:
             raise ConfigError(
                 f"Invalid run-config: dp-noise-multiplier = {values['dp_noise_multiplier']!r} "
                 "(allowed: > 0, or 0 with dp-target-epsilon > 0 to calibrate it)"
+            )
+        if (
+            values["dp_mode"] == "central"
+            and values["dp_clipping"] == "adaptive"
+            and values["dp_noise_multiplier"] > 0
+            and not 2 * values["dp_clipped_count_stddev"] > values["dp_noise_multiplier"]
+        ):
+            raise ConfigError(
+                f"Invalid run-config: dp-clipped-count-stddev = {values['dp_clipped_count_stddev']!r} "
+                f"(allowed: > dp-noise-multiplier / 2 = {values['dp_noise_multiplier'] / 2:g} "
+                "with adaptive clipping)"
             )
         return cls(**values)
 

@@ -67,6 +67,9 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> FedAvg:
         rounds=cfg.num_server_rounds,
         clipping=cfg.dp_clipping,
         server_learning_rate=cfg.server_learning_rate,
+        target_quantile=cfg.dp_target_quantile,
+        clip_learning_rate=cfg.dp_clip_learning_rate,
+        clipped_count_stddev=cfg.dp_clipped_count_stddev,
         seed=cfg.seed,
         **common,
     )

@@ -3,7 +3,9 @@
 Per round: Poisson-sample the fixed population at rate q = m/N; take each returned
 update Δ_k = w_k − w_global over every tensor; clip it to norm S (here, or trust the
 clients' clipping after checking its norm); release (Σ clipped Δ_k + N(0, σ²S² I)) / m;
-set w ← w + η·mean; step the accountant once with (σ, q). The math lives in
+set w ← w + η·mean; step the accountant once with (σ, q). With adaptive clipping the
+server clips, S follows a target quantile of the update norms, and the update noise
+uses σ_Δ so that the round still costs one step of σ (see `adaptive_clipping`). The math lives in
 `dp_mechanism`, `sampling` and `accounting`; this module is the Flower glue.
 """
 
@@ -23,12 +25,17 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier
+from strategies.adaptive_clipping import (
+    next_clipping_norm,
+    noised_unclipped_fraction,
+    update_noise_multiplier,
+)
 from strategies.aggregation import update_problem
 from strategies.dp_mechanism import clip_update, global_l2_norm, model_delta, noisy_mean
 from strategies.fedavg import Failures, FedAvg
 from strategies.sampling import poisson_sample
 
-CLIPPING_MODES = ("server", "client")
+CLIPPING_MODES = ("server", "client", "adaptive")
 CLIENT_CLIP_KEY = "dp-clipping-norm"  # in FitIns.config: clip locally, send the clipped Δ
 NORM_SLACK = 1e-5  # float32 rounding allowed on client-clipped norms
 
@@ -55,6 +62,9 @@ class DPFedAvg(FedAvg):
         rounds: int | None = None,
         clipping: str = "server",
         server_learning_rate: float = 1.0,
+        target_quantile: float = 0.5,
+        clip_learning_rate: float = 0.2,
+        clipped_count_stddev: float = 1.0,
         seed: int = 0,
         **kwargs,
     ) -> None:
@@ -75,6 +85,9 @@ class DPFedAvg(FedAvg):
         self.rounds = rounds
         self.clipping = clipping
         self.server_learning_rate = server_learning_rate
+        self.target_quantile = target_quantile
+        self.clip_learning_rate = clip_learning_rate
+        self.clipped_count_stddev = clipped_count_stddev
         sampling_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
         self.sampling_rng = np.random.default_rng(sampling_seed)
         self.noise_rng = np.random.default_rng(noise_seed)
@@ -111,6 +124,8 @@ class DPFedAvg(FedAvg):
                 self.target_epsilon, self.accountant.delta, self.sampling_rate, self.rounds,
                 self.accountant.kind,
             )
+        if self.clipping == "adaptive":
+            update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)  # checks 2σ_b > σ
         log(INFO, "DP: population N = %s, q = %.4f, sigma = %.4f, S = %g, %s accountant",
             len(self.population), self.sampling_rate, self.noise_multiplier,
             self.clipping_norm, self.accountant.kind)
@@ -164,11 +179,14 @@ class DPFedAvg(FedAvg):
                 continue
             clipped.append(update)
             norms.append(norm)
+        update_sigma = self.noise_multiplier
+        if self.clipping == "adaptive":
+            update_sigma = update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
         mean = noisy_mean(
             clipped,
             self.expected_shapes,
             clipping_norm=self.clipping_norm,
-            noise_multiplier=self.noise_multiplier,
+            noise_multiplier=update_sigma,
             expected_cohort_size=self.clients_per_round,
             rng=self.noise_rng,
         )
@@ -182,13 +200,21 @@ class DPFedAvg(FedAvg):
             metrics.update(self.fit_metrics_aggregation_fn(
                 [(r.num_examples, r.metrics) for _, r in results]))
         metrics.update(self._diagnostics(norms, len(results) - len(clipped)))
+        if self.clipping == "adaptive":
+            fraction = noised_unclipped_fraction(
+                norms, self.clipping_norm, self.clipped_count_stddev, self.clients_per_round,
+                self.noise_rng,
+            )
+            self.clipping_norm = next_clipping_norm(
+                self.clipping_norm, fraction, self.target_quantile, self.clip_learning_rate
+            )
         return ndarrays_to_parameters(new_weights), metrics
 
     def _clipped_update(
         self, arrays: list[np.ndarray], res: FitRes
     ) -> tuple[list[np.ndarray] | None, float]:
         """(clipped Δ, norm before clipping); None when a client-clipped Δ is too long."""
-        if self.clipping == "server":
+        if self.clipping != "client":
             return clip_update(model_delta(arrays, self.global_weights), self.clipping_norm)
         norm = global_l2_norm(arrays)
         if norm > self.clipping_norm * (1 + NORM_SLACK):

@@ -69,7 +69,7 @@ def test_waiting_for_more_clients_than_exist_is_refused(default_run_config):
     "key, value, allowed",
     [
         ("dp-mode", "local", "one of 'off', 'central'"),
-        ("dp-clipping", "adaptive", "one of 'server', 'client'"),
+        ("dp-clipping", "auto", "one of 'server', 'client', 'adaptive'"),
         ("dp-clipping-norm", 0.0, "a number in (0, infinity)"),
         ("dp-delta", 1.0, "a number in (0, 1)"),
         ("dp-delta", 0.0, "a number in (0, 1)"),
@@ -90,3 +90,10 @@ def test_central_dp_needs_a_noise_multiplier_or_a_target(default_run_config):
     with pytest.raises(ConfigError, match=r"dp-noise-multiplier = 0.0 \(allowed: > 0, or 0 with dp-target-epsilon > 0"):
         AppConfig.from_run_config(no_noise)
     assert AppConfig.from_run_config(no_noise | {"dp-target-epsilon": 3.0}).dp_target_epsilon == 3.0
+
+
+def test_adaptive_clipping_needs_enough_count_noise(default_run_config):
+    adaptive = default_run_config | {"dp-mode": "central", "dp-clipping": "adaptive",
+                                     "dp-noise-multiplier": 3.0, "dp-clipped-count-stddev": 1.0}
+    with pytest.raises(ConfigError, match=r"dp-clipped-count-stddev = 1.0 \(allowed: > dp-noise-multiplier / 2 = 1.5"):
+        AppConfig.from_run_config(adaptive)

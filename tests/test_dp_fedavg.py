@@ -161,3 +161,21 @@ def test_sigma_is_calibrated_to_the_target_when_not_given():
         s.aggregate_fit(r + 1, [], [])
     assert 0.98 * 2.0 <= s.accountant.epsilon() <= 2.0
     assert s.summary()["noise_multiplier"] == s.noise_multiplier > 0
+
+
+def test_adaptive_clipping_moves_s_towards_the_update_norms():
+    small = [trained(i, 1e-3) for i in range(10)]  # norms ~0.004: all below S
+    s = strategy(clipping="adaptive", clipping_norm=1.0, clients_per_round=10,
+                 noise_multiplier=0.5, clipped_count_stddev=1.0)
+    cm = manager(10)
+    for r in range(1, 6):
+        s.configure_fit(r, ndarrays_to_parameters(GLOBAL), cm)
+        s.aggregate_fit(r, [result(f"c{i}", u) for i, u in enumerate(small)], [])
+    assert s.clipping_norm < 0.95
+    large = [trained(i, 10.0) for i in range(10)]  # all clipped
+    before = s.clipping_norm
+    for r in range(6, 11):
+        s.configure_fit(r, ndarrays_to_parameters(GLOBAL), cm)
+        _, metrics = s.aggregate_fit(r, [result(f"c{i}", u) for i, u in enumerate(large)], [])
+    assert s.clipping_norm > 1.05 * before and metrics["clip_fraction"] == 1.0
+    assert s.accountant.rounds == 10

@@ -105,3 +105,35 @@ def test_state_dict_continues_the_budget():
     assert resumed.epsilon() == predicted > first.epsilon()
     with pytest.raises(ValueError, match="not rdp at delta 0.001"):
         ClientLevelAccountant("rdp", 1e-3).load_state_dict(first.state_dict())
+
+
+def test_adaptive_clip_norm_shrinks_when_most_updates_fit_and_grows_when_most_are_clipped():
+    from strategies.adaptive_clipping import next_clipping_norm, noised_unclipped_fraction
+
+    rng = np.random.default_rng(0)
+    small, large = [0.1] * 20, [10.0] * 20
+    c = 1.0
+    for _ in range(10):
+        c = next_clipping_norm(c, noised_unclipped_fraction(small, c, 1.0, 20, rng), 0.5, 0.2)
+    assert c < 0.5
+    c = 1.0
+    for _ in range(10):
+        c = next_clipping_norm(c, noised_unclipped_fraction(large, c, 1.0, 20, rng), 0.5, 0.2)
+    assert c > 2.0
+    norms = list(np.random.default_rng(1).lognormal(0.0, 0.5, size=1000))
+    c = 5.0
+    for _ in range(300):
+        c = next_clipping_norm(c, noised_unclipped_fraction(norms, c, 1.0, 1000, rng), 0.5, 0.2)
+    assert c == pytest.approx(np.median(norms), rel=0.1)  # converges to the gamma-quantile
+
+
+def test_adaptive_clipping_update_noise_keeps_the_accounted_sigma():
+    from strategies.adaptive_clipping import update_noise_multiplier
+
+    sigma, sigma_b = 1.0, 5.0
+    sigma_delta = update_noise_multiplier(sigma, sigma_b)
+    # two Gaussian queries compose like one with sigma^-2 = sigma_delta^-2 + (2 sigma_b)^-2
+    assert sigma_delta ** -2 + (2 * sigma_b) ** -2 == pytest.approx(sigma ** -2)
+    assert sigma_delta > sigma
+    with pytest.raises(ValueError, match="2 \\* dp-clipped-count-stddev > noise multiplier"):
+        update_noise_multiplier(1.0, 0.5)
