@@ -1,30 +1,43 @@
 """ClientApp: a NumPyClient that trains `Net` on its partition of MNIST."""
 
+import json
 from functools import lru_cache
 
 import numpy as np
 from flwr.client import Client, ClientApp, NumPyClient
-from flwr.common import Context, NDArrays, Scalar
+from flwr.common import ConfigRecord, Context, NDArrays, RecordDict, Scalar
 
 from data.mnist import TensorDataset, load_mnist
 from data.partition import PartitionSpec, client_split, partition_indices
 from fl_app.config import AppConfig
+from fl_app.local_dp import LocalDPSettings, local_noise_multiplier, train_private
 from fl_app.model import Net
 from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train
 from strategies.dp_fedavg import CLIENT_CLIP_KEY
 from strategies.dp_mechanism import clip_update, model_delta
 
 
+ACCOUNTANT_RECORD = "local-dp-accountant"
+
+
 class FlowerClient(NumPyClient):
-    """One site: local training on `train_set`, evaluation on `val_set`."""
+    """One site: local training on `train_set` (DP-SGD when `dp-mode = "local"`),
+    evaluation on `val_set`. `state` is the node's context state, which outlives the
+    client object between rounds and carries the local privacy accountant."""
 
     def __init__(
-        self, cfg: AppConfig, partition_id: int, train_set: TensorDataset, val_set: TensorDataset
+        self,
+        cfg: AppConfig,
+        partition_id: int,
+        train_set: TensorDataset,
+        val_set: TensorDataset,
+        state: RecordDict | None = None,
     ) -> None:
         self.cfg = cfg
         self.partition_id = partition_id
         self.train_set = train_set
         self.val_set = val_set
+        self.state = state if state is not None else RecordDict()
         self.net = Net().to(device())
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict]:
@@ -42,13 +55,36 @@ class FlowerClient(NumPyClient):
             momentum=self.cfg.momentum,
             seed=int(seed.generate_state(1)[0]),
         )
-        loss, accuracy = train(self.net, self.train_set, settings)
-        metrics = {"train_loss": loss, "train_accuracy": accuracy}
+        if self.cfg.dp_mode == "local":
+            loss, accuracy, epsilon = self._train_private(settings)
+            metrics = {"train_loss": loss, "train_accuracy": accuracy, "epsilon": epsilon}
+        else:
+            loss, accuracy = train(self.net, self.train_set, settings)
+            metrics = {"train_loss": loss, "train_accuracy": accuracy}
         weights = get_weights(self.net)
         if CLIENT_CLIP_KEY in config:
             weights, norm = clip_update(model_delta(weights, parameters), float(config[CLIENT_CLIP_KEY]))
             metrics["update_norm"] = norm
         return weights, len(self.train_set), metrics
+
+    def _train_private(self, settings: TrainSettings) -> tuple[float, float, float]:
+        """DP-SGD, continuing this client's accountant across rounds."""
+        dp = LocalDPSettings(
+            max_grad_norm=self.cfg.dp_max_grad_norm,
+            noise_multiplier=local_noise_multiplier(
+                target_epsilon=self.cfg.dp_target_epsilon, delta=self.cfg.dp_delta,
+                num_samples=len(self.train_set), batch_size=self.cfg.batch_size,
+                epochs=self.cfg.local_epochs, rounds=self.cfg.num_server_rounds,
+                accountant=self.cfg.dp_accountant,
+            ),
+            delta=self.cfg.dp_delta,
+            accountant=self.cfg.dp_accountant,
+        )
+        saved = self.state.config_records.get(ACCOUNTANT_RECORD)
+        previous = json.loads(str(saved["state"])) if saved else None
+        loss, accuracy, epsilon, state = train_private(self.net, self.train_set, settings, dp, previous)
+        self.state[ACCOUNTANT_RECORD] = ConfigRecord({"state": json.dumps(state)})
+        return loss, accuracy, epsilon
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict]:
         """Loss and accuracy of the global model on the local validation split."""
@@ -89,7 +125,7 @@ def client_fn(context: Context) -> Client:
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     train_set, val_set = load_client_data(cfg, data_dir, partition_id, num_partitions)
-    return FlowerClient(cfg, partition_id, train_set, val_set).to_client()
+    return FlowerClient(cfg, partition_id, train_set, val_set, context.state).to_client()
 
 
 app = ClientApp(client_fn=client_fn)

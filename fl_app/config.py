@@ -18,7 +18,7 @@ from strategies.dp_fedavg import CLIPPING_MODES
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
-DP_MODES = ("off", "central")
+DP_MODES = ("off", "central", "local")
 
 
 class ConfigError(ValueError):
@@ -97,6 +97,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "dp-delta": _float(0, 1, True, True),
     "dp-clients-per-round": _float(0, INF, True, True),
     "dp-accountant": _choice(*ACCOUNTANTS),
+    "dp-max-grad-norm": _float(0, INF, True, True),
     "dp-target-quantile": _float(0, 1, True, True),
     "dp-clip-learning-rate": _float(0, INF, True, True),
     "dp-clipped-count-stddev": _float(0, INF, True, True),
@@ -137,6 +138,7 @@ class AppConfig:
     dp_delta: float
     dp_clients_per_round: float
     dp_accountant: str
+    dp_max_grad_norm: float
     dp_target_quantile: float
     dp_clip_learning_rate: float
     dp_clipped_count_stddev: float
@@ -172,6 +174,11 @@ class AppConfig:
             raise ConfigError(
                 f"Invalid run-config: dp-noise-multiplier = {values['dp_noise_multiplier']!r} "
                 "(allowed: > 0, or 0 with dp-target-epsilon > 0 to calibrate it)"
+            )
+        if values["dp_mode"] == "local" and not values["dp_target_epsilon"] > 0:
+            raise ConfigError(
+                f"Invalid run-config: dp-target-epsilon = {values['dp_target_epsilon']!r} "
+                "(allowed: > 0 with dp-mode = 'local', the per-client budget)"
             )
         if (
             values["dp_mode"] == "central"

@@ -82,12 +82,17 @@ class RunRecorder:
 
 
 def format_round(row: dict[str, Any], num_rounds: int) -> str:
-    """`round 3/10 | test acc 98.95% loss 0.0342 | clients 10 | 61.2 s`"""
-    return (
+    """`round 3/10 | test acc 98.95% loss 0.0342 | clients 10 | 61.2 s` (plus ε with DP)"""
+    line = (
         f"round {row['round']}/{num_rounds} | test acc {100 * row['centralized_accuracy']:.2f}% "
         f"loss {row['centralized_loss']:.4f} | clients {row['num_fit_clients']} | "
         f"{row['seconds']:.1f} s"
     )
+    if "epsilon" in row:
+        line += f" | epsilon {row['epsilon']:.3f}"
+    if "client_epsilon_max" in row:
+        line += f" | client epsilon max {row['client_epsilon_max']:.3f} mean {row['client_epsilon_mean']:.3f}"
+    return line
 
 
 def summarize(rows: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:

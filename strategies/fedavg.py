@@ -68,6 +68,11 @@ class FedAvg(FlowerFedAvg):
         if self.fit_metrics_aggregation_fn is not None:
             metrics.update(self.fit_metrics_aggregation_fn([(n, m) for _, n, m in accepted]))
         metrics["num_rejected"] = self.num_rejected
+        epsilons = [float(m["epsilon"]) for _, _, m in accepted if "epsilon" in m]
+        if epsilons:  # local DP: each client's own epsilon so far
+            metrics.pop("epsilon", None)
+            metrics["client_epsilon_max"] = max(epsilons)
+            metrics["client_epsilon_mean"] = sum(epsilons) / len(epsilons)
         return ndarrays_to_parameters(aggregated), metrics
 
     def aggregate_evaluate(

@@ -68,7 +68,8 @@ def test_waiting_for_more_clients_than_exist_is_refused(default_run_config):
 @pytest.mark.parametrize(
     "key, value, allowed",
     [
-        ("dp-mode", "local", "one of 'off', 'central'"),
+        ("dp-mode", "both", "one of 'off', 'central', 'local'"),
+        ("dp-max-grad-norm", 0.0, "a number in (0, infinity)"),
         ("dp-clipping", "auto", "one of 'server', 'client', 'adaptive'"),
         ("dp-clipping-norm", 0.0, "a number in (0, infinity)"),
         ("dp-delta", 1.0, "a number in (0, 1)"),
@@ -97,3 +98,8 @@ def test_adaptive_clipping_needs_enough_count_noise(default_run_config):
                                      "dp-noise-multiplier": 3.0, "dp-clipped-count-stddev": 1.0}
     with pytest.raises(ConfigError, match=r"dp-clipped-count-stddev = 1.0 \(allowed: > dp-noise-multiplier / 2 = 1.5"):
         AppConfig.from_run_config(adaptive)
+
+
+def test_local_dp_needs_a_per_client_target(default_run_config):
+    with pytest.raises(ConfigError, match=r"dp-target-epsilon = 0.0 \(allowed: > 0 with dp-mode = 'local'"):
+        AppConfig.from_run_config(default_run_config | {"dp-mode": "local"})

@@ -72,3 +72,10 @@ def test_aggregate_evaluate_drops_non_finite_losses(strategy):
     )
     assert loss == pytest.approx((10 * 0.5 + 30 * 1.5) / 40)
     assert metrics["accuracy"] == pytest.approx((10 * 0.8 + 30 * 0.4) / 40)
+
+
+def test_client_reported_epsilons_are_summarised_as_max_and_mean(strategy):
+    results = [fit_result("a", arrays(1.0), 10, epsilon=1.0), fit_result("b", arrays(1.0), 30, epsilon=3.0)]
+    _, metrics = strategy.aggregate_fit(2, results, [])
+    assert (metrics["client_epsilon_max"], metrics["client_epsilon_mean"]) == (3.0, 2.0)
+    assert "epsilon" not in metrics

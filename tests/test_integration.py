@@ -132,3 +132,20 @@ def test_central_dp_simulation_reports_epsilon(tmp_path, mnist_dir, clipping):
     assert summary["epsilon"] >= 0.98 * 8.0  # sigma calibrated to spend the budget in 2 rounds
     assert (summary["delta"], summary["accountant"], summary["sampling_rate"]) == (1e-3, "rdp", pytest.approx(2 / 3))
     assert summary["noise_multiplier"] > 0
+
+
+def test_local_dp_simulation_reports_client_epsilons(tmp_path, mnist_dir):
+    out = tmp_path / "outputs"
+    dp = "dp-mode='local' dp-target-epsilon=8.0 dp-delta=1e-3 dp-max-grad-norm=1.0"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "3", "--rounds", "2",
+         "--run-config", f"{QUICK} {dp} data-dir='{mnist_dir}' output-dir='{out}'"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "client epsilon max" in result.stdout
+    (run_dir,) = out.iterdir()
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    maxima = [h["client_epsilon_max"] for h in history[1:]]
+    assert 0 < maxima[0] < maxima[1] <= 8.0
+    assert all(h["client_epsilon_mean"] <= h["client_epsilon_max"] for h in history[1:])

@@ -1,0 +1,103 @@
+"""Sample-level DP-SGD on a client with Opacus (Abadi et al. 2016, "Deep Learning with
+Differential Privacy").
+
+Each client trains with Poisson-sampled minibatches (rate B/n), per-sample gradients
+clipped to `max_grad_norm` and Gaussian noise of std σ·max_grad_norm on their sum. The
+guarantee protects one *sample* of that client's data. The client's accountant lives
+across rounds (its state travels in the node's context), so ε grows with every round
+the client joins; a fresh PrivacyEngine per round would restart it at zero.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from opacus import PrivacyEngine
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset as TorchTensorDataset
+
+from data.mnist import TensorDataset
+from fl_app.task import TrainSettings, make_optimizer
+
+
+@dataclass(frozen=True)
+class LocalDPSettings:
+    """A client's DP-SGD parameters."""
+
+    max_grad_norm: float
+    noise_multiplier: float
+    delta: float
+    accountant: str
+
+
+def batches_per_epoch(num_samples: int, batch_size: int) -> int:
+    """Opacus' Poisson loader runs ceil(n/B) steps per epoch at rate 1/ceil(n/B)."""
+    return math.ceil(num_samples / batch_size)
+
+
+@lru_cache(maxsize=64)
+def local_noise_multiplier(
+    *, target_epsilon: float, delta: float, num_samples: int, batch_size: int,
+    epochs: int, rounds: int, accountant: str,
+) -> float:
+    """σ such that joining every one of `rounds` rounds spends at most `target_epsilon`."""
+    steps_per_epoch = batches_per_epoch(num_samples, batch_size)
+    return float(get_noise_multiplier(
+        target_epsilon=target_epsilon, target_delta=delta, sample_rate=1 / steps_per_epoch,
+        steps=rounds * epochs * steps_per_epoch, accountant=accountant, epsilon_tolerance=0.01,
+    ))
+
+
+def train_private(
+    net: nn.Module,
+    data: TensorDataset,
+    settings: TrainSettings,
+    dp: LocalDPSettings,
+    accountant_state: dict[str, Any] | None,
+) -> tuple[float, float, float, dict[str, Any]]:
+    """Train `net` with DP-SGD, continuing the accountant from `accountant_state`.
+
+    Opacus trains a copy (its hooks stay there); the result is loaded into `net`.
+    Returns (mean train loss, train accuracy, ε so far at δ, new accountant state).
+    """
+    errors = ModuleValidator.validate(net, strict=False)
+    if errors:
+        raise ValueError(f"model is not compatible with Opacus: {errors}")
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    loader = DataLoader(TorchTensorDataset(data.images, data.labels),
+                        batch_size=settings.batch_size, generator=generator)
+    private_net = copy.deepcopy(net)
+    engine = PrivacyEngine(accountant=dp.accountant)
+    if accountant_state:
+        engine.accountant.load_state_dict(accountant_state)
+    model, optimizer, private_loader = engine.make_private(
+        module=private_net, optimizer=make_optimizer(private_net, settings), data_loader=loader,
+        noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+        poisson_sampling=True,
+    )
+    dev = next(net.parameters()).device
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for _ in range(settings.epochs):
+        for x, y in private_loader:
+            if len(y) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            x, y = x.to(dev), y.to(dev)
+            optimizer.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = F.nll_loss(out, y)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss) * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+    net.load_state_dict(private_net.state_dict())
+    epsilon = float(engine.get_epsilon(dp.delta))
+    return loss_sum / max(seen, 1), correct / max(seen, 1), epsilon, engine.accountant.state_dict()
