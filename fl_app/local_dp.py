@@ -16,14 +16,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from opacus import PrivacyEngine
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset as TorchTensorDataset
 
 from data.mnist import TensorDataset
 from fl_app.task import TrainSettings, make_optimizer
+from strategies.opacus_compat import ModuleValidator, PrivacyEngine, get_noise_multiplier
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ multiplier σ and client sampling rate q; the accountant composes them and conve
 
 from typing import Any
 
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+from strategies.opacus_compat import create_accountant, get_noise_multiplier
 
 ACCOUNTANTS = ("rdp", "prv")
 

@@ -137,3 +137,13 @@ def test_adaptive_clipping_update_noise_keeps_the_accounted_sigma():
     assert sigma_delta > sigma
     with pytest.raises(ValueError, match="2 \\* dp-clipped-count-stddev > noise multiplier"):
         update_noise_multiplier(1.0, 0.5)
+
+
+def test_importing_the_app_leaves_the_root_logger_alone():
+    import subprocess
+    import sys
+
+    code = ("import logging, fl_app.server_app, fl_app.client_app; "
+            "print(len(logging.getLogger().handlers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"  # else every Flower log line prints twice
