@@ -43,7 +43,8 @@ def centralized_evaluator(
 
 
 def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> FedAvg:
-    """FedAvg, or central DP-FedAvg when `dp-mode = "central"`."""
+    """Central DP-FedAvg when `dp-mode = "central"`, else FedAvg (with local DP the
+    clients add the noise)."""
     common = dict(
         fraction_fit=cfg.fraction_fit,
         fraction_evaluate=cfg.fraction_evaluate,
@@ -55,7 +56,7 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> FedAvg:
         on_evaluate_config_fn=lambda r: {"server-round": r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_net(cfg.seed))),
     )
-    if cfg.dp_mode == "off":
+    if cfg.dp_mode != "central":
         return FedAvg(**common)
     return DPFedAvg(
         clipping_norm=cfg.dp_clipping_norm,

@@ -4,6 +4,7 @@ process it started."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -148,4 +149,25 @@ def test_local_dp_simulation_reports_client_epsilons(tmp_path, mnist_dir):
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     maxima = [h["client_epsilon_max"] for h in history[1:]]
     assert 0 < maxima[0] < maxima[1] <= 8.0
-    assert all(h["client_epsilon_mean"] <= h["client_epsilon_max"] for h in history[1:])
+    assert all(h["client_epsilon_mean"] <= h["client_epsilon_max"] * (1 + 1e-12) for h in history[1:])
+
+
+def test_run_simulation_stops_everything_on_ctrl_c(tmp_path, mnist_dir):
+    before = flower_processes()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "2", "--rounds", "50",
+         "--run-config", f"samples-per-client=500 data-dir='{mnist_dir}' output-dir='{tmp_path}'"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )
+    try:
+        for line in proc.stdout:
+            if "round 1/50" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            stop_process_tree(proc.pid)
+    assert proc.returncode == 130
+    assert "interrupted; SuperLink and simulation stopped" in out
+    assert flower_processes() <= before
