@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_simulation: {err}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Ctrl-C must clean up even when started with SIGINT ignored (nohup, background jobs)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="fl-app-flwr-home-") as flwr_home:
         try:
             return simulate(args, run_config, Path(flwr_home))
