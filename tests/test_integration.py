@@ -46,14 +46,19 @@ def flower_processes() -> set[int]:
     return found
 
 
+def run_simulation_cli(tmp_path: Path, run_config: str) -> subprocess.CompletedProcess:
+    """`run_simulation.py` with 3 clients and 2 rounds, run from `tmp_path`."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "3", "--rounds", "2",
+         "--run-config", run_config],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+
+
 def test_run_simulation_runs_a_federation_and_leaves_nothing_behind(tmp_path, mnist_dir):
     before = flower_processes()
     out = tmp_path / "outputs"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "3", "--rounds", "2",
-         "--run-config", f"{QUICK} data-dir='{mnist_dir}' output-dir='{out}'"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+    result = run_simulation_cli(tmp_path, f"{QUICK} data-dir='{mnist_dir}' output-dir='{out}'")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "round 2/2 | test acc" in result.stdout
     assert "finished:completed" in result.stdout
@@ -117,11 +122,7 @@ def test_central_dp_simulation_reports_epsilon(tmp_path, mnist_dir, clipping):
     out = tmp_path / "outputs"
     dp = (f"dp-mode='central' dp-clipping='{clipping}' dp-clients-per-round=2.0 "
           "dp-noise-multiplier=0.0 dp-target-epsilon=8.0 dp-delta=1e-3 dp-clipping-norm=2.0")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "3", "--rounds", "2",
-         "--run-config", f"{QUICK} {dp} data-dir='{mnist_dir}' output-dir='{out}'"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+    result = run_simulation_cli(tmp_path, f"{QUICK} {dp} data-dir='{mnist_dir}' output-dir='{out}'")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = out.iterdir()
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -138,11 +139,7 @@ def test_central_dp_simulation_reports_epsilon(tmp_path, mnist_dir, clipping):
 def test_local_dp_simulation_reports_client_epsilons(tmp_path, mnist_dir):
     out = tmp_path / "outputs"
     dp = "dp-mode='local' dp-target-epsilon=8.0 dp-delta=1e-3 dp-max-grad-norm=1.0"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "3", "--rounds", "2",
-         "--run-config", f"{QUICK} {dp} data-dir='{mnist_dir}' output-dir='{out}'"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+    result = run_simulation_cli(tmp_path, f"{QUICK} {dp} data-dir='{mnist_dir}' output-dir='{out}'")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "client epsilon max" in result.stdout
     (run_dir,) = out.iterdir()
