@@ -30,7 +30,6 @@ from strategies.adaptive_clipping import (
     noised_unclipped_fraction,
     update_noise_multiplier,
 )
-from strategies.aggregation import update_problem
 from strategies.dp_mechanism import clip_update, global_l2_norm, model_delta, noisy_mean
 from strategies.fedavg import Failures, FedAvg
 from strategies.sampling import poisson_sample
@@ -166,17 +165,10 @@ class DPFedAvg(FedAvg):
         failures: Failures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Release the noised mean of the clipped updates and account for the round."""
+        accepted = self.screen(server_round, results, self._client_clipping_problem)
         clipped, norms = [], []
-        for proxy, res in results:
-            arrays = parameters_to_ndarrays(res.parameters)
-            problem = update_problem(arrays, self.expected_shapes)
-            if problem is None:
-                update, norm = self._clipped_update(arrays, res)
-                if update is None:
-                    problem = f"client-clipped update has norm {norm:.6g} > S = {self.clipping_norm}"
-            if problem is not None:
-                log(WARNING, "round %s: left out client %s: %s", server_round, proxy.cid, problem)
-                continue
+        for arrays, res in accepted:
+            update, norm = self._clipped_update(arrays, res)
             clipped.append(update)
             norms.append(norm)
         update_sigma = self.noise_multiplier
@@ -210,16 +202,22 @@ class DPFedAvg(FedAvg):
             )
         return ndarrays_to_parameters(new_weights), metrics
 
-    def _clipped_update(
-        self, arrays: list[np.ndarray], res: FitRes
-    ) -> tuple[list[np.ndarray] | None, float]:
-        """(clipped Δ, norm before clipping); None when a client-clipped Δ is too long."""
+    def _client_clipping_problem(self, arrays: list[np.ndarray], res: FitRes) -> str | None:
+        """In client mode, an update longer than S (beyond float32 rounding) is refused."""
         if self.clipping != "client":
-            return clip_update(model_delta(arrays, self.global_weights), self.clipping_norm)
+            return None
         norm = global_l2_norm(arrays)
         if norm > self.clipping_norm * (1 + NORM_SLACK):
-            return None, norm
-        return arrays, float(res.metrics.get("update_norm", norm))
+            return f"client-clipped update has norm {norm:.6g} > S = {self.clipping_norm}"
+        return None
+
+    def _clipped_update(self, arrays: list[np.ndarray], res: FitRes) -> tuple[list[np.ndarray], float]:
+        """(clipped Δ, norm before clipping): clipped here, or as the client sent it with
+        the norm it reports."""
+        if self.clipping != "client":
+            return clip_update(model_delta(arrays, self.global_weights), self.clipping_norm)
+        norm = res.metrics["update_norm"] if "update_norm" in res.metrics else global_l2_norm(arrays)
+        return arrays, float(norm)
 
     def _diagnostics(self, norms: list[float], rejected: int) -> dict[str, Scalar]:
         """What users need to choose S, plus the privacy spent so far."""

@@ -3,6 +3,7 @@
 from logging import WARNING
 
 import math
+from collections.abc import Callable
 
 from flwr.common import (
     EvaluateRes,
@@ -13,6 +14,7 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+import numpy as np
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
@@ -35,7 +37,6 @@ class FedAvg(FlowerFedAvg):
         kwargs.setdefault("evaluate_metrics_aggregation_fn", weighted_metric_means)
         super().__init__(initial_parameters=initial_parameters, **kwargs)
         self.expected_shapes = [a.shape for a in parameters_to_ndarrays(initial_parameters)]
-        self.num_rejected = 0  # in the last aggregated round
 
     def __repr__(self) -> str:
         return f"FedAvg(accept_failures={self.accept_failures})"
@@ -49,31 +50,42 @@ class FedAvg(FlowerFedAvg):
         """Average the well-formed results, weighted by their example counts."""
         if failures and not self.accept_failures:
             return None, {}
-        accepted = []
-        for proxy, res in results:
-            update = parameters_to_ndarrays(res.parameters)
-            problem = update_problem(update, self.expected_shapes)
-            if problem is None and res.num_examples <= 0:
-                problem = f"num_examples = {res.num_examples}"
-            if problem is not None:
-                log(WARNING, "round %s: left out client %s: %s", server_round, proxy.cid, problem)
-                continue
-            accepted.append((update, res.num_examples, res.metrics))
-        self.num_rejected = len(results) - len(accepted)
+        accepted = self.screen(
+            server_round, results,
+            lambda _, res: f"num_examples = {res.num_examples}" if res.num_examples <= 0 else None,
+        )
+        num_rejected = len(results) - len(accepted)
         if not accepted:
-            return None, {"num_rejected": self.num_rejected}
-        weights = [n for _, n, _ in accepted]
-        aggregated = weighted_average([u for u, _, _ in accepted], weights)
+            return None, {"num_rejected": num_rejected}
+        aggregated = weighted_average([u for u, _ in accepted], [r.num_examples for _, r in accepted])
         metrics: dict[str, Scalar] = {}
         if self.fit_metrics_aggregation_fn is not None:
-            metrics.update(self.fit_metrics_aggregation_fn([(n, m) for _, n, m in accepted]))
-        metrics["num_rejected"] = self.num_rejected
-        epsilons = [float(m["epsilon"]) for _, _, m in accepted if "epsilon" in m]
+            metrics.update(self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in accepted]))
+        metrics["num_rejected"] = num_rejected
+        epsilons = [float(r.metrics["epsilon"]) for _, r in accepted if "epsilon" in r.metrics]
         if epsilons:  # local DP: each client's own epsilon so far
             metrics.pop("epsilon", None)
             metrics["client_epsilon_max"] = max(epsilons)
             metrics["client_epsilon_mean"] = sum(epsilons) / len(epsilons)
         return ndarrays_to_parameters(aggregated), metrics
+
+    def screen(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        check: Callable[[list[np.ndarray], FitRes], str | None],
+    ) -> list[tuple[list[np.ndarray], FitRes]]:
+        """(arrays, result) of every result with the expected tensors, all finite, that
+        `check` finds no problem with; the others are logged and left out."""
+        accepted = []
+        for proxy, res in results:
+            arrays = parameters_to_ndarrays(res.parameters)
+            problem = update_problem(arrays, self.expected_shapes) or check(arrays, res)
+            if problem is not None:
+                log(WARNING, "round %s: left out client %s: %s", server_round, proxy.cid, problem)
+                continue
+            accepted.append((arrays, res))
+        return accepted
 
     def aggregate_evaluate(
         self,
