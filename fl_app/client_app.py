@@ -5,10 +5,14 @@ from functools import lru_cache
 
 import numpy as np
 from flwr.client import Client, ClientApp, NumPyClient
-from flwr.common import ConfigRecord, Context, NDArrays, RecordDict, Scalar
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import ConfigRecord, Context, Message, NDArrays, RecordDict, Scalar
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from data.mnist import TensorDataset, load_mnist
 from data.partition import PartitionSpec, client_split, partition_indices
+from fl_app.attacks import attacked
 from fl_app.config import AppConfig
 from fl_app.local_dp import LocalDPSettings, local_noise_multiplier, train_private
 from fl_app.model import Net
@@ -54,6 +58,7 @@ class FlowerClient(NumPyClient):
             learning_rate=float(config["learning-rate"]),
             momentum=self.cfg.momentum,
             seed=int(seed.generate_state(1)[0]),
+            proximal_mu=self.cfg.proximal_mu,
         )
         if self.cfg.dp_mode == "local":
             loss, accuracy, epsilon = self._train_private(settings)
@@ -62,9 +67,20 @@ class FlowerClient(NumPyClient):
             loss, accuracy = train(self.net, self.train_set, settings)
             metrics = {"train_loss": loss, "train_accuracy": accuracy}
         weights = get_weights(self.net)
+        reference = parameters
         if CLIENT_CLIP_KEY in config:
             weights, norm = clip_update(model_delta(weights, parameters), float(config[CLIENT_CLIP_KEY]))
             metrics["update_norm"] = norm
+            reference = [np.zeros_like(w) for w in weights]
+        if self.partition_id < self.cfg.num_attackers:
+            rng = np.random.default_rng(seed.spawn(1)[0])
+            weights = attacked(self.cfg.attack, weights, reference, self.cfg.attack_scale, rng)
+        if self.cfg.secure_aggregation:
+            # The server cannot screen a masked update: a non-finite one must not leave the
+            # client. Anything sent in the clear would escape the secure sum and the noise.
+            if not all(np.isfinite(w).all() for w in weights):
+                raise ValueError("local training gave a non-finite update; not sent")
+            return weights, 1, {}
         return weights, len(self.train_set), metrics
 
     def _train_private(self, settings: TrainSettings) -> tuple[float, float, float]:
@@ -128,4 +144,12 @@ def client_fn(context: Context) -> Client:
     return FlowerClient(cfg, partition_id, train_set, val_set, context.state).to_client()
 
 
-app = ClientApp(client_fn=client_fn)
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's SecAgg+ client protocol for the messages of a SecAgg+ round; other
+    messages go straight to the client."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(client_fn=client_fn, mods=[secure_aggregation_mod])

@@ -15,20 +15,25 @@ import tomllib
 from data.partition import PARTITIONERS
 from strategies.accounting import ACCOUNTANTS
 from strategies.dp_fedavg import CLIPPING_MODES
+from strategies.registry import BUILT_IN, LINEAR, load_strategy_class
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 DP_MODES = ("off", "central", "local")
+MNIST_TEST_SIZE = 10_000
+ATTACKS = ("sign-flip", "scaled-noise", "nan")
 
 
 class ConfigError(ValueError):
     """A run-config value that the app cannot use."""
 
 
-def _int(minimum: int) -> Callable[[Any], str | None]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            return f"an integer >= {minimum}"
+            return f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+        if maximum is not None and v > maximum:
+            return f"an integer in [{minimum}, {maximum}]"
         return None
 
     return check
@@ -77,6 +82,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "shards-per-client": _int(1),
     "samples-per-client": _int(0),
     "validation-fraction": _float(0, 1, False, True),
+    "eval-samples": _int(0, MNIST_TEST_SIZE),
     "local-epochs": _int(1),
     "batch-size": _int(1),
     "optimizer": _choice(*OPTIMIZERS),
@@ -101,6 +107,23 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "dp-target-quantile": _float(0, 1, True, True),
     "dp-clip-learning-rate": _float(0, INF, True, True),
     "dp-clipped-count-stddev": _float(0, INF, True, True),
+    "strategy": _text,
+    "max-failure-fraction": _float(0, 1, False, False),
+    "round-timeout": _float(0, INF, False, True),
+    "proximal-mu": _float(0, INF, False, True),
+    "server-momentum": _float(0, 1, False, True),
+    "server-beta-1": _float(0, 1, False, True),
+    "server-beta-2": _float(0, 1, False, True),
+    "server-tau": _float(0, INF, True, True),
+    "trim-fraction": _float(0, 0.5, False, True),
+    "num-malicious-clients": _int(0),
+    "qfedavg-q": _float(0, INF, False, True),
+    "num-attackers": _int(0),
+    "attack": _choice(*ATTACKS),
+    "attack-scale": _float(0, INF, True, True),
+    "secure-aggregation": _bool,
+    "secagg-num-shares": _float(0, 1, True, False),
+    "secagg-reconstruction-threshold": _float(0, 1, True, False),
 }
 
 
@@ -118,6 +141,7 @@ class AppConfig:
     shards_per_client: int
     samples_per_client: int
     validation_fraction: float
+    eval_samples: int
     local_epochs: int
     batch_size: int
     optimizer: str
@@ -142,6 +166,23 @@ class AppConfig:
     dp_target_quantile: float
     dp_clip_learning_rate: float
     dp_clipped_count_stddev: float
+    strategy: str
+    max_failure_fraction: float
+    round_timeout: float
+    proximal_mu: float
+    server_momentum: float
+    server_beta_1: float
+    server_beta_2: float
+    server_tau: float
+    trim_fraction: float
+    num_malicious_clients: int
+    qfedavg_q: float
+    num_attackers: int
+    attack: str
+    attack_scale: float
+    secure_aggregation: bool
+    secagg_num_shares: float
+    secagg_reconstruction_threshold: float
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "AppConfig":
@@ -191,11 +232,47 @@ class AppConfig:
                 f"(allowed: > dp-noise-multiplier / 2 = {values['dp_noise_multiplier'] / 2:g} "
                 "with adaptive clipping)"
             )
+        check_strategy(values)
+        if values["secure_aggregation"] and (
+            values["dp_mode"] != "central" or values["dp_clipping"] != "client"
+        ):
+            raise ConfigError(
+                "Invalid run-config: secure-aggregation = true (allowed: only with "
+                "dp-mode = 'central' and dp-clipping = 'client', where clients clip and the "
+                f"server needs only the sum; got dp-mode = '{values['dp_mode']}', "
+                f"dp-clipping = '{values['dp_clipping']}')"
+            )
         return cls(**values)
 
     def to_run_config(self) -> dict[str, Any]:
         """The kebab-case mapping this config was built from."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def check_strategy(values: Mapping[str, Any]) -> None:
+    """The strategy exists, composes with the DP mode, and gets only keys it uses."""
+    name = values["strategy"]
+    if name not in BUILT_IN:
+        try:
+            load_strategy_class(name)
+        except ValueError as err:
+            raise ConfigError(f"Invalid run-config: {err}") from None
+    if values["dp_mode"] == "central" and name not in LINEAR:
+        raise ConfigError(
+            f"Invalid run-config: strategy = {name!r} (allowed with dp-mode = 'central': "
+            f"{', '.join(repr(n) for n in LINEAR)}; the noise is calibrated to a sum of clipped "
+            "updates, which a median, trimmed mean, Krum, Bulyan, q-FedAvg or an unknown "
+            "strategy does not compute)"
+        )
+    if values["proximal_mu"] > 0 and name != "fedprox":
+        raise ConfigError(f"Invalid run-config: proximal-mu = {values['proximal_mu']!r} "
+                          f"(allowed: 0 unless strategy = 'fedprox'; strategy is {name!r})")
+    if name == "fedprox" and values["dp_mode"] == "local":
+        raise ConfigError("Invalid run-config: strategy = 'fedprox' (allowed: with dp-mode "
+                          "'off' or 'central'; DP-SGD clips per-sample gradients of the plain loss)")
+    if values["server_momentum"] > 0 and name != "fedavgm":
+        raise ConfigError(f"Invalid run-config: server-momentum = {values['server_momentum']!r} "
+                          f"(allowed: 0 unless strategy = 'fedavgm'; strategy is {name!r})")
 
 
 def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) -> None:
@@ -209,6 +286,19 @@ def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) ->
         raise ConfigError(
             f"Invalid run-config: min-available-clients = {cfg.min_available_clients} "
             f"(allowed: at most the {num_partitions} clients of this federation)"
+        )
+    if cfg.num_attackers > num_partitions:
+        raise ConfigError(
+            f"Invalid run-config: num-attackers = {cfg.num_attackers} "
+            f"(allowed: at most the {num_partitions} clients of this federation)"
+        )
+    cohort = max(int(num_partitions * cfg.fraction_fit), cfg.min_fit_clients)
+    f = cfg.num_malicious_clients
+    needed = {"krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(cfg.strategy, 0)
+    if cohort < needed:
+        raise ConfigError(
+            f"Invalid run-config: num-malicious-clients = {f} (allowed: {cfg.strategy} needs "
+            f"at least {needed} clients per round, this federation samples {cohort})"
         )
     if cfg.partitioner == "shards" and num_partitions * cfg.shards_per_client > num_samples:
         raise ConfigError(

@@ -1,20 +1,27 @@
-"""ServerApp: FedAvg over the MNIST clients, evaluated centrally on the test set."""
+"""ServerApp: the configured strategy over the MNIST clients, evaluated centrally on
+the test set."""
 
 import math
 from collections.abc import Callable
 
+import torch
+
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig, SimpleClientManager
+from flwr.server import Grid, ServerApp, ServerConfig, SimpleClientManager
+from flwr.server.compat import start_grid
+from flwr.server.strategy import Strategy
 
 from data.mnist import TensorDataset, ensure_mnist, load_mnist
 from fl_app.config import AppConfig, check_partitioning
 from fl_app.model import Net, seeded_net
 from fl_app.outputs import RunRecorder, new_run_dir, resolve_output_dir
+from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
 from fl_app.task import device, evaluate, get_weights, set_weights
-from strategies import FedAvg
+from strategies import registry
 from strategies.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
+from strategies.registry import StrategyArgs
 
 MNIST_TRAIN_SIZE = 60_000
 
@@ -26,6 +33,12 @@ def round_learning_rate(cfg: AppConfig, server_round: int) -> float:
         return cfg.learning_rate
     progress = (server_round - 1) / cfg.num_server_rounds
     return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def load_test_set(cfg: AppConfig, data_dir: str) -> TensorDataset:
+    """The MNIST test set, or its first `eval-samples` samples."""
+    test_set = load_mnist(data_dir, train=False)
+    return test_set.subset(torch.arange(cfg.eval_samples)) if cfg.eval_samples else test_set
 
 
 def centralized_evaluator(
@@ -42,9 +55,8 @@ def centralized_evaluator(
     return evaluate_fn
 
 
-def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> FedAvg:
-    """Central DP-FedAvg when `dp-mode = "central"`, else FedAvg (with local DP the
-    clients add the noise)."""
+def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
+    """What every strategy receives, and the built-in ones' hyperparameters."""
     common = dict(
         fraction_fit=cfg.fraction_fit,
         fraction_evaluate=cfg.fraction_evaluate,
@@ -55,9 +67,29 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> FedAvg:
         on_fit_config_fn=lambda r: {"server-round": r, "learning-rate": round_learning_rate(cfg, r)},
         on_evaluate_config_fn=lambda r: {"server-round": r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_net(cfg.seed))),
+        max_failure_fraction=cfg.max_failure_fraction,
     )
+    return StrategyArgs(
+        common=common,
+        server_learning_rate=cfg.server_learning_rate,
+        server_momentum=cfg.server_momentum,
+        server_beta_1=cfg.server_beta_1,
+        server_beta_2=cfg.server_beta_2,
+        server_tau=cfg.server_tau,
+        trim_fraction=cfg.trim_fraction,
+        num_malicious_clients=cfg.num_malicious_clients,
+        client_learning_rate=cfg.learning_rate,
+        qfedavg_q=cfg.qfedavg_q,
+    )
+
+
+def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
+    """`strategy` by name; with `dp-mode = "central"`, DP-FedAvg whose noised mean feeds
+    the strategy's server optimizer, if it has one (local DP: clients add the noise)."""
+    args = strategy_args(cfg, test_set)
     if cfg.dp_mode != "central":
-        return FedAvg(**common)
+        return registry.build(cfg.strategy, args)
+    server_optimizer = registry.build_server_optimizer(cfg.strategy, args)
     return DPFedAvg(
         clipping_norm=cfg.dp_clipping_norm,
         noise_multiplier=cfg.dp_noise_multiplier or None,
@@ -66,32 +98,48 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> FedAvg:
         target_epsilon=cfg.dp_target_epsilon or None,
         rounds=cfg.num_server_rounds,
         clipping=cfg.dp_clipping,
-        server_learning_rate=cfg.server_learning_rate,
+        server_learning_rate=1.0 if server_optimizer else cfg.server_learning_rate,
         target_quantile=cfg.dp_target_quantile,
         clip_learning_rate=cfg.dp_clip_learning_rate,
         clipped_count_stddev=cfg.dp_clipped_count_stddev,
+        secure_aggregation=cfg.secure_aggregation,
+        server_optimizer=server_optimizer,
         seed=cfg.seed,
-        **common,
+        **args.common,
     )
 
 
-def server_fn(context: Context) -> ServerAppComponents:
-    """Validate the config, load the test set, and build the strategy and server."""
+def main(grid: Grid, context: Context) -> None:
+    """Validate the config, load the test set, build the strategy and run the rounds
+    (through SecAgg+ when `secure-aggregation = true`)."""
     cfg = AppConfig.from_run_config(context.run_config)
     data_dir = ensure_mnist(cfg.data_dir, cfg.data_download)
-    test_set = load_mnist(str(data_dir), train=False)
+    test_set = load_test_set(cfg, str(data_dir))
     run_dir = new_run_dir(resolve_output_dir(cfg.output_dir), context.run_id)
     resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(run_dir.parent)}
     recorder = RunRecorder(run_dir, resolved, cfg.num_server_rounds)
 
-    strategy = build_strategy(cfg, test_set)
-    server = RecordingServer(
+    common = dict(
         client_manager=SimpleClientManager(),
-        strategy=strategy,
+        strategy=build_strategy(cfg, test_set),
         recorder=recorder,
         check_population=lambda n: check_partitioning(cfg, n, MNIST_TRAIN_SIZE),
     )
-    return ServerAppComponents(server=server, config=ServerConfig(num_rounds=cfg.num_server_rounds))
+    if cfg.secure_aggregation:
+        server: RecordingServer = SecAggPlusServer(
+            grid=grid,
+            context=context,
+            num_shares=cfg.secagg_num_shares,
+            reconstruction_threshold=cfg.secagg_reconstruction_threshold,
+            clipping_range=cfg.dp_clipping_norm,
+            **common,
+        )
+    else:
+        server = RecordingServer(**common)
+    timeout = cfg.round_timeout or None
+    start_grid(grid=grid, server=server,
+               config=ServerConfig(num_rounds=cfg.num_server_rounds, round_timeout=timeout))
 
 
-app = ServerApp(server_fn=server_fn)
+app = ServerApp()
+app.main()(main)

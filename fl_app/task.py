@@ -23,6 +23,7 @@ class TrainSettings:
     learning_rate: float
     momentum: float
     seed: int
+    proximal_mu: float = 0.0  # FedProx: + μ/2·‖w − w_start‖² in the local loss
 
 
 def get_weights(net: nn.Module) -> list[np.ndarray]:
@@ -58,6 +59,12 @@ def make_optimizer(net: nn.Module, settings: TrainSettings) -> torch.optim.Optim
     raise ValueError(f"unknown optimizer '{settings.optimizer}'")
 
 
+def proximal_term(net: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx (Li et al. 2020): μ/2 · Σ ‖w − w_global‖² over the trainable parameters,
+    `anchor` being the global model the round started from."""
+    return 0.5 * mu * sum(torch.sum((p - a) ** 2) for p, a in zip(net.parameters(), anchor))
+
+
 def train(net: nn.Module, data: TensorDataset, settings: TrainSettings) -> tuple[float, float]:
     """Train for `settings.epochs` epochs of shuffled minibatches.
 
@@ -68,6 +75,7 @@ def train(net: nn.Module, data: TensorDataset, settings: TrainSettings) -> tuple
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # dropout masks
     optimizer = make_optimizer(net, settings)
+    anchor = [p.detach().clone() for p in net.parameters()] if settings.proximal_mu > 0 else []
     net.train()
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
@@ -80,7 +88,8 @@ def train(net: nn.Module, data: TensorDataset, settings: TrainSettings) -> tuple
             optimizer.zero_grad(set_to_none=True)
             out = net(x)
             loss = F.nll_loss(out, y)
-            loss.backward()
+            objective = loss + proximal_term(net, anchor, settings.proximal_mu) if anchor else loss
+            objective.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
             correct += (out.argmax(1) == y).sum()

@@ -3,7 +3,9 @@
 Per round: Poisson-sample the fixed population at rate q = m/N; take each returned
 update Δ_k = w_k − w_global over every tensor; clip it to norm S (here, or trust the
 clients' clipping after checking its norm); release (Σ clipped Δ_k + N(0, σ²S² I)) / m;
-set w ← w + η·mean; step the accountant once with (σ, q). With adaptive clipping the
+set w ← w + η·mean; step the accountant once with (σ, q). Under secure aggregation the
+server only ever sees the mean of the K clients' clipped updates (Flower's SecAgg+
+with every client weighted 1), so it recovers the sum as K × mean. With adaptive clipping the
 server clips, S follows a target quantile of the update norms, and the update noise
 uses σ_Δ so that the round still costs one step of σ (see `adaptive_clipping`). The math lives in
 `dp_mechanism`, `sampling` and `accounting`; this module is the Flower glue.
@@ -13,16 +15,19 @@ from logging import INFO, WARNING
 
 import numpy as np
 from flwr.common import (
+    Code,
     FitIns,
     FitRes,
     Parameters,
     Scalar,
+    Status,
     log,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
 
 from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier
 from strategies.adaptive_clipping import (
@@ -31,12 +36,15 @@ from strategies.adaptive_clipping import (
     update_noise_multiplier,
 )
 from strategies.dp_mechanism import clip_update, global_l2_norm, model_delta, noisy_mean
-from strategies.fedavg import Failures, FedAvg
+from strategies.fedavg import FedAvg
 from strategies.sampling import poisson_sample
+from strategies.screening import Failures
 
 CLIPPING_MODES = ("server", "client", "adaptive")
 CLIENT_CLIP_KEY = "dp-clipping-norm"  # in FitIns.config: clip locally, send the clipped Δ
 NORM_SLACK = 1e-5  # float32 rounding allowed on client-clipped norms
+OK = Status(Code.OK, "")
+SECURE_NORM_SLACK = 1e-3  # plus SecAgg+'s quantization error on the securely summed mean
 
 
 class DPFedAvg(FedAvg):
@@ -64,6 +72,8 @@ class DPFedAvg(FedAvg):
         target_quantile: float = 0.5,
         clip_learning_rate: float = 0.2,
         clipped_count_stddev: float = 1.0,
+        secure_aggregation: bool = False,
+        server_optimizer: Strategy | None = None,
         seed: int = 0,
         **kwargs,
     ) -> None:
@@ -76,6 +86,9 @@ class DPFedAvg(FedAvg):
             raise ValueError("give noise_multiplier, or target_epsilon and rounds to calibrate it")
         if noise_multiplier is not None and not noise_multiplier > 0:
             raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier}")
+        if secure_aggregation and clipping != "client":
+            raise ValueError("secure aggregation needs clipping = 'client': the server never "
+                             "sees an individual update to clip")
         self.clipping_norm = clipping_norm
         self.noise_multiplier = noise_multiplier
         self.clients_per_round = clients_per_round
@@ -87,6 +100,8 @@ class DPFedAvg(FedAvg):
         self.target_quantile = target_quantile
         self.clip_learning_rate = clip_learning_rate
         self.clipped_count_stddev = clipped_count_stddev
+        self.secure_aggregation = secure_aggregation
+        self.server_optimizer = server_optimizer
         sampling_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
         self.sampling_rng = np.random.default_rng(sampling_seed)
         self.noise_rng = np.random.default_rng(noise_seed)
@@ -165,12 +180,14 @@ class DPFedAvg(FedAvg):
         failures: Failures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Release the noised mean of the clipped updates and account for the round."""
-        accepted = self.screen(server_round, results, self._client_clipping_problem)
-        clipped, norms = [], []
-        for arrays, res in accepted:
-            update, norm = self._clipped_update(arrays, res)
-            clipped.append(update)
-            norms.append(norm)
+        if self.secure_aggregation:
+            clipped, norms = self._securely_summed(server_round, results), []
+        else:
+            clipped, norms = [], []
+            for _, res, arrays in self.screen(server_round, results, self._client_clipping_problem):
+                update, norm = self._clipped_update(arrays, res)
+                clipped.append(update)
+                norms.append(norm)
         update_sigma = self.noise_multiplier
         if self.clipping == "adaptive":
             update_sigma = update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
@@ -182,16 +199,14 @@ class DPFedAvg(FedAvg):
             expected_cohort_size=self.clients_per_round,
             rng=self.noise_rng,
         )
-        new_weights = [
-            (w.astype(np.float64) + self.server_learning_rate * m).astype(w.dtype)
-            for w, m in zip(self.global_weights, mean)
-        ]
+        new_weights = self._apply(server_round, mean)
         self.accountant.step(self.noise_multiplier, self.sampling_rate)
         metrics: dict[str, Scalar] = {}
         if self.fit_metrics_aggregation_fn is not None and results:
             metrics.update(self.fit_metrics_aggregation_fn(
                 [(r.num_examples, r.metrics) for _, r in results]))
-        metrics.update(self._diagnostics(norms, len(results) - len(clipped)))
+        rejected = 0 if self.secure_aggregation else len(results) - len(clipped)
+        metrics.update(self._diagnostics(norms, rejected))
         if self.clipping == "adaptive":
             fraction = noised_unclipped_fraction(
                 norms, self.clipping_norm, self.clipped_count_stddev, self.clients_per_round,
@@ -201,6 +216,39 @@ class DPFedAvg(FedAvg):
                 self.clipping_norm, fraction, self.target_quantile, self.clip_learning_rate
             )
         return ndarrays_to_parameters(new_weights), metrics
+
+    def _apply(self, server_round: int, mean: list[np.ndarray]) -> list[np.ndarray]:
+        """The next global model: w + η·mean, or the server optimizer's step on the noised
+        mean (post-processing, so it costs no privacy)."""
+        if self.server_optimizer is None:
+            return [(w.astype(np.float64) + self.server_learning_rate * m).astype(w.dtype)
+                    for w, m in zip(self.global_weights, mean)]
+        target = [(w.astype(np.float64) + m).astype(w.dtype) for w, m in zip(self.global_weights, mean)]
+        stepped, _ = self.server_optimizer.aggregate_fit(
+            server_round, [(None, FitRes(OK, ndarrays_to_parameters(target), 1, {}))], []
+        )
+        return parameters_to_ndarrays(stepped)
+
+    def _securely_summed(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
+    ) -> list[list[np.ndarray]]:
+        """[Σ_k clipped Δ_k] from SecAgg+, where every result carries the same mean of K
+        unit-weighted updates; [] when there is none or the aggregate is malformed."""
+        if not results:
+            return []
+        mean = self.screen(server_round, results[:1], self._secure_mean_problem)
+        if not mean:
+            return []
+        return [[a.astype(np.float64) * len(results) for a in mean[0][2]]]
+
+    def _secure_mean_problem(self, arrays: list[np.ndarray], res: FitRes) -> str | None:
+        """The mean of client-clipped updates is within S (convexity of the norm ball)."""
+        if res.num_examples != 1:
+            return f"secure aggregation needs unit weights, got num_examples = {res.num_examples}"
+        norm = global_l2_norm(arrays)
+        if norm > self.clipping_norm * (1 + SECURE_NORM_SLACK):
+            return f"securely aggregated mean has norm {norm:.6g} > S = {self.clipping_norm}"
+        return None
 
     def _client_clipping_problem(self, arrays: list[np.ndarray], res: FitRes) -> str | None:
         """In client mode, an update longer than S (beyond float32 rounding) is refused."""
@@ -225,7 +273,7 @@ class DPFedAvg(FedAvg):
             "epsilon": self.accountant.epsilon(),
             "cohort_size": self.cohort_size,
             "num_rejected": rejected,
-            "clip_fraction": float(np.mean([n > self.clipping_norm for n in norms])) if norms else 0.0,
+            "clip_fraction": float(np.mean([n > self.clipping_norm for n in norms])) if norms else float("nan"),
             "median_update_norm": float(np.median(norms)) if norms else float("nan"),
             "clipping_norm": self.clipping_norm,
         }

@@ -20,7 +20,7 @@ def fit_result(cid: str, weights: list[np.ndarray], n: int, **metrics):
 
 @pytest.fixture
 def strategy() -> FedAvg:
-    return FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)))
+    return FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), min_fit_clients=1)
 
 
 def test_aggregate_fit_is_example_weighted(strategy):
@@ -57,10 +57,21 @@ def test_round_with_only_bad_results_keeps_the_global_model(strategy):
     assert metrics == {"num_rejected": 1}
 
 
-def test_failures_are_refused_when_not_accepted():
-    strict = FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), accept_failures=False)
-    params, _ = strict.aggregate_fit(1, [fit_result("a", arrays(1.0), 10)], [RuntimeError("boom")])
-    assert params is None
+def test_round_is_skipped_when_failures_exceed_the_tolerated_fraction(caplog):
+    tolerant = FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), max_failure_fraction=0.5)
+    ok = [fit_result(c, arrays(1.0), 10) for c in "ab"]
+    params, _ = tolerant.aggregate_fit(1, ok, [RuntimeError("boom")] * 2)  # 2 of 4: tolerated
+    assert params is not None
+    params, _ = tolerant.aggregate_fit(2, ok, [RuntimeError("boom")] * 3)  # 3 of 5: too many
+    assert params is None and "round 2 skipped: 3 of 5 clients failed" in caplog.text
+
+
+def test_round_with_fewer_usable_results_than_min_fit_clients_is_skipped(caplog):
+    strategy = FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), min_fit_clients=2)
+    params, metrics = strategy.aggregate_fit(1, [fit_result("a", arrays(1.0), 10),
+                                                 fit_result("b", arrays(np.nan), 10)], [])
+    assert params is None and metrics == {"num_rejected": 1}
+    assert "round 1 skipped: 1 usable results, fewer than min-fit-clients = 2" in caplog.text
 
 
 def test_aggregate_evaluate_drops_non_finite_losses(strategy):

@@ -1,0 +1,1 @@
+"""Worked examples of extending the app (see README, "Your own strategy")."""
