@@ -50,7 +50,7 @@ class SecAggPlusServer(RecordingServer):
 
     `num_shares` and `reconstruction_threshold` are fractions of the sampled clients
     (see `SecAggPlusWorkflow`); `clipping_range` bounds every coordinate of an update
-    (the DP clipping norm S bounds them all).
+    (the DP clipping norm S bounds them all); `timeout` bounds each protocol stage.
     """
 
     def __init__(
@@ -61,6 +61,7 @@ class SecAggPlusServer(RecordingServer):
         num_shares: float,
         reconstruction_threshold: float,
         clipping_range: float,
+        timeout: float | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -71,6 +72,7 @@ class SecAggPlusServer(RecordingServer):
             reconstruction_threshold=reconstruction_threshold,
             clipping_range=clipping_range,
             max_weight=1.0,  # every client sends weight 1: the mean of K unit weights
+            timeout=timeout,
         )
 
     def fit_round(

@@ -132,6 +132,7 @@ def main(grid: Grid, context: Context) -> None:
             num_shares=cfg.secagg_num_shares,
             reconstruction_threshold=cfg.secagg_reconstruction_threshold,
             clipping_range=cfg.dp_clipping_norm,
+            timeout=cfg.round_timeout or None,
             **common,
         )
     else:
