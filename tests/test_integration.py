@@ -129,7 +129,8 @@ def test_central_dp_simulation_reports_epsilon(tmp_path, mnist_dir):
     epsilons = [h["epsilon"] for h in history[1:]]
     assert 0 < epsilons[0] < epsilons[1] <= 8.0
     assert all(h["cohort_size"] <= 3 for h in history[1:])
-    assert all(0 <= h["clip_fraction"] <= 1 for h in history[1:] if h["num_fit_clients"])
+    # defined when some update was usable (a model wrecked by the noise can train to NaN)
+    assert all(0 <= h["clip_fraction"] <= 1 for h in history[1:] if h["num_fit_clients"] > h["num_rejected"])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epsilon"] == pytest.approx(epsilons[-1])
     assert summary["epsilon"] >= 0.98 * 8.0  # sigma calibrated to spend the budget in 2 rounds
