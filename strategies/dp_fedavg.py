@@ -205,7 +205,10 @@ class DPFedAvg(FedAvg):
         if self.fit_metrics_aggregation_fn is not None and results:
             metrics.update(self.fit_metrics_aggregation_fn(
                 [(r.num_examples, r.metrics) for _, r in results]))
-        rejected = 0 if self.secure_aggregation else len(results) - len(clipped)
+        if self.secure_aggregation:  # one securely summed aggregate stands for the whole cohort
+            rejected = 0 if clipped else len(results)
+        else:
+            rejected = len(results) - len(clipped)
         metrics.update(self._diagnostics(norms, rejected))
         if self.clipping == "adaptive":
             fraction = noised_unclipped_fraction(

@@ -179,3 +179,20 @@ def test_adaptive_clipping_moves_s_towards_the_update_norms():
         _, metrics = s.aggregate_fit(r, [result(f"c{i}", u) for i, u in enumerate(large)], [])
     assert s.clipping_norm > 1.05 * before and metrics["clip_fraction"] == 1.0
     assert s.accountant.rounds == 10
+
+
+def test_secure_aggregation_recovers_the_sum_from_the_mean_and_refuses_a_bad_mean():
+    s = strategy(noise_multiplier=1e-9, clients_per_round=4, clipping="client", secure_aggregation=True)
+    s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(8))
+    mean = [np.full(sh, 0.01, dtype=np.float32) for sh in SHAPES]  # what SecAgg+ hands over
+    results = [(Proxy(f"c{i}"), FitRes(OK, ndarrays_to_parameters(mean), 1, {})) for i in range(3)]
+    params, metrics = s.aggregate_fit(1, results, [])
+    for got, g in zip(parameters_to_ndarrays(params), GLOBAL):
+        np.testing.assert_allclose(got, g + 3 * 0.01 / 4, atol=1e-6)  # K x mean / m
+    assert metrics["num_rejected"] == 0
+    too_long = [np.full(sh, 10.0, dtype=np.float32) for sh in SHAPES]  # norm > S = 1
+    bad = [(Proxy(f"c{i}"), FitRes(OK, ndarrays_to_parameters(too_long), 1, {})) for i in range(3)]
+    params, metrics = s.aggregate_fit(2, bad, [])
+    assert metrics["num_rejected"] == 3
+    for got, g in zip(parameters_to_ndarrays(params), GLOBAL):  # no configure_fit: same start
+        np.testing.assert_allclose(got, g, atol=1e-6)  # noise only (σ ≈ 0)
