@@ -5,7 +5,6 @@ import math
 from collections.abc import Callable
 
 import torch
-
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
 from flwr.server import Grid, ServerApp, ServerConfig, SimpleClientManager
 from flwr.server.compat import start_grid
@@ -119,6 +118,7 @@ def main(grid: Grid, context: Context) -> None:
     resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(run_dir.parent)}
     recorder = RunRecorder(run_dir, resolved, cfg.num_server_rounds)
 
+    timeout = cfg.round_timeout or None
     common = dict(
         client_manager=SimpleClientManager(),
         strategy=build_strategy(cfg, test_set),
@@ -132,12 +132,11 @@ def main(grid: Grid, context: Context) -> None:
             num_shares=cfg.secagg_num_shares,
             reconstruction_threshold=cfg.secagg_reconstruction_threshold,
             clipping_range=cfg.dp_clipping_norm,
-            timeout=cfg.round_timeout or None,
+            timeout=timeout,
             **common,
         )
     else:
         server = RecordingServer(**common)
-    timeout = cfg.round_timeout or None
     start_grid(grid=grid, server=server,
                config=ServerConfig(num_rounds=cfg.num_server_rounds, round_timeout=timeout))
 

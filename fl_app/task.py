@@ -23,7 +23,7 @@ class TrainSettings:
     learning_rate: float
     momentum: float
     seed: int
-    proximal_mu: float = 0.0  # FedProx: + μ/2·‖w − w_start‖² in the local loss
+    proximal_mu: float = 0.0  # FedProx: + μ/2·‖w − w_global‖² in the local loss
 
 
 def get_weights(net: nn.Module) -> list[np.ndarray]:
