@@ -1,19 +1,22 @@
-"""Split MNIST's training set among clients with flwr-datasets partitioners."""
+"""Split MNIST's training set among clients with flwr-datasets partitioners.
+
+flwr-datasets (with `datasets` and its plotting stack) takes seconds to import, so it is
+imported inside the functions that partition: a SuperNode with its own data never loads it.
+"""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from datasets import Dataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    ShardPartitioner,
-)
 
 from data.mnist import TensorDataset
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 PARTITIONERS = ("iid", "dirichlet", "shards")
 
@@ -30,6 +33,8 @@ class PartitionSpec:
 
 
 def _make_partitioner(spec: PartitionSpec) -> Partitioner:
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, ShardPartitioner
+
     if spec.scheme == "iid":
         return IidPartitioner(num_partitions=spec.num_partitions)
     if spec.scheme == "dirichlet":
@@ -53,6 +58,8 @@ def _make_partitioner(spec: PartitionSpec) -> Partitioner:
 def _partitioner(spec: PartitionSpec, label_bytes: bytes) -> Partitioner:
     """A partitioner over a table of (index, label); IID rows are shuffled by seed first
     (flwr-datasets' IID partitioner cuts contiguous blocks)."""
+    from datasets import Dataset
+
     labels = np.frombuffer(label_bytes, dtype=np.int64)
     index = np.arange(len(labels))
     if spec.scheme == "iid":
@@ -61,6 +68,12 @@ def _partitioner(spec: PartitionSpec, label_bytes: bytes) -> Partitioner:
     partitioner = _make_partitioner(spec)
     partitioner.dataset = table
     return partitioner
+
+
+def partitioner(labels: torch.Tensor, spec: PartitionSpec) -> Partitioner:
+    """The flwr-datasets partitioner of `labels` under `spec` (a table with a `label`
+    column), e.g. for flwr-datasets' plots."""
+    return _partitioner(spec, labels.numpy().astype(np.int64).tobytes())
 
 
 def partition_indices(labels: torch.Tensor, spec: PartitionSpec, partition_id: int) -> np.ndarray:

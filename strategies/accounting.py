@@ -12,7 +12,8 @@ multiplier σ and client sampling rate q; the accountant composes them and conve
 
 from typing import Any
 
-from strategies.opacus_compat import create_accountant, get_noise_multiplier
+# Opacus (with scipy) takes over a second to import: it is imported where it is used,
+# so that processes without DP (every ClientApp of a plain run) never load it.
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -25,6 +26,8 @@ class ClientLevelAccountant:
             raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
+        from strategies.opacus_compat import create_accountant
+
         self.kind = accountant
         self.delta = delta
         self._accountant = create_accountant(mechanism=accountant)
@@ -74,6 +77,8 @@ def calibrate_noise_multiplier(
 ) -> float:
     """The σ for which `rounds` rounds at rate q spend at most `target_epsilon` at δ
     (Opacus' binary search, tolerance 0.01 in ε)."""
+    from strategies.opacus_compat import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,

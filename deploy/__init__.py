@@ -1,0 +1,1 @@
+"""Operator tooling for a networked deployment: credentials, preflight checks, launchers."""

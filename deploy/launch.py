@@ -1,0 +1,34 @@
+"""Shared by the SuperLink and SuperNode launchers: find Flower's executables, print
+the command and replace this process with it."""
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from deploy.preflight import PreflightError
+
+
+def executable(name: str) -> str:
+    """A Flower console script from this interpreter's environment, else from PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise PreflightError(f"'{name}' not found: install the app first (pip install -e .)")
+    return found
+
+
+def exec_command(command: list[str]) -> None:
+    """Print `command` and exec it, with this environment's scripts first on PATH (the
+    SuperLink and SuperNode start `flower-superexec` from PATH)."""
+    print("$ " + shlex.join(command), flush=True)
+    scripts = str(Path(sys.executable).parent)
+    env = os.environ | {"PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+    os.execve(command[0], command, env)
+
+
+def fail(err: PreflightError) -> None:
+    """End the launcher with the preflight message and exit code 2."""
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
