@@ -24,13 +24,14 @@ import click
 from flwr.common.config import parse_config_args
 
 from data.mnist import DataUnavailableError, ensure_mnist
-from fl_app.config import AppConfig, ConfigError, check_partitioning, project_defaults
+from fl_app.checkpoint import CheckpointError, load_checkpoint
+from fl_app.config import AppConfig, ConfigError, check_partitioning, check_resumable, project_defaults
 from fl_app.local_superlink import LocalSuperLink, flower_executable, write_connection
 from fl_app.server_app import MNIST_TRAIN_SIZE
 
 APP_DIR = Path(__file__).resolve().parent
 CONNECTION = "run-simulation"
-PATH_KEYS = ("data-dir", "output-dir")
+PATH_KEYS = ("data-dir", "output-dir", "resume-from")
 
 
 def non_negative_float(text: str) -> float:
@@ -84,8 +85,15 @@ def resolve_run_config(args: argparse.Namespace) -> dict[str, Any]:
     cfg = AppConfig.from_run_config(merged)
     check_partitioning(cfg, args.num_clients, MNIST_TRAIN_SIZE)
     for key in PATH_KEYS:
-        merged[key] = str(Path(str(merged[key])).expanduser().resolve())
+        if merged[key]:
+            merged[key] = str(Path(str(merged[key])).expanduser().resolve())
     ensure_mnist(merged["data-dir"], cfg.data_download)
+    if merged["resume-from"]:
+        checkpoint = load_checkpoint(merged["resume-from"])
+        check_resumable(checkpoint.config, merged)
+        if checkpoint.num_nodes != args.num_clients:
+            raise ConfigError(f"Invalid --num-clients {args.num_clients} (allowed: "
+                              f"{checkpoint.num_nodes}, as in the run being resumed)")
     return merged
 
 
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run_config = resolve_run_config(args)
-    except (ConfigError, DataUnavailableError) as err:
+    except (ConfigError, DataUnavailableError, CheckpointError) as err:
         print(f"run_simulation: {err}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

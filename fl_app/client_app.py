@@ -1,4 +1,9 @@
-"""ClientApp: a NumPyClient that trains `Net` on its partition of MNIST."""
+"""ClientApp: a NumPyClient that trains `Net` on this node's data.
+
+A node's data comes from its node-config: `data-dir` alone is the site's own dataset
+(MNIST format, used whole); `partition-id` and `num-partitions` carve MNIST (simulation
+and demo deployments, with `data-dir` from node-config or else run-config).
+"""
 
 import json
 from functools import lru_cache
@@ -12,11 +17,12 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from data.mnist import TensorDataset, load_mnist
 from data.partition import PartitionSpec, client_split, partition_indices
+from data.site_data import load_site_data
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig
-from fl_app.local_dp import LocalDPSettings, local_noise_multiplier, train_private
 from fl_app.model import Net
 from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train
+from fl_app.client_manager import CLIENT_KEY
 from strategies.dp_fedavg import CLIENT_CLIP_KEY
 from strategies.dp_mechanism import clip_update, model_delta
 
@@ -26,23 +32,33 @@ ACCOUNTANT_RECORD = "local-dp-accountant"
 
 class FlowerClient(NumPyClient):
     """One site: local training on `train_set` (DP-SGD when `dp-mode = "local"`),
-    evaluation on `val_set`. `state` is the node's context state, which outlives the
-    client object between rounds and carries the local privacy accountant."""
+    evaluation on `val_set`. `client_key` (the partition id, or the node id of a site
+    with its own data) seeds local training; `key` names the client to the server
+    (default: its partition); `attacker` makes it send an `attack`ed update. `state` is the node's context state, which outlives the client object
+    between rounds and carries the local privacy accountant."""
 
     def __init__(
         self,
         cfg: AppConfig,
-        partition_id: int,
+        client_key: int,
         train_set: TensorDataset,
         val_set: TensorDataset,
         state: RecordDict | None = None,
+        attacker: bool = False,
+        key: str | None = None,
     ) -> None:
         self.cfg = cfg
-        self.partition_id = partition_id
+        self.client_key = client_key
         self.train_set = train_set
         self.val_set = val_set
         self.state = state if state is not None else RecordDict()
+        self.attacker = attacker
+        self.key = key or f"partition-{client_key:06d}"
         self.net = Net().to(device())
+
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        """The key the server orders and samples clients by (stable across runs)."""
+        return {CLIENT_KEY: self.key}
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict]:
         """Train the global model locally; return it (or, when the server asks for
@@ -50,7 +66,7 @@ class FlowerClient(NumPyClient):
         metrics."""
         set_weights(self.net, parameters)
         server_round = int(config["server-round"])
-        seed = np.random.SeedSequence([self.cfg.seed, self.partition_id, server_round])
+        seed = np.random.SeedSequence([self.cfg.seed, self.client_key, server_round])
         settings = TrainSettings(
             epochs=self.cfg.local_epochs,
             batch_size=self.cfg.batch_size,
@@ -72,7 +88,7 @@ class FlowerClient(NumPyClient):
             weights, norm = clip_update(model_delta(weights, parameters), float(config[CLIENT_CLIP_KEY]))
             metrics["update_norm"] = norm
             reference = [np.zeros_like(w) for w in weights]
-        if self.partition_id < self.cfg.num_attackers:
+        if self.attacker:
             rng = np.random.default_rng(seed.spawn(1)[0])
             weights = attacked(self.cfg.attack, weights, reference, self.cfg.attack_scale, rng)
         if self.cfg.secure_aggregation:
@@ -85,6 +101,8 @@ class FlowerClient(NumPyClient):
 
     def _train_private(self, settings: TrainSettings) -> tuple[float, float, float]:
         """DP-SGD, continuing this client's accountant across rounds."""
+        from fl_app.local_dp import LocalDPSettings, local_noise_multiplier, train_private  # Opacus: slow import
+
         dp = LocalDPSettings(
             max_grad_norm=self.cfg.dp_max_grad_norm,
             noise_multiplier=local_noise_multiplier(
@@ -134,14 +152,52 @@ def load_client_data(
     )
 
 
+class NodeConfigError(ValueError):
+    """A SuperNode's node-config says neither where its data is nor which partition."""
+
+
+def node_data(
+    cfg: AppConfig, node_config: dict[str, Scalar]
+) -> tuple[int | None, TensorDataset, TensorDataset]:
+    """(partition id or None for a site's own data, train split, validation split)."""
+    if "partition-id" in node_config or "num-partitions" in node_config:
+        missing = [k for k in ("partition-id", "num-partitions") if k not in node_config]
+        if missing:
+            present = "num-partitions" if missing == ["partition-id"] else "partition-id"
+            raise NodeConfigError(
+                f"node-config has {present} but not {missing[0]}: give both (demo mode, a "
+                "partition of MNIST) or only data-dir (the site's own data)"
+            )
+        partition_id = int(node_config["partition-id"])
+        num_partitions = int(node_config["num-partitions"])
+        data_dir = str(node_config.get("data-dir", cfg.data_dir))
+        return partition_id, *load_client_data(cfg, data_dir, partition_id, num_partitions)
+    if "data-dir" in node_config:
+        return None, *load_site_split(cfg, str(node_config["data-dir"]))
+    raise NodeConfigError(
+        "node-config names no data: start the SuperNode with --node-config "
+        "\"data-dir='<dir holding MNIST/raw/train-*-ubyte>'\" (the site's own data) or "
+        "\"partition-id=<i> num-partitions=<n>\" (demo: a partition of MNIST)"
+    )
+
+
+@lru_cache(maxsize=4)
+def load_site_split(cfg: AppConfig, data_dir: str) -> tuple[TensorDataset, TensorDataset]:
+    """A site's whole dataset, split (seeded) into local train and validation sets."""
+    data = load_site_data(data_dir)
+    return client_split(data, np.arange(len(data)), seed=cfg.seed, max_samples=0,
+                        validation_fraction=cfg.validation_fraction)
+
+
 def client_fn(context: Context) -> Client:
     """Build the client for this node from its node-config and the run-config."""
     cfg = AppConfig.from_run_config(context.run_config)
-    data_dir = str(context.node_config.get("data-dir", cfg.data_dir))
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
-    train_set, val_set = load_client_data(cfg, data_dir, partition_id, num_partitions)
-    return FlowerClient(cfg, partition_id, train_set, val_set, context.state).to_client()
+    partition_id, train_set, val_set = node_data(cfg, context.node_config)
+    if partition_id is None:
+        return FlowerClient(cfg, context.node_id, train_set, val_set, context.state,
+                            key=f"node-{context.node_id}").to_client()
+    attacker = partition_id < cfg.num_attackers
+    return FlowerClient(cfg, partition_id, train_set, val_set, context.state, attacker).to_client()
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

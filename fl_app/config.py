@@ -64,6 +64,10 @@ def _text(v: Any) -> str | None:
     return None if isinstance(v, str) and v.strip() else "a non-empty string"
 
 
+def _optional_text(v: Any) -> str | None:
+    return None if isinstance(v, str) else "a string (empty: none)"
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "true or false"
 
@@ -90,7 +94,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "momentum": _float(0, 1, False, True),
     "lr-schedule": _choice(*LR_SCHEDULES),
     "fraction-fit": _float(0, 1, True, False),
-    "fraction-evaluate": _float(0, 1, True, False),
+    "fraction-evaluate": _float(0, 1, False, False),  # 0: no federated evaluation
     "min-fit-clients": _int(1),
     "min-evaluate-clients": _int(1),
     "min-available-clients": _int(1),
@@ -124,7 +128,14 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "secure-aggregation": _bool,
     "secagg-num-shares": _float(0, 1, True, False),
     "secagg-reconstruction-threshold": _float(0, 1, True, False),
+    "checkpoint-every": _int(0),
+    "resume-from": _optional_text,
+    "tensorboard": _bool,
 }
+
+# Keys a resumed run may change: they do not alter what is computed.
+RESUMABLE_CHANGES = ("resume-from", "output-dir", "data-dir", "data-download", "round-timeout",
+                     "checkpoint-every", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,9 @@ class AppConfig:
     secure_aggregation: bool
     secagg_num_shares: float
     secagg_reconstruction_threshold: float
+    checkpoint_every: int
+    resume_from: str
+    tensorboard: bool
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "AppConfig":
@@ -233,6 +247,12 @@ class AppConfig:
                 "with adaptive clipping)"
             )
         check_strategy(values)
+        if values["resume_from"] and values["dp_mode"] == "local":
+            raise ConfigError(
+                f"Invalid run-config: resume-from = {values['resume_from']!r} (allowed: only "
+                "with dp-mode 'off' or 'central'; with 'local' the privacy accountants live on "
+                "the clients and a new run would start them from zero)"
+            )
         if values["secure_aggregation"] and (
             values["dp_mode"] != "central" or values["dp_clipping"] != "client"
         ):
@@ -273,6 +293,18 @@ def check_strategy(values: Mapping[str, Any]) -> None:
     if values["server_momentum"] > 0 and name != "fedavgm":
         raise ConfigError(f"Invalid run-config: server-momentum = {values['server_momentum']!r} "
                           f"(allowed: 0 unless strategy = 'fedavgm'; strategy is {name!r})")
+
+
+def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """A resumed run must compute what the interrupted one did: refuse changed keys
+    other than `RESUMABLE_CHANGES`."""
+    changed = [k for k in RULES if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+    if changed:
+        key = changed[0]
+        raise ConfigError(
+            f"Invalid run-config: {key} = {current.get(key)!r} (allowed: {saved.get(key)!r}, as "
+            f"in the run being resumed; only {', '.join(RESUMABLE_CHANGES)} may change)"
+        )
 
 
 def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) -> None:

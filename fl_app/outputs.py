@@ -1,4 +1,5 @@
-"""The run directory: config.json, history.jsonl, summary.json, model.pt, curves.png."""
+"""The run directory: config.json, history.jsonl, summary.json, model.pt, curves.png,
+checkpoint.npz (see `checkpoint`) and, with `tensorboard = true`, tensorboard/."""
 
 import json
 import math
@@ -45,23 +46,80 @@ def new_run_dir(output_dir: Path, run_id: int) -> Path:
     raise FileExistsError(f"cannot create a new run directory under {output_dir}")
 
 
-class RunRecorder:
-    """Writes one run's directory as the run goes: a row per round, files at the end."""
+TENSORBOARD_SCALARS = {  # history field -> TensorBoard tag
+    "centralized_accuracy": "accuracy/centralized",
+    "centralized_loss": "loss/centralized",
+    "federated_accuracy": "accuracy/federated",
+    "federated_loss": "loss/federated",
+    "epsilon": "privacy/epsilon",
+    "clip_fraction": "privacy/clip_fraction",
+    "clipping_norm": "privacy/clipping_norm",
+    "num_fit_clients": "clients/cohort_size",
+    "num_fit_failures": "clients/failures",
+    "seconds": "time/round_seconds",
+}
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], num_rounds: int) -> None:
+
+class RunRecorder:
+    """Writes one run's directory as the run goes: a row per round, files at the end.
+
+    `resumed_rows` (from a checkpoint) continue a run in its existing directory:
+    history.jsonl is cut back to them and the wall time carries on from `resumed_seconds`.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        num_rounds: int,
+        *,
+        tensorboard: bool = False,
+        resumed_rows: list[dict[str, Any]] | None = None,
+        resumed_seconds: float = 0.0,
+    ) -> None:
         self.run_dir = run_dir
         self.num_rounds = num_rounds
-        self.rows: list[dict[str, Any]] = []
-        self.started = time.perf_counter()
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (run_dir / "history.jsonl").write_text("")
+        self.rows: list[dict[str, Any]] = list(resumed_rows or [])
+        self.started = time.perf_counter() - resumed_seconds
+        self.resumed_rounds = len(self.rows)
+        if resumed_rows is None:
+            (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        history = "".join(json.dumps(row) + "\n" for row in self.rows)
+        temporary = run_dir / ".history.jsonl.tmp"
+        temporary.write_text(history)
+        temporary.replace(run_dir / "history.jsonl")
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # a resumed run drops what the interrupted one logged after its checkpoint
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=len(self.rows) or None)
+
+    @property
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.started
 
     def record(self, row: dict[str, Any]) -> None:
-        """Append one round's row to history.jsonl and log it on one line."""
+        """Append one round's row to history.jsonl (and TensorBoard) and log it on one
+        line with the estimated time to the end."""
         self.rows.append(row)
         with open(self.run_dir / "history.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        log(INFO, "%s", format_round(row, self.num_rounds))
+        if self.writer is not None:
+            for field, tag in TENSORBOARD_SCALARS.items():
+                value = row.get(field)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(tag, value, global_step=row["round"])
+            self.writer.flush()
+        log(INFO, "%s", format_round(row, self.num_rounds) + self.eta(row["round"]))
+
+    def eta(self, server_round: int) -> str:
+        """` | ETA 2m05s` from the mean duration of this process's rounds so far."""
+        timed = [r["seconds"] for r in self.rows[self.resumed_rounds:] if r["round"] > 0]
+        remaining = self.num_rounds - server_round
+        if not timed or remaining <= 0:
+            return ""
+        return f" | ETA {format_duration(remaining * sum(timed) / len(timed))}"
 
     def finish(self, weights: list[np.ndarray], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write model.pt, summary.json (with `extra`, e.g. the privacy statement) and
@@ -76,8 +134,10 @@ class RunRecorder:
         summary["run_dir"] = str(self.run_dir)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_curves(self.rows, self.run_dir / "curves.png")
-        log(INFO, "Run finished: %s rounds, final accuracy %.2f%%, outputs in %s",
-            summary["rounds"], 100 * summary["final_accuracy"], self.run_dir)
+        if self.writer is not None:
+            self.writer.close()
+        for line in summary_table(summary):
+            log(INFO, "%s", line)
         return summary
 
 
@@ -93,6 +153,37 @@ def format_round(row: dict[str, Any], num_rounds: int) -> str:
     if "client_epsilon_max" in row:
         line += f" | client epsilon max {row['client_epsilon_max']:.3f} mean {row['client_epsilon_mean']:.3f}"
     return line
+
+
+def format_duration(seconds: float) -> str:
+    """`42s`, `3m05s`, `1h02m`."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def summary_table(summary: dict[str, Any]) -> list[str]:
+    """The end-of-run table: accuracy, privacy, wall time, outputs."""
+    rows = [
+        ("rounds", str(summary["rounds"])),
+        ("final accuracy", f"{100 * summary['final_accuracy']:.2f}% (best {100 * summary['best_accuracy']:.2f}%"
+                           f" in round {summary['best_round']})"),
+        ("final loss", f"{summary['final_loss']:.4f}"),
+    ]
+    if "epsilon" in summary:
+        rows.append(("privacy", f"epsilon {summary['epsilon']:.3f} at delta {summary['delta']:g} "
+                                f"(client-level, {summary['accountant']})"))
+    if "client_epsilon_max" in summary:
+        rows.append(("privacy", f"client epsilon max {summary['client_epsilon_max']:.3f} (sample-level)"))
+    if "stopped_early" in summary:
+        rows.append(("stopped early", str(summary["stopped_early"])))
+    rows += [("wall time", format_duration(summary["wall_seconds"])), ("outputs", summary["run_dir"])]
+    width = max(len(name) for name, _ in rows)
+    rule = "-" * (width + 2 + max(len(value) for _, value in rows))
+    return ["Run summary", rule, *(f"{name:<{width}}  {value}" for name, value in rows), rule]
 
 
 def summarize(rows: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:

@@ -1,15 +1,27 @@
-"""Flower's legacy `Server` with a round loop that records every round."""
+"""Flower's legacy `Server` with a round loop that records every round, checkpoints
+and resumes."""
 
 import time
 from collections.abc import Callable
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.common import Parameters, Scalar, log, parameters_to_ndarrays
+from flwr.common import FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import History, Server
-from flwr.server.server import FitResultsAndFailures, fit_clients
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures, evaluate_clients, fit_clients
 
+from fl_app.checkpoint import Checkpoint, global_rng_state, save_checkpoint, set_global_rng_state
 from fl_app.outputs import RunRecorder
+from strategies.state import load_strategy_state, strategy_state
+
+
+def failure_reason(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
+    """What went wrong with one client's fit, in one line."""
+    if isinstance(failure, BaseException):
+        return f"{type(failure).__name__}: {failure}".replace("\n", " ")
+    proxy, res = failure
+    return f"node {proxy.cid}: {res.status.code.name} {res.status.message}"
 
 
 class RecordingServer(Server):
@@ -22,6 +34,12 @@ class RecordingServer(Server):
     (e.g. a spent privacy budget) ends training cleanly before that round, and
     `summary() -> dict` adds to summary.json. A round whose cohort is empty still asks
     the strategy to aggregate (DP-FedAvg releases noise then).
+
+    Training waits for `quorum` connected nodes. Every `checkpoint_every` rounds (and
+    after the last) it writes a checkpoint to the run directory; given `resume`, it
+    continues after that checkpoint's round with its model, strategy state, sampler and
+    random states. Results are aggregated in the client manager's key order (when it
+    has one), not in arrival order, so that float sums do not depend on scheduling.
     """
 
     def __init__(
@@ -29,20 +47,37 @@ class RecordingServer(Server):
         *,
         recorder: RunRecorder,
         check_population: Callable[[int], None] = lambda n: None,
+        quorum: int = 1,
+        checkpoint_every: int = 0,
+        config: dict[str, Any] | None = None,
+        resume: Checkpoint | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.recorder = recorder
         self.check_population = check_population
+        self.quorum = quorum
+        self.checkpoint_every = checkpoint_every
+        self.config = config or {}
+        self.resume = resume
 
     def fit(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
-        """Run the federation for up to `num_rounds` rounds."""
+        """Run the federation for up to `num_rounds` rounds (from a checkpoint's next
+        round when resuming)."""
         history = History()
         start = time.perf_counter()
-        self.check_population(self.client_manager().num_available())
-        self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
+        if self.client_manager().num_available() < self.quorum:
+            log(INFO, "Waiting for %s nodes to connect (min-available-clients)", self.quorum)
+            self.client_manager().wait_for(self.quorum)
+        self.num_nodes = self.client_manager().num_available()
+        self.check_population(self.num_nodes)
+        first_round = 0
+        if self.resume is not None:
+            first_round = self._restore(self.resume)
+        else:
+            self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
         stopped = None
-        for server_round in range(num_rounds + 1):
+        for server_round in range(first_round, num_rounds + 1):
             stopped = self._stop_reason(server_round) if server_round > 0 else None
             if stopped:
                 log(WARNING, "Stopping before round %s: %s", server_round, stopped)
@@ -60,11 +95,49 @@ class RecordingServer(Server):
                 row.update(self._evaluate(server_round, timeout, history))
             row["seconds"] = time.perf_counter() - round_start
             self.recorder.record(row)
+            if server_round > 0 and self.checkpoint_every and (
+                server_round % self.checkpoint_every == 0 or server_round == num_rounds
+            ):
+                self._save_checkpoint(server_round)
         extra = dict(getattr(self.strategy, "summary", dict)())
+        extra["num_nodes"] = self.num_nodes
         if stopped:
             extra["stopped_early"] = stopped
         self.recorder.finish(parameters_to_ndarrays(self.parameters), extra)
         return history, time.perf_counter() - start
+
+    def _save_checkpoint(self, server_round: int) -> None:
+        manager_state = getattr(self.client_manager(), "state_dict", dict)()
+        save_checkpoint(self.recorder.run_dir, Checkpoint(
+            round=server_round,
+            weights=parameters_to_ndarrays(self.parameters),
+            history=self.recorder.rows,
+            strategy=strategy_state(self.strategy),
+            sampler=manager_state,
+            rng=global_rng_state(),
+            config=self.config,
+            wall_seconds=self.recorder.wall_seconds,
+            num_nodes=self.num_nodes,
+        ))
+
+    def _restore(self, checkpoint: Checkpoint) -> int:
+        """Load `checkpoint`; return the first round to run."""
+        self.parameters = ndarrays_to_parameters(checkpoint.weights)
+        load_strategy_state(self.strategy, checkpoint.strategy)
+        load = getattr(self.client_manager(), "load_state_dict", None)
+        if load is not None:
+            load(checkpoint.sampler)
+        set_global_rng_state(checkpoint.rng)
+        log(INFO, "Resuming after round %s of %s", checkpoint.round, self.recorder.run_dir)
+        if checkpoint.num_nodes != self.num_nodes:
+            log(WARNING, "The run started with %s nodes, %s are connected now: clients and data "
+                "differ from the interrupted run", checkpoint.num_nodes, self.num_nodes)
+        return checkpoint.round + 1
+
+    def _in_key_order(self, results: list) -> list:
+        """`results` sorted by the client manager's stable client keys."""
+        key = getattr(self.client_manager(), "key", None)
+        return sorted(results, key=lambda r: (key(r[0].cid), r[0].cid)) if key else results
 
     def _stop_reason(self, server_round: int) -> str | None:
         stop_reason = getattr(self.strategy, "stop_reason", None)
@@ -85,8 +158,28 @@ class RecordingServer(Server):
             timeout=timeout, group_id=server_round,
         ) if instructions else ([], [])
         log(INFO, "aggregate_fit: received %s results and %s failures", len(results), len(failures))
+        for failure in failures:
+            log(WARNING, "round %s: a client failed: %s", server_round, failure_reason(failure))
+        results = self._in_key_order(results)
         parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
         return parameters, metrics, (results, failures)
+
+    def evaluate_round(
+        self, server_round: int, timeout: float | None
+    ) -> tuple[float | None, dict[str, Scalar], EvaluateResultsAndFailures] | None:
+        """Flower's federated evaluation round, aggregating in key order."""
+        instructions = self.strategy.configure_evaluate(
+            server_round=server_round, parameters=self.parameters,
+            client_manager=self._client_manager,
+        )
+        if not instructions:
+            return None
+        results, failures = evaluate_clients(
+            instructions, max_workers=self.max_workers, timeout=timeout, group_id=server_round,
+        )
+        results = self._in_key_order(results)
+        loss, metrics = self.strategy.aggregate_evaluate(server_round, results, failures)
+        return loss, metrics, (results, failures)
 
     def _fit(self, server_round: int, timeout: float | None, history: History) -> dict:
         parameters, metrics, (results, failures) = self.fit_round(server_round, timeout)

@@ -3,15 +3,18 @@ the test set."""
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
-from flwr.server import Grid, ServerApp, ServerConfig, SimpleClientManager
+from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 from flwr.server.strategy import Strategy
 
 from data.mnist import TensorDataset, ensure_mnist, load_mnist
-from fl_app.config import AppConfig, check_partitioning
+from fl_app.checkpoint import load_checkpoint
+from fl_app.client_manager import KeyedClientManager
+from fl_app.config import AppConfig, check_partitioning, check_resumable
 from fl_app.model import Net, seeded_net
 from fl_app.outputs import RunRecorder, new_run_dir, resolve_output_dir
 from fl_app.secure_aggregation import SecAggPlusServer
@@ -110,20 +113,37 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
 
 def main(grid: Grid, context: Context) -> None:
     """Validate the config, load the test set, build the strategy and run the rounds
-    (through SecAgg+ when `secure-aggregation = true`)."""
+    (through SecAgg+ when `secure-aggregation = true`), or continue the run in
+    `resume-from` after its last checkpoint."""
     cfg = AppConfig.from_run_config(context.run_config)
+    resume = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
     data_dir = ensure_mnist(cfg.data_dir, cfg.data_download)
     test_set = load_test_set(cfg, str(data_dir))
-    run_dir = new_run_dir(resolve_output_dir(cfg.output_dir), context.run_id)
-    resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(run_dir.parent)}
-    recorder = RunRecorder(run_dir, resolved, cfg.num_server_rounds)
+    if resume is not None:
+        run_dir = Path(cfg.resume_from).expanduser().resolve()
+        output_dir = run_dir.parent
+    else:
+        output_dir = resolve_output_dir(cfg.output_dir)
+        run_dir = new_run_dir(output_dir, context.run_id)
+    resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(output_dir)}
+    if resume is not None:
+        check_resumable(resume.config, resolved)
+    recorder = RunRecorder(
+        run_dir, resolved, cfg.num_server_rounds, tensorboard=cfg.tensorboard,
+        resumed_rows=resume.history if resume else None,
+        resumed_seconds=resume.wall_seconds if resume else 0.0,
+    )
 
     timeout = cfg.round_timeout or None
     common = dict(
-        client_manager=SimpleClientManager(),
+        client_manager=KeyedClientManager(cfg.seed),
         strategy=build_strategy(cfg, test_set),
         recorder=recorder,
         check_population=lambda n: check_partitioning(cfg, n, MNIST_TRAIN_SIZE),
+        quorum=cfg.min_available_clients,
+        checkpoint_every=cfg.checkpoint_every,
+        config=resolved,
+        resume=resume,
     )
     if cfg.secure_aggregation:
         server: RecordingServer = SecAggPlusServer(

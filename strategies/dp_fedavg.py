@@ -12,6 +12,7 @@ uses σ_Δ so that the round still costs one step of σ (see `adaptive_clipping`
 """
 
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.common import (
@@ -39,6 +40,7 @@ from strategies.dp_mechanism import clip_update, global_l2_norm, model_delta, no
 from strategies.fedavg import FedAvg
 from strategies.sampling import poisson_sample
 from strategies.screening import Failures
+from strategies.state import load_strategy_state, strategy_state
 
 CLIPPING_MODES = ("server", "client", "adaptive")
 CLIENT_CLIP_KEY = "dp-clipping-norm"  # in FitIns.config: clip locally, send the clipped Δ
@@ -47,14 +49,21 @@ OK = Status(Code.OK, "")
 SECURE_NORM_SLACK = 1e-3  # plus SecAgg+'s quantization error on the securely summed mean
 
 
+def clients_by_key(client_manager: ClientManager) -> dict[str, ClientProxy]:
+    """Connected clients by their stable key (a `KeyedClientManager`'s), else by node id."""
+    by_key = getattr(client_manager, "by_key", None)
+    return by_key() if by_key else client_manager.all()
+
+
 class DPFedAvg(FedAvg):
     """FedAvg with client-level (ε, δ)-DP: fixed clipping norm S, noise multiplier σ,
     expected cohort size m, Poisson sampling, an accountant and an optional ε budget.
 
     The population N is the number of clients connected when round 1 is configured
-    (after waiting for `min_available_clients`); q = m/N must lie in (0, 1]. Without a
+    (after waiting for `min_available_clients`), identified by their stable keys, so a
+    resumed run samples the same clients; q = m/N must lie in (0, 1]. Without a
     `noise_multiplier`, σ is calibrated then so that `rounds` rounds spend at most
-    `target_epsilon`.
+    `target_epsilon`. `state_dict()` holds everything a resumed run needs.
     """
 
     def __init__(
@@ -123,7 +132,7 @@ class DPFedAvg(FedAvg):
     def fix_population(self, client_manager: ClientManager) -> None:
         """Wait for `min_available_clients`, then fix N and check q ∈ (0, 1]."""
         client_manager.wait_for(self.min_available_clients)
-        self.population = sorted(client_manager.all())
+        self.population = sorted(clients_by_key(client_manager))
         if self.sampling_rate > 1:
             raise ValueError(
                 f"dp-clients-per-round = {self.clients_per_round} exceeds the population of "
@@ -169,9 +178,9 @@ class DPFedAvg(FedAvg):
             config[CLIENT_CLIP_KEY] = self.clipping_norm
         cohort = poisson_sample(self.population, self.sampling_rate, self.sampling_rng)
         self.cohort_size = len(cohort)
-        available = client_manager.all()
+        connected = clients_by_key(client_manager)
         fit_ins = FitIns(parameters, config)
-        return [(available[cid], fit_ins) for cid in cohort if cid in available]
+        return [(connected[key], fit_ins) for key in cohort if key in connected]
 
     def aggregate_fit(
         self,
@@ -280,6 +289,30 @@ class DPFedAvg(FedAvg):
             "median_update_norm": float(np.median(norms)) if norms else float("nan"),
             "clipping_norm": self.clipping_norm,
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Accountant, calibrated σ, current S, population, generators and the server
+        optimizer's state."""
+        return {
+            "accountant": self.accountant.state_dict(),
+            "noise_multiplier": self.noise_multiplier,
+            "clipping_norm": self.clipping_norm,
+            "population": self.population,
+            "sampling_rng": self.sampling_rng.bit_generator.state,
+            "noise_rng": self.noise_rng.bit_generator.state,
+            "server_optimizer": strategy_state(self.server_optimizer) if self.server_optimizer else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()`: ε goes on from where it was."""
+        self.accountant.load_state_dict(state["accountant"])
+        self.noise_multiplier = state["noise_multiplier"]
+        self.clipping_norm = state["clipping_norm"]
+        self.population = state["population"]
+        self.sampling_rng.bit_generator.state = state["sampling_rng"]
+        self.noise_rng.bit_generator.state = state["noise_rng"]
+        if self.server_optimizer is not None:
+            load_strategy_state(self.server_optimizer, state["server_optimizer"])
 
     def summary(self) -> dict[str, Scalar]:
         """The run's privacy statement."""

@@ -19,3 +19,12 @@ def poisson_sample(population: Sequence[T], rate: float, rng: np.random.Generato
         raise ValueError(f"sampling rate must be in (0, 1], got {rate}")
     joins = rng.random(len(population)) < rate
     return [member for member, joined in zip(population, joins) if joined]
+
+
+def fixed_size_sample(population: Sequence[T], size: int, rng: np.random.Generator) -> list[T]:
+    """`size` distinct members of `population`, uniformly at random, in population order
+    (for strategies without DP, which ask for a number of clients per round)."""
+    if not 0 <= size <= len(population):
+        raise ValueError(f"cannot sample {size} of {len(population)} clients")
+    chosen = np.sort(rng.choice(len(population), size=size, replace=False))
+    return [population[i] for i in chosen]

@@ -6,24 +6,43 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flwr.common import Context, EvaluateIns, FitIns, RecordDict
-from flwr.server import SimpleClientManager
+import numpy as np
+from flwr.common import Context, EvaluateIns, FitIns, GetPropertiesIns, RecordDict
 from flwr.server.client_proxy import ClientProxy
 
+from fl_app.checkpoint import load_checkpoint
 from fl_app.client_app import client_fn
+from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, check_partitioning
 from fl_app.outputs import RunRecorder
 from fl_app.server import RecordingServer
 from fl_app.server_app import MNIST_TRAIN_SIZE, build_strategy, load_test_set
 
 
+class Crash(Exception):
+    """Stands for the server process dying right after a checkpoint."""
+
+
+class CrashingServer(RecordingServer):
+    def __init__(self, crash_after: int, **kwargs):
+        super().__init__(**kwargs)
+        self.crash_after = crash_after
+
+    def _save_checkpoint(self, server_round: int) -> None:
+        super()._save_checkpoint(server_round)
+        if server_round == self.crash_after:
+            raise Crash(server_round)
+
+
 class InProcessProxy(ClientProxy):
     """Calls a ClientApp client built by `client_fn` for node `partition_id` directly."""
 
-    def __init__(self, partition_id: int, num_partitions: int, run_config: dict[str, Any], data_dir: str):
-        super().__init__(cid=f"node-{partition_id:04d}")
+    def __init__(self, partition_id: int, num_partitions: int, run_config: dict[str, Any], data_dir: str,
+                 node_id: int | None = None):
+        node_id = partition_id if node_id is None else node_id
+        super().__init__(cid=str(node_id))
         self.context = Context(
-            run_id=1, node_id=partition_id,
+            run_id=1, node_id=node_id,
             node_config={"partition-id": partition_id, "num-partitions": num_partitions, "data-dir": data_dir},
             state=RecordDict(), run_config=run_config,
         )
@@ -34,8 +53,8 @@ class InProcessProxy(ClientProxy):
     def evaluate(self, ins: EvaluateIns, timeout, group_id):
         return client_fn(self.context).evaluate(ins)
 
-    def get_properties(self, ins, timeout, group_id):
-        raise NotImplementedError
+    def get_properties(self, ins: GetPropertiesIns, timeout, group_id):
+        return client_fn(self.context).get_properties(ins)
 
     def get_parameters(self, ins, timeout, group_id):
         raise NotImplementedError
@@ -44,19 +63,38 @@ class InProcessProxy(ClientProxy):
         raise NotImplementedError
 
 
-def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, run_dir: Path) -> list[dict]:
-    """Validate `run_config`, run every round, return history.jsonl's rows."""
+def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, run_dir: Path,
+                   node_seed: int | None = None, crash_after: int = 0) -> list[dict]:
+    """Validate `run_config`, run every round, return history.jsonl's rows.
+
+    `node_seed` gives the nodes random ids and a random registration order, as Flower's
+    simulation does; `crash_after` makes the server raise `Crash` right after that
+    round's checkpoint. With `resume-from` in `run_config`, the run continues there."""
     cfg = AppConfig.from_run_config(run_config)
     check_partitioning(cfg, num_clients, MNIST_TRAIN_SIZE)
-    manager = SimpleClientManager()
-    for pid in range(num_clients):
-        manager.register(InProcessProxy(pid, num_clients, run_config, data_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    server = RecordingServer(
+    manager = KeyedClientManager(cfg.seed)
+    order, node_ids = list(range(num_clients)), list(range(num_clients))
+    if node_seed is not None:
+        rng = np.random.default_rng(node_seed)
+        order = list(rng.permutation(num_clients))
+        node_ids = [int(n) for n in rng.integers(1, 2**62, size=num_clients)]
+    for pid in order:
+        manager.register(InProcessProxy(int(pid), num_clients, run_config, data_dir, node_ids[pid]))
+    resume = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
+    if resume is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = Path(cfg.resume_from)
+    server_kwargs = dict(
         client_manager=manager,
         strategy=build_strategy(cfg, load_test_set(cfg, data_dir)),
-        recorder=RunRecorder(run_dir, run_config, cfg.num_server_rounds),
+        recorder=RunRecorder(run_dir, run_config, cfg.num_server_rounds, tensorboard=cfg.tensorboard,
+                             resumed_rows=resume.history if resume else None),
+        checkpoint_every=cfg.checkpoint_every,
+        config=run_config,
+        resume=resume,
     )
+    server = CrashingServer(crash_after, **server_kwargs) if crash_after else RecordingServer(**server_kwargs)
     server.set_max_workers(1)  # one client at a time: dropout draws from torch's global RNG
     server.fit(cfg.num_server_rounds, timeout=None)
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]

@@ -18,7 +18,7 @@ def test_defaults_are_valid_and_cover_every_key(default_run_config):
         ("dirichlet-alpha", -1, "a number in (0, infinity)"),
         ("fraction-fit", 0.0, "a number in (0, 1]"),
         ("fraction-fit", 1.5, "a number in (0, 1]"),
-        ("fraction-evaluate", -0.1, "a number in (0, 1]"),
+        ("fraction-evaluate", -0.1, "a number in [0, 1]"),
         ("num-server-rounds", 0, "an integer >= 1"),
         ("batch-size", 0, "an integer >= 1"),
         ("batch-size", 3.5, "an integer >= 1"),

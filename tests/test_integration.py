@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -54,17 +55,6 @@ def run_simulation_cli(tmp_path: Path, run_config: str, rounds: int = 2) -> subp
          "--run-config", run_config],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
-
-
-def test_run_simulation_runs_a_federation_and_leaves_nothing_behind(tmp_path, mnist_dir):
-    before = flower_processes()
-    out = tmp_path / "outputs"
-    result = run_simulation_cli(tmp_path, f"{QUICK} data-dir='{mnist_dir}' output-dir='{out}'")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "round 2/2 | test acc" in result.stdout
-    assert "finished:completed" in result.stdout
-    assert_complete_run_dir(out, rounds=2)
-    assert flower_processes() <= before
 
 
 @pytest.fixture
@@ -165,7 +155,8 @@ def test_secure_aggregation_releases_the_same_model_as_plain_client_clipping(tmp
 def test_local_dp_simulation_reports_client_epsilons(tmp_path, mnist_dir):
     out = tmp_path / "outputs"
     dp = "dp-mode='local' dp-target-epsilon=8.0 dp-delta=1e-3 dp-max-grad-norm=1.0"
-    result = run_simulation_cli(tmp_path, f"{QUICK} {dp} data-dir='{mnist_dir}' output-dir='{out}'")
+    result = run_simulation_cli(tmp_path, f"samples-per-client=200 num-server-rounds=2 eval-samples=2000 "
+                                          f"{dp} data-dir='{mnist_dir}' output-dir='{out}'")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "client epsilon max" in result.stdout
     (run_dir,) = out.iterdir()
@@ -193,4 +184,67 @@ def test_run_simulation_stops_everything_on_ctrl_c(tmp_path, mnist_dir):
             stop_process_tree(proc.pid)
     assert proc.returncode == 130
     assert "interrupted; SuperLink and simulation stopped" in out
+    assert flower_processes() <= before
+
+
+def test_simulation_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, mnist_dir):
+    """`run_simulation.py` runs a federation, writes its run directory and leaves no
+    process behind. Same seed: that reference run, and a run whose whole process tree is
+    SIGKILLed after its first checkpoint and then resumed, end with the same model and
+    history, client sampling included (the runs' node ids and Ray's scheduling differ)."""
+    from fl_app.checkpoint import CheckpointError, load_checkpoint
+
+    before = flower_processes()
+    config = (f"samples-per-client=300 eval-samples=1000 local-epochs=1 fraction-fit=0.67 "
+              f"fraction-evaluate=0.67 min-fit-clients=2 min-evaluate-clients=2 "
+              f"min-available-clients=2 data-dir='{mnist_dir}'")
+    reference = run_simulation_cli(tmp_path, config + f" output-dir='{tmp_path / 'reference'}'", rounds=3)
+    assert reference.returncode == 0, reference.stdout[-3000:]
+    assert "round 3/3 | test acc" in reference.stdout and "finished:completed" in reference.stdout
+    assert "Run summary" in reference.stdout
+    (reference_dir,) = (tmp_path / "reference").iterdir()
+    for name in ("config.json", "history.jsonl", "summary.json", "model.pt", "curves.png", "checkpoint.npz"):
+        assert (reference_dir / name).is_file(), name
+    assert json.loads((reference_dir / "summary.json").read_text())["final_accuracy"] > 0.5
+    assert flower_processes() <= before
+
+    killed_out = tmp_path / "killed"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "3", "--rounds", "3",
+             "--run-config", config + f" output-dir='{killed_out}'"],
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+
+    def checkpointed() -> bool:
+        try:
+            return load_checkpoint(next(killed_out.iterdir())).round >= 1
+        except (StopIteration, FileNotFoundError, CheckpointError):
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            return False
+    deadline = time.monotonic() + 300
+    while not checkpointed():
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+    (run_dir,) = killed_out.iterdir()
+    assert not (run_dir / "summary.json").exists()
+    assert flower_processes() <= before
+
+    resumed = run_simulation_cli(tmp_path, config + f" resume-from='{run_dir}'", rounds=3)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "Resuming after round" in resumed.stdout
+    rows = {}
+    for name, path in (("reference", reference_dir), ("resumed", run_dir)):
+        lines = (path / "history.jsonl").read_text().splitlines()
+        rows[name] = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+    assert rows["resumed"] == rows["reference"]
+    assert [r["num_fit_clients"] for r in rows["reference"][1:]] == [2, 2, 2]
+    a, b = torch.load(reference_dir / "model.pt"), torch.load(run_dir / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
     assert flower_processes() <= before

@@ -1,0 +1,179 @@
+"""Plots of one or more finished (or running) runs, for reports and comparisons.
+
+    python -m fl_app.report outputs/20261126-101500-run123 [outputs/...-run456 ...] [--out DIR]
+
+writes into DIR (default: `<first run dir>/report`):
+
+- accuracy.png  test-set (centralized) accuracy per round, one line per run; federated
+                (client validation) accuracy dashed where measured;
+- loss.png      the same for the loss (log scale);
+- epsilon.png   client-level ε spent per round, for runs with central DP;
+- clients.png   clients whose update was aggregated per round, and failures;
+- label_distribution.png  labels per client of the first run's MNIST partitioning
+                (flwr-datasets' plot), when the run carved MNIST into partitions and
+                MNIST is in its data-dir on this machine.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class NotARunError(ValueError):
+    """A directory that is not a run directory."""
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """(config, history rows, summary or {}) of a run directory."""
+    if not run_dir.is_dir():
+        raise NotARunError(f"'{run_dir}' is not a directory")
+    missing = [name for name in ("config.json", "history.jsonl") if not (run_dir / name).is_file()]
+    if missing:
+        raise NotARunError(f"'{run_dir}' is not a run directory (no {' or '.join(missing)}); "
+                           "give the directories that runs write under output-dir")
+    config = json.loads((run_dir / "config.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
+    if not rows:
+        raise NotARunError(f"'{run_dir}' has no recorded round yet")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return config, rows, summary
+
+
+def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+    points = [(r["round"], r.get(key)) for r in rows]
+    kept = [(x, scale * y) for x, y in points if isinstance(y, (int, float)) and math.isfinite(y)]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, ylabel: str) -> Path:
+    ax.set(xlabel="round", ylabel=ylabel, title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_metric(runs: dict[str, list[dict]], out: Path, metric: str, ylabel: str,
+                scale: float = 1.0, log_scale: bool = False) -> Path:
+    """`metric` per round (centralized solid, federated dashed), one colour per run."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, rows) in enumerate(runs.items()):
+        colour = f"C{i % 10}"
+        ax.plot(*_series(rows, f"centralized_{metric}", scale), "o-", color=colour, ms=3,
+                label=f"{name}: test set")
+        federated = _series(rows, f"federated_{metric}", scale)
+        if federated[0]:
+            ax.plot(*federated, "s--", color=colour, ms=3, alpha=0.7, label=f"{name}: clients")
+    if log_scale:
+        ax.set_yscale("log")
+    return _finish(fig, ax, out / f"{metric}.png", f"{metric.capitalize()} per round", ylabel)
+
+
+def plot_epsilon(runs: dict[str, list[dict]], summaries: dict[str, dict], out: Path) -> Path | None:
+    """Client-level ε per round for DP runs; None when no run has one."""
+    dp_runs = {name: rows for name, rows in runs.items() if _series(rows, "epsilon")[0]}
+    if not dp_runs:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in dp_runs.items():
+        delta = summaries[name].get("delta")
+        label = f"{name} (δ = {delta:g})" if delta else name
+        ax.plot(*_series(rows, "epsilon"), "o-", ms=3, label=label)
+    return _finish(fig, ax, out / "epsilon.png", "Privacy spent (client-level)", "ε")
+
+
+def plot_clients(runs: dict[str, list[dict]], out: Path) -> Path:
+    """Clients aggregated per round (solid) and failed (dotted)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, rows) in enumerate(runs.items()):
+        trained = [r for r in rows if r["round"] > 0]
+        ax.plot(*_series(trained, "num_fit_clients"), "o-", color=f"C{i % 10}", ms=3,
+                label=f"{name}: aggregated")
+        failures = _series(trained, "num_fit_failures")
+        if any(failures[1]):
+            ax.plot(*failures, "x:", color=f"C{i % 10}", label=f"{name}: failed")
+    return _finish(fig, ax, out / "clients.png", "Clients per round", "clients")
+
+
+def plot_label_distribution(config: dict[str, Any], summary: dict[str, Any], out: Path) -> Path | None:
+    """flwr-datasets' per-partition label plot of the run's MNIST partitioning, or None
+    (with the reason printed) when it cannot be rebuilt here."""
+    from data.mnist import load_mnist, missing_files
+
+    num_nodes = summary.get("num_nodes")
+    if not num_nodes:
+        print("label_distribution.png skipped: the run has no summary with its number of clients")
+        return None
+    if missing_files(config["data-dir"]):
+        print(f"label_distribution.png skipped: MNIST not found in the run's data-dir {config['data-dir']}")
+        return None
+    from flwr_datasets.visualization import plot_label_distributions
+
+    from data.partition import PartitionSpec, partitioner
+
+    spec = PartitionSpec(scheme=config["partitioner"], num_partitions=int(num_nodes), seed=config["seed"],
+                         dirichlet_alpha=config["dirichlet-alpha"], shards_per_client=config["shards-per-client"])
+    labels = load_mnist(config["data-dir"], train=True).labels
+    fig, ax, _ = plot_label_distributions(
+        partitioner(labels, spec), label_name="label", plot_type="bar", size_unit="absolute",
+        partition_id_axis="x", legend=True, legend_title="digit", figsize=(max(6, 0.4 * num_nodes), 4.5),
+        title=f"MNIST labels per client ({config['partitioner']} partitioning, {num_nodes} clients)",
+    )
+    ax.set(xlabel="client (partition id)", ylabel="training samples")
+    fig.tight_layout()
+    path = out / "label_distribution.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
+    """Write the plots; return their paths. Raises `NotARunError` before writing anything."""
+    loaded = {}
+    for run_dir in run_dirs:
+        name = run_dir.resolve().name
+        loaded[name if name not in loaded else str(run_dir)] = load_run(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {name: rows for name, (_, rows, _) in loaded.items()}
+    summaries = {name: summary for name, (_, _, summary) in loaded.items()}
+    first_config, _, first_summary = next(iter(loaded.values()))
+    written = [
+        plot_metric(runs, out, "accuracy", "accuracy (%)", scale=100),
+        plot_metric(runs, out, "loss", "NLL loss", log_scale=True),
+        plot_epsilon(runs, summaries, out),
+        plot_clients(runs, out),
+        plot_label_distribution(first_config, first_summary, out),
+    ]
+    return [path for path in written if path is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fl_app.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories to plot (overlaid)")
+    parser.add_argument("--out", type=Path, help="where to write the PNGs (default: <first run>/report)")
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(args.run_dirs, args.out or args.run_dirs[0] / "report")
+    except NotARunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
