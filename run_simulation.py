@@ -1,7 +1,7 @@
 """Run the app in Flower's simulation engine on this machine, start to finish.
 
     python run_simulation.py --num-clients 10 --rounds 5 [--cpus-per-client 1]
-        [--gpus-per-client 0.2] [--run-config "key=value ..."]
+        [--gpus-per-client 0.2] [--ray-address HOST:PORT] [--run-config "key=value ..."]
 
 Validates the configuration first, starts a private SuperLink (free port, its own
 FLWR_HOME, no per-run dependency installation), submits the app with `flwr run
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CPU cores Ray reserves per client (default 1)")
     parser.add_argument("--gpus-per-client", type=non_negative_float, default=0.0,
                         help="GPU fraction Ray reserves per client, e.g. 0.2 (default 0)")
+    parser.add_argument("--ray-address", default=None,
+                        help="attach to a running Ray cluster (HOST:PORT of a `ray start --head` "
+                             "node) instead of starting Ray on this machine")
     parser.add_argument("--run-config", default="",
                         help='run-config overrides, e.g. "local-epochs=2 optimizer=\'adam\'"')
     return parser.parse_args(argv)
@@ -110,7 +113,7 @@ def run_status(link: LocalSuperLink, run_id: str) -> str:
 
 
 def simulate(args: argparse.Namespace, run_config: dict[str, Any], flwr_home: Path) -> int:
-    with LocalSuperLink(flwr_home) as link:
+    with LocalSuperLink(flwr_home, ray_address=args.ray_address) as link:
         write_connection(flwr_home, CONNECTION, link.address)
         federation = (
             f"num-supernodes={args.num_clients} "

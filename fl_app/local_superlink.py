@@ -69,11 +69,13 @@ class LocalSuperLink:
     """A `flower-superlink --simulation` on 127.0.0.1:<free port>, as a context manager.
 
     Runtime dependency installation is disabled: the app runs in this environment and
-    nothing is downloaded per run.
+    nothing is downloaded per run. With `ray_address`, the simulation attaches to that
+    running Ray cluster instead of starting its own Ray instance.
     """
 
-    def __init__(self, flwr_home: Path, port: int | None = None) -> None:
+    def __init__(self, flwr_home: Path, port: int | None = None, ray_address: str | None = None) -> None:
         self.flwr_home = flwr_home
+        self.ray_address = ray_address
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = flwr_home / "superlink.log"
@@ -83,11 +85,14 @@ class LocalSuperLink:
         """Environment for this SuperLink and the processes talking to it (this
         interpreter's scripts first on PATH: the SuperLink spawns `flower-superexec`)."""
         scripts = str(Path(sys.executable).parent)
-        return os.environ | {
+        env = os.environ | {
             "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]),
             "FLWR_HOME": str(self.flwr_home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         }
+        if self.ray_address:  # the simulation's ray.init() joins this cluster
+            env["RAY_ADDRESS"] = self.ray_address
+        return env
 
     def start(self) -> "LocalSuperLink":
         """Start the SuperLink and wait until it answers its health check."""

@@ -24,9 +24,9 @@ def comparable(rows: list[dict]) -> list[dict]:
 
 @pytest.fixture
 def config(default_run_config, mnist_dir):
-    """4 clients × 200 samples, 3 rounds, half of them sampled per round."""
+    """4 clients × 150 samples, 3 rounds, half of them sampled per round."""
     return default_run_config | {
-        "data-dir": mnist_dir, "samples-per-client": 200, "eval-samples": 500, "local-epochs": 1,
+        "data-dir": mnist_dir, "samples-per-client": 150, "eval-samples": 500, "local-epochs": 1,
         "num-server-rounds": 3, "fraction-fit": 0.5, "fraction-evaluate": 0.5,
         "min-fit-clients": 2, "min-available-clients": 2, "min-evaluate-clients": 2,
     }

@@ -99,8 +99,15 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
               "max-failure-fraction=0.6")
     result = federation.flwr("run", ".", "deployment", "--run-config", config)
     run_id = result.stdout.split("Successfully started run ")[1].split()[0]
+    # The server first asks every node for its client key (a ClientApp process each); the
+    # second ClientApp process of site-2 in this run is its training in round 1.
     site = psutil.Process(federation.processes["site-2"].pid)
-    wait_until(lambda: _runs_clientapp(site), 120, "site-2 to start training", interval=0.2)
+    seen: list[int] = []
+
+    def training() -> bool:
+        seen.extend(pid for pid in sorted(_clientapps(site)) if pid not in seen)
+        return len(seen) >= 2
+    wait_until(training, 180, "site-2 to start training", interval=0.05)
     federation.kill("site-2")
     wait_until(lambda: _status(federation, run_id).startswith("finished"), 400, "the run to finish")
     assert _status(federation, run_id) == "finished:completed", federation.run_log(run_id)
@@ -135,14 +142,16 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
         assert (next(again.iterdir()) / name).is_file()
 
 
-def _runs_clientapp(supernode: psutil.Process) -> bool:
+def _clientapps(supernode: psutil.Process) -> set[int]:
+    """PIDs of the ClientApp processes the SuperNode runs now."""
+    found = set()
     for child in supernode.children(recursive=True):
         try:
-            if "flwr-clientapp" in " ".join(child.cmdline()):
-                return True
+            if "flwr-clientapp" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
         except psutil.Error:  # exited meanwhile
             pass
-    return False
+    return found
 
 
 def _rows(out) -> list[dict]:

@@ -93,12 +93,12 @@ def test_federation_across_network_namespaces(network, tmp_path, mnist_dir):
         wait_until(lambda: fed.online() == 3, 90, "3 SuperNodes online")
         out = tmp_path / "outputs"
         run_id, status = fed.run(
-            f"num-server-rounds=2 eval-samples=2000 local-epochs=1 fraction-evaluate=0 "
+            f"num-server-rounds=1 eval-samples=2000 local-epochs=1 fraction-evaluate=0 "
             f"data-download=false data-dir='{mnist_dir}' min-available-clients=3 output-dir='{out}'"
         )
         assert status["status"] == "finished:completed", fed.run_log(run_id)
         rows, summary = history(out)
-        assert [r["num_fit_clients"] for r in rows[1:]] == [3, 3]
-        assert summary["final_accuracy"] > 0.6, summary
+        assert [r["num_fit_clients"] for r in rows[1:]] == [3]
+        assert summary["final_accuracy"] > 0.5, summary  # one round; chance: 0.1
     finally:
         fed.stop()
