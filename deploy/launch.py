@@ -3,20 +3,19 @@ the command and replace this process with it."""
 
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 from deploy.preflight import PreflightError
+from fl_app.local_superlink import flower_executable
 
 
 def executable(name: str) -> str:
     """A Flower console script from this interpreter's environment, else from PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise PreflightError(f"'{name}' not found: install the app first (pip install -e .)")
-    return found
+    try:
+        return flower_executable(name)
+    except FileNotFoundError as err:
+        raise PreflightError(str(err)) from None
 
 
 def exec_command(command: list[str]) -> None:

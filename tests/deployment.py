@@ -99,7 +99,7 @@ class Federation:
                 return True
             except PreflightError:
                 return False
-        wait_until(up, 60, "the SuperLink")
+        wait_until(up, 60, "the SuperLink", interval=0.5)
 
     def supernode_command(self, key: str, data_dir: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "deploy.supernode", "--superlink", self.address,
@@ -131,19 +131,38 @@ class Federation:
     def online(self) -> int:
         return sum(node["status"] == "online" for node in self.nodes())
 
-    def run(self, run_config: str, timeout: float = 600) -> tuple[str, dict]:
-        """`flwr run . deployment`, then wait until the run finishes; (run id, status)."""
+    def submit(self, run_config: str) -> str:
+        """`flwr run . deployment`; the run id."""
         result = self.flwr("run", ".", CONNECTION, "--run-config", run_config)
         assert "Successfully started run" in result.stdout, result.stdout + result.stderr
-        run_id = result.stdout.split("Successfully started run ")[1].split()[0]
-        status: dict = {}
+        return result.stdout.split("Successfully started run ")[1].split()[0]
 
-        def finished() -> bool:
-            listing = self.flwr("list", CONNECTION, "--run-id", run_id, "--format", "json")
-            status.update(json.loads(listing.stdout)["runs"][0])
-            return status["status"].startswith("finished")
-        wait_until(finished, timeout, f"run {run_id}", interval=3)
-        return run_id, status
+    def status(self, run_id: str) -> str:
+        listing = self.flwr("list", CONNECTION, "--run-id", run_id, "--format", "json")
+        return json.loads(listing.stdout)["runs"][0]["status"]
+
+    def wait_for_run(self, run_id: str, output_dir: Path, timeout: float = 600) -> str:
+        """Wait until the run has finished; its final status. Watches for the run's
+        summary.json and asks the SuperLink only every 15 s: each `flwr` call costs a
+        second of CPU that the federation's processes need."""
+        deadline = time.monotonic() + timeout
+        while not list(output_dir.glob("*/summary.json")):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s")
+            for _ in range(15):
+                time.sleep(1)
+                if list(output_dir.glob("*/summary.json")):
+                    break
+            else:
+                if self.status(run_id).startswith("finished"):
+                    break
+        wait_until(lambda: self.status(run_id).startswith("finished"), 60, f"run {run_id}", interval=2)
+        return self.status(run_id)
+
+    def run(self, run_config: str, output_dir: Path, timeout: float = 600) -> tuple[str, str]:
+        """Submit a run writing to `output_dir` and wait for it; (run id, final status)."""
+        run_id = self.submit(run_config + f" output-dir='{output_dir}'")
+        return run_id, self.wait_for_run(run_id, output_dir, timeout)
 
     def run_log(self, run_id: str) -> str:
         return self.flwr("log", run_id, CONNECTION, "--show").stdout

@@ -4,10 +4,7 @@ TLS and SuperNode authentication, SuperNodes with their own data, runs submitted
 test_deployment_netns.py. The runs are few and short: each round starts a ClientApp
 process per node."""
 
-import json
 import subprocess
-import sys
-import time
 
 import psutil
 import pytest
@@ -48,7 +45,7 @@ def federation(tmp_path_factory, mnist_dir):
                                  "--port", str(free_port()),
                                  "--node-config", f'data-dir="{root / "data" / "empty"}"'])
         fed.start("intruder", fed.supernode_command("intruder", root / "data" / "site-0"))
-        wait_until(lambda: fed.online() == 4, 90, "4 SuperNodes online")
+        wait_until(lambda: fed.online() == 4, 90, "4 SuperNodes online", interval=3)
         yield fed
     finally:
         fed.stop()
@@ -97,8 +94,7 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
               f"output-dir='{out}' dp-mode='central' dp-noise-multiplier={sigma} "
               "dp-clients-per-round=4 dp-clipping-norm=1.0 round-timeout=150 "
               "max-failure-fraction=0.6")
-    result = federation.flwr("run", ".", "deployment", "--run-config", config)
-    run_id = result.stdout.split("Successfully started run ")[1].split()[0]
+    run_id = federation.submit(config)
     # The server first asks every node for its client key (a ClientApp process each); the
     # second ClientApp process of site-2 in this run is its training in round 1.
     site = psutil.Process(federation.processes["site-2"].pid)
@@ -109,8 +105,7 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
         return len(seen) >= 2
     wait_until(training, 180, "site-2 to start training", interval=0.05)
     federation.kill("site-2")
-    wait_until(lambda: _status(federation, run_id).startswith("finished"), 400, "the run to finish")
-    assert _status(federation, run_id) == "finished:completed", federation.run_log(run_id)
+    assert federation.wait_for_run(run_id, out, 400) == "finished:completed", federation.run_log(run_id)
     rows, summary = history(out)
     # round 1: site-2 killed, the node without data failed; round 2: site-2 is offline
     assert [(r["num_fit_clients"], r["num_fit_failures"]) for r in rows[1:]] == [(2, 2), (2, 1)]
@@ -127,13 +122,12 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
     assert summary["epsilon"] == pytest.approx(epsilons[-1], rel=1e-9)
 
     # Restarted once the SuperLink has marked its old session offline, it is admitted again
-    wait_until(lambda: federation.online() == 3, 120, "site-2 to be marked offline")
+    wait_until(lambda: federation.online() == 3, 120, "site-2 to be marked offline", interval=3)
     federation.start("site-2", federation.supernode_command("site-2", federation.root / "data" / "site-2"))
-    wait_until(lambda: federation.online() == 4, 90, "site-2 back online")
+    wait_until(lambda: federation.online() == 4, 90, "site-2 back online", interval=3)
     again = tmp_path / "again"
-    run_id, status = federation.run(FAST.format(rounds=2, mnist=mnist_dir)
-                                    + f" min-available-clients=4 output-dir='{again}'")
-    assert status["status"] == "finished:completed", federation.run_log(run_id)
+    run_id, status = federation.run(FAST.format(rounds=2, mnist=mnist_dir) + " min-available-clients=4", again)
+    assert status == "finished:completed", federation.run_log(run_id)
     rows, summary = history(again)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert [(r["num_fit_clients"], r["num_fit_failures"]) for r in rows[1:]] == [(3, 1), (3, 1)]
@@ -152,15 +146,3 @@ def _clientapps(supernode: psutil.Process) -> set[int]:
         except psutil.Error:  # exited meanwhile
             pass
     return found
-
-
-def _rows(out) -> list[dict]:
-    try:
-        return history(out)[0]
-    except (ValueError, FileNotFoundError, json.JSONDecodeError):
-        return []
-
-
-def _status(federation: Federation, run_id: str) -> str:
-    listing = federation.flwr("list", "deployment", "--run-id", run_id, "--format", "json")
-    return json.loads(listing.stdout)["runs"][0]["status"]

@@ -81,7 +81,7 @@ def test_federation_across_network_namespaces(network, tmp_path, mnist_dir):
                                 "--database", str(tmp_path / "superlink" / "state.db")],
                   namespace=network["superlink"])
         wait_until(lambda: fed.flwr("supernode", "list", CONNECTION).returncode == 0, 90,
-                   "the SuperLink, from the operator's namespace")
+                   "the SuperLink, from the operator's namespace", interval=2)
         # this test's own namespace has no route to the SuperLink: the hosts are apart
         with pytest.raises(PreflightError, match="Cannot reach the SuperLink"):
             check_superlink_connection(fed.address, certs / "ca.crt", wait=0, timeout=2)
@@ -90,13 +90,12 @@ def test_federation_across_network_namespaces(network, tmp_path, mnist_dir):
             write_mnist_partition(mnist_dir, tmp_path / "data" / site, i, 3, max_samples=600)
             fed.start(site, fed.supernode_command(site, tmp_path / "data" / site),
                       namespace=network[site])
-        wait_until(lambda: fed.online() == 3, 90, "3 SuperNodes online")
+        wait_until(lambda: fed.online() == 3, 90, "3 SuperNodes online", interval=3)
         out = tmp_path / "outputs"
         run_id, status = fed.run(
             f"num-server-rounds=1 eval-samples=2000 local-epochs=1 fraction-evaluate=0 "
-            f"data-download=false data-dir='{mnist_dir}' min-available-clients=3 output-dir='{out}'"
-        )
-        assert status["status"] == "finished:completed", fed.run_log(run_id)
+            f"data-download=false data-dir='{mnist_dir}' min-available-clients=3", out)
+        assert status == "finished:completed", fed.run_log(run_id)
         rows, summary = history(out)
         assert [r["num_fit_clients"] for r in rows[1:]] == [3]
         assert summary["final_accuracy"] > 0.5, summary  # one round; chance: 0.1

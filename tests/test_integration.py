@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(sys.executable).parent
-QUICK = "samples-per-client=500 num-server-rounds=2 eval-samples=2000"
+QUICK = "samples-per-client=500 num-server-rounds=2 eval-samples=2000 local-epochs=1"
 
 
 def assert_complete_run_dir(output_dir: Path, rounds: int) -> dict:
@@ -143,7 +143,7 @@ def test_secure_aggregation_releases_the_same_model_as_plain_client_clipping(tmp
 def test_local_dp_simulation_reports_client_epsilons(tmp_path, mnist_dir):
     out = tmp_path / "outputs"
     dp = "dp-mode='local' dp-target-epsilon=8.0 dp-delta=1e-3 dp-max-grad-norm=1.0"
-    result = run_simulation_cli(tmp_path, f"samples-per-client=200 num-server-rounds=2 eval-samples=2000 "
+    result = run_simulation_cli(tmp_path, f"samples-per-client=200 num-server-rounds=2 eval-samples=2000 local-epochs=1 "
                                           f"{dp} data-dir='{mnist_dir}' output-dir='{out}'")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "client epsilon max" in result.stdout

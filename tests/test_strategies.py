@@ -1,6 +1,5 @@
 """Strategies by name: each learns, FedProx, user classes, DP composition, attackers."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
