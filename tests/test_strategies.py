@@ -1,6 +1,5 @@
 """Strategies by name: each learns, FedProx, user classes, DP composition, attackers."""
 
-
 import numpy as np
 import pytest
 import torch

@@ -1,0 +1,84 @@
+"""Training throughput of our client against a bare PyTorch loop, side by side.
+
+    python bench/client_loop.py [--samples 6000] [--epochs 1] [--repeats 3]
+
+Both train the reference CNN on the same 6000 MNIST samples (partition 0 of 10), batch
+size 32, SGD with momentum, in this process, alternating: the bare loop is
+`for batch in shuffled tensors: forward, backward, step`; ours is `FlowerClient.fit`
+(weights in from numpy, seeded local training, weights out to numpy, metrics). Prints
+samples/s of each and their ratio (goal: ours / bare >= 0.95).
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from data.mnist import load_mnist
+from fl_app.client_app import FlowerClient, load_client_data
+from fl_app.config import AppConfig, project_defaults
+from fl_app.model import Net
+from fl_app.task import get_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bare_loop(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int) -> None:
+    net = Net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(labels))
+        for start in range(0, len(labels), batch_size):
+            idx = order[start:start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.nll_loss(net(images[idx]), labels[idx])
+            loss.backward()
+            optimizer.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--json", type=Path, default=Path("client_loop.json"))
+    args = parser.parse_args()
+
+    cfg = AppConfig.from_run_config(project_defaults(ROOT) | {
+        "data-dir": str(args.data_dir), "samples-per-client": args.samples, "validation-fraction": 0.0,
+        "local-epochs": args.epochs, "batch-size": 32})
+    load_mnist(str(args.data_dir), train=True)
+    train_set, val_set = load_client_data(cfg, str(args.data_dir), 0, 10)
+    client = FlowerClient(cfg, 0, train_set, val_set)
+    weights = get_weights(Net())
+    n = len(train_set) * args.epochs
+    ours, bare = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        client.fit(weights, {"server-round": 1, "learning-rate": 0.02})
+        ours.append(n / (time.perf_counter() - start))
+        start = time.perf_counter()
+        bare_loop(train_set.images, train_set.labels, args.epochs, 32)
+        bare.append(n / (time.perf_counter() - start))
+    figures = {
+        "samples": len(train_set), "epochs": args.epochs, "batch_size": 32,
+        "client_samples_per_s": statistics.median(ours), "bare_samples_per_s": statistics.median(bare),
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    figures["ratio"] = figures["client_samples_per_s"] / figures["bare_samples_per_s"]
+    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"\nour client {figures['client_samples_per_s']:.0f} samples/s, bare loop "
+          f"{figures['bare_samples_per_s']:.0f} samples/s: ratio {figures['ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

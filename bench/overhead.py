@@ -1,0 +1,114 @@
+"""Federation overhead: the same training through Flower's simulation and in a plain
+PyTorch loop in one process, side by side in one invocation.
+
+    python bench/overhead.py [--num-clients 10] [--samples-per-client 600] [--rounds 4]
+        [--local-epochs 1] [--json overhead.json]
+
+Simulation: run_simulation.py, every client every round, batch 32, centralized
+evaluation on the test set each round, no federated evaluation. Plain loop: for each
+round, each client's samples trained from the global model with the same optimizer,
+epochs and batch size (the same number of optimizer steps), the weighted average, the
+same centralized evaluation. Prints the ratio for the whole run (start-up included) and
+per round in steady state (rounds 2.., start-up apart). Goal: <= 1.10.
+"""
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fl_app.client_app import load_client_data  # noqa: E402
+from fl_app.config import AppConfig, project_defaults  # noqa: E402
+from fl_app.model import seeded_net  # noqa: E402
+from fl_app.server_app import load_test_set, round_learning_rate  # noqa: E402
+from fl_app.task import TrainSettings, evaluate, get_weights, set_weights, train  # noqa: E402
+
+
+def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str) -> tuple[float, list[float]]:
+    """(total seconds, seconds per round) of FedAvg in one process."""
+    start = time.perf_counter()
+    clients = [load_client_data(cfg, data_dir, pid, num_clients)[0] for pid in range(num_clients)]
+    test_set = load_test_set(cfg, data_dir)
+    net = seeded_net(cfg.seed)
+    global_weights = get_weights(net)
+    rounds = []
+    for server_round in range(1, cfg.num_server_rounds + 1):
+        round_start = time.perf_counter()
+        new, counts = [], []
+        for pid, data in enumerate(clients):
+            set_weights(net, global_weights)
+            train(net, data, TrainSettings(cfg.local_epochs, cfg.batch_size, cfg.optimizer,
+                                           round_learning_rate(cfg, server_round), cfg.momentum,
+                                           seed=cfg.seed + pid + server_round))
+            new.append(get_weights(net))
+            counts.append(len(data))
+        total = sum(counts)
+        global_weights = [sum(w[i] * (n / total) for w, n in zip(new, counts)).astype(new[0][i].dtype)
+                          for i in range(len(new[0]))]
+        set_weights(net, global_weights)
+        evaluate(net, test_set)
+        rounds.append(time.perf_counter() - round_start)
+    return time.perf_counter() - start, rounds
+
+
+def simulation(args: argparse.Namespace, run_config: str, out: Path) -> tuple[float, list[float]]:
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
+         "--rounds", str(args.rounds), "--run-config", run_config + f" output-dir='{out}'"],
+        capture_output=True, text=True, cwd=ROOT)
+    total = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(result.stdout[-3000:] + result.stderr[-3000:])
+    (run_dir,) = out.iterdir()
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return total, [r["seconds"] for r in rows if r["round"] > 0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-clients", type=int, default=10)
+    parser.add_argument("--samples-per-client", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--json", type=Path, default=Path("overhead.json"))
+    args = parser.parse_args()
+
+    overrides = {"data-dir": str(args.data_dir.resolve()), "samples-per-client": args.samples_per_client,
+                 "local-epochs": args.local_epochs, "num-server-rounds": args.rounds,
+                 "fraction-evaluate": 0.0, "validation-fraction": 0.0, "checkpoint-every": 0,
+                 "data-download": False}
+    cfg = AppConfig.from_run_config(project_defaults(ROOT) | overrides)
+    run_config = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
+                          for k, v in overrides.items())
+    with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
+        sim_total, sim_rounds = simulation(args, run_config, Path(tmp) / "sim")
+    plain_total, plain_rounds = plain_loop(cfg, args.num_clients, str(args.data_dir.resolve()))
+    steady_sim, steady_plain = np.mean(sim_rounds[1:]), np.mean(plain_rounds[1:])
+    figures = {
+        "setup": {k: str(v) for k, v in vars(args).items()},
+        "simulation_total_s": sim_total, "plain_total_s": plain_total,
+        "simulation_round_s": sim_rounds, "plain_round_s": plain_rounds,
+        "ratio_total": sim_total / plain_total, "ratio_steady_round": float(steady_sim / steady_plain),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"\nwhole run: simulation {sim_total:.1f} s vs plain {plain_total:.1f} s, ratio "
+          f"{figures['ratio_total']:.2f}; steady-state round: {steady_sim:.2f} s vs {steady_plain:.2f} s, "
+          f"ratio {figures['ratio_steady_round']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
