@@ -32,8 +32,11 @@ run: $(STAMP)
 		--cpus-per-client $(CPUS_PER_CLIENT) --gpus-per-client $(GPUS_PER_CLIENT) \
 		--run-config "data-dir='$(DATA)' $(RUN_CONFIG)"
 
+# Unit tests on two workers (one test file each at a time); then the integration tests,
+# one at a time: they time federations of several processes.
 test: $(STAMP)
-	FL_APP_MNIST_DIR="$(DATA)" $(BIN)/python -m pytest
+	FL_APP_MNIST_DIR="$(DATA)" $(BIN)/python -m pytest -m "not integration" -n 2 --dist loadfile
+	FL_APP_MNIST_DIR="$(DATA)" $(BIN)/python -m pytest -m integration
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
