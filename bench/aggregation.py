@@ -5,25 +5,26 @@ CNN to norm S, sum them, add Gaussian noise and divide by the expected cohort si
 
 Measures the math alone (strategies.dp_mechanism on numpy arrays) and the whole
 DPFedAvg.aggregate_fit (deserialising the clients' parameters, screening, clipping,
-noise, accounting, serialising the new model). Prints the median seconds per round.
+noise, accounting, serialising the new model). Prints the median and the fastest of the
+repeats in seconds per round (on a shared machine the fastest is the least disturbed).
 """
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
 from fl_app.model import Net
 from fl_app.task import get_weights
 from strategies.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
-from strategies.dp_mechanism import clip_update, noisy_mean
+from strategies.dp_mechanism import clipped_deltas, noisy_mean
+
+from overhead import machine  # bench/overhead.py
 
 
 class Proxy:
@@ -31,13 +32,14 @@ class Proxy:
         self.cid = cid
 
 
-def median_seconds(fn, repeats: int) -> float:
+def timings(fn, repeats: int) -> tuple[float, float]:
+    """(median, fastest) seconds of `repeats` calls."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def main() -> None:
@@ -52,10 +54,13 @@ def main() -> None:
     updates = [[rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in weights] for _ in range(args.clients)]
     shapes = [w.shape for w in weights]
 
+    client_weights = [[w + d for w, d in zip(weights, u)] for u in updates]
+
     def math_only() -> None:
-        clipped = [clip_update(u, 1.0)[0] for u in updates]
-        noisy_mean(clipped, shapes, clipping_norm=1.0, noise_multiplier=1.0,
-                   expected_cohort_size=args.clients, rng=rng)
+        """What the server computes from the clients' weights: Δ, clipped in place, summed
+        one client at a time, noised, divided by m."""
+        noisy_mean(clipped_deltas(client_weights, weights, 1.0, []), shapes, clipping_norm=1.0,
+                   noise_multiplier=1.0, expected_cohort_size=args.clients, rng=rng)
 
     strategy = DPFedAvg(initial_parameters=ndarrays_to_parameters(weights), clipping_norm=1.0,
                         noise_multiplier=1.0, clients_per_round=args.clients,
@@ -63,26 +68,28 @@ def main() -> None:
     strategy.population = [str(i) for i in range(args.clients)]
     strategy.global_weights = weights
     ok = Status(Code.OK, "")
-    results = [(Proxy(str(i)), FitRes(ok, ndarrays_to_parameters([w + d for w, d in zip(weights, u)]), 600, {}))
-               for i, u in enumerate(updates)]
+    results = [(Proxy(str(i)), FitRes(ok, ndarrays_to_parameters(w), 600, {}))
+               for i, w in enumerate(client_weights)]
     server_round = iter(range(1, 10**6))
 
     def strategy_round() -> None:
         strategy.aggregate_fit(next(server_round), results, [])
 
+    math_median, math_fastest = timings(math_only, args.repeats)
+    fit_median, fit_fastest = timings(strategy_round, args.repeats)
     figures = {
         "clients": args.clients,
         "parameters": int(sum(w.size for w in weights)),
-        "math_seconds": median_seconds(math_only, args.repeats),
-        "aggregate_fit_seconds": median_seconds(strategy_round, args.repeats),
-        "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "math_seconds": math_median, "math_fastest_seconds": math_fastest,
+        "aggregate_fit_seconds": fit_median, "aggregate_fit_fastest_seconds": fit_fastest,
+        "repeats": args.repeats,
+        "machine": machine(),
     }
     args.json.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
-    print(f"\nclip + sum + noise, {args.clients} clients x {figures['parameters']:,} parameters: "
-          f"{figures['math_seconds']:.3f} s (math), {figures['aggregate_fit_seconds']:.3f} s "
-          "(DPFedAvg.aggregate_fit incl. (de)serialisation) per round")
+    print(f"\nclip + sum + noise, {args.clients} clients x {figures['parameters']:,} parameters, per round: "
+          f"math {math_median:.3f} s (fastest {math_fastest:.3f} s); DPFedAvg.aggregate_fit incl. "
+          f"(de)serialisation {fit_median:.3f} s (fastest {fit_fastest:.3f} s)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ uses σ_Δ so that the round still costs one step of σ (see `adaptive_clipping`
 """
 
 from logging import INFO, WARNING
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,10 @@ from strategies.adaptive_clipping import (
     noised_unclipped_fraction,
     update_noise_multiplier,
 )
-from strategies.dp_mechanism import clip_update, global_l2_norm, model_delta, noisy_mean
+from strategies.dp_mechanism import clipped_deltas, global_l2_norm, noisy_mean
 from strategies.fedavg import FedAvg
 from strategies.sampling import poisson_sample
-from strategies.screening import Failures
+from strategies.screening import Failures, Screened
 from strategies.state import load_strategy_state, strategy_state
 
 CLIPPING_MODES = ("server", "client", "adaptive")
@@ -189,14 +190,12 @@ class DPFedAvg(FedAvg):
         failures: Failures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Release the noised mean of the clipped updates and account for the round."""
+        norms: list[float] = []
         if self.secure_aggregation:
-            clipped, norms = self._securely_summed(server_round, results), []
+            clipped: Iterable[list[np.ndarray]] = self._securely_summed(server_round, results)
         else:
-            clipped, norms = [], []
-            for _, res, arrays in self.screen(server_round, results, self._client_clipping_problem):
-                update, norm = self._clipped_update(arrays, res)
-                clipped.append(update)
-                norms.append(norm)
+            screened = self.screen(server_round, results, self._client_clipping_problem)
+            clipped = self._clipped_updates(screened, norms)
         update_sigma = self.noise_multiplier
         if self.clipping == "adaptive":
             update_sigma = update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
@@ -217,7 +216,7 @@ class DPFedAvg(FedAvg):
         if self.secure_aggregation:  # one securely summed aggregate stands for the whole cohort
             rejected = 0 if clipped else len(results)
         else:
-            rejected = len(results) - len(clipped)
+            rejected = len(results) - len(norms)
         metrics.update(self._diagnostics(norms, rejected))
         if self.clipping == "adaptive":
             fraction = noised_unclipped_fraction(
@@ -271,13 +270,18 @@ class DPFedAvg(FedAvg):
             return f"client-clipped update has norm {norm:.6g} > S = {self.clipping_norm}"
         return None
 
-    def _clipped_update(self, arrays: list[np.ndarray], res: FitRes) -> tuple[list[np.ndarray], float]:
-        """(clipped Δ, norm before clipping): clipped here, or as the client sent it with
-        the norm it reports."""
+    def _clipped_updates(self, screened: Screened, norms: list[float]) -> Iterator[list[np.ndarray]]:
+        """Each accepted result's clipped Δ, one at a time (summed before the next is made):
+        clipped here, or as the client sent it with the norm it reports. The norms before
+        clipping are appended to `norms`."""
         if self.clipping != "client":
-            return clip_update(model_delta(arrays, self.global_weights), self.clipping_norm)
-        norm = res.metrics["update_norm"] if "update_norm" in res.metrics else global_l2_norm(arrays)
-        return arrays, float(norm)
+            weights = (arrays for _, _, arrays in screened)
+            yield from clipped_deltas(weights, self.global_weights, self.clipping_norm, norms)
+            return
+        for _, res, arrays in screened:
+            norm = res.metrics["update_norm"] if "update_norm" in res.metrics else global_l2_norm(arrays)
+            norms.append(float(norm))
+            yield arrays
 
     def _diagnostics(self, norms: list[float], rejected: int) -> dict[str, Scalar]:
         """What users need to choose S, plus the privacy spent so far."""

@@ -12,7 +12,8 @@ and the noise std σS calibrates it; dividing by the data-independent m (never t
 realised cohort size, never example counts) keeps that calibration.
 """
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,37 +21,61 @@ Update = Sequence[np.ndarray]
 
 
 def global_l2_norm(update: Update) -> float:
-    """‖Δ‖₂ over all tensors of the update taken as one vector."""
-    return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in update)))
+    """‖Δ‖₂ over all tensors of the update taken as one vector, squares summed in float64."""
+    total = 0.0
+    for a in update:
+        flat = np.ravel(a).astype(np.float64)
+        total += float(np.dot(flat, flat))
+    return math.sqrt(total)
 
 
-def clip_update(update: Update, clipping_norm: float) -> tuple[list[np.ndarray], float]:
-    """Scale the whole update by min(1, S/‖Δ‖₂); return it and its norm before clipping."""
+def clip_update(
+    update: Update, clipping_norm: float, *, in_place: bool = False
+) -> tuple[list[np.ndarray], float]:
+    """Scale the whole update by min(1, S/‖Δ‖₂); return it and its norm before clipping.
+    An update within S is returned as it is; `in_place` scales the given arrays instead
+    of copies."""
     if not clipping_norm > 0:
         raise ValueError(f"clipping norm must be > 0, got {clipping_norm}")
     norm = global_l2_norm(update)
-    scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
-    return [(a * scale).astype(a.dtype, copy=False) for a in update], norm
+    if norm <= clipping_norm:
+        return list(update), norm
+    scale = clipping_norm / norm
+    if in_place:
+        return [np.multiply(a, scale, out=a, dtype=a.dtype) for a in update], norm
+    return [np.multiply(a, scale, dtype=a.dtype) for a in update], norm
 
 
-def sum_updates(updates: Sequence[Update], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-    """Unweighted Σ_k Δ_k in float64; all-zero arrays of `shapes` for an empty cohort."""
-    total = [np.zeros(shape, dtype=np.float64) for shape in shapes]
+def sum_updates(updates: Iterable[Update], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Unweighted Σ_k Δ_k, accumulated in the updates' dtype (float32 for the model: every
+    term is at most S in norm, so rounding is ~1e-7·m relative) and returned in float64;
+    all-zero arrays of `shapes` for an empty cohort. Reads `updates` once, in order."""
+    total: list[np.ndarray] | None = None
     for update in updates:
+        if total is None:
+            total = [np.array(a, dtype=np.result_type(a, np.float32)) for a in update]
+            continue
         for acc, array in zip(total, update):
             acc += array
-    return total
+    if total is None:
+        return [np.zeros(shape, dtype=np.float64) for shape in shapes]
+    return [t.astype(np.float64, copy=False) for t in total]
 
 
 def add_gaussian_noise(
     total: Sequence[np.ndarray], std: float, rng: np.random.Generator
 ) -> list[np.ndarray]:
     """total + N(0, std² I), independently per coordinate."""
-    return [t + rng.normal(0.0, std, size=t.shape) for t in total]
+    noised = []
+    for t in total:
+        noise = rng.normal(0.0, std, size=t.shape)
+        noise += t
+        noised.append(noise)
+    return noised
 
 
 def noisy_mean(
-    clipped_updates: Sequence[Update],
+    clipped_updates: Iterable[Update],
     shapes: Sequence[tuple[int, ...]],
     *,
     clipping_norm: float,
@@ -67,10 +92,28 @@ def noisy_mean(
         raise ValueError(f"expected cohort size must be > 0, got {expected_cohort_size}")
     total = sum_updates(clipped_updates, shapes)
     noised = add_gaussian_noise(total, noise_multiplier * clipping_norm, rng)
-    return [n / expected_cohort_size for n in noised]
+    for n in noised:
+        n /= expected_cohort_size
+    return noised
 
 
-def model_delta(weights: Update, reference: Update) -> list[np.ndarray]:
+def model_delta(weights: Update, reference: Update, out: Update | None = None) -> list[np.ndarray]:
     """Δ = weights − reference, tensor by tensor, in the weights' dtype (the same
-    arithmetic on clients and server, so both clipping modes agree bitwise)."""
-    return [np.subtract(w, r, dtype=w.dtype) for w, r in zip(weights, reference)]
+    arithmetic on clients and server, so both clipping modes agree bitwise); into the
+    arrays `out` when given."""
+    if out is None:
+        return [np.subtract(w, r, dtype=w.dtype) for w, r in zip(weights, reference)]
+    return [np.subtract(w, r, out=o, dtype=w.dtype) for w, r, o in zip(weights, reference, out)]
+
+
+def clipped_deltas(
+    weights: Iterable[Update], reference: Update, clipping_norm: float, norms: list[float]
+) -> Iterator[list[np.ndarray]]:
+    """clip(w_k − reference, S) for each client's weights w_k, in order, computed in one
+    reused set of arrays: each yielded update is valid until the next is requested (sum
+    it first, as `sum_updates` does). Appends each norm before clipping to `norms`."""
+    workspace = [np.empty_like(r) for r in reference]
+    for update in weights:
+        clipped, norm = clip_update(model_delta(update, reference, out=workspace), clipping_norm, in_place=True)
+        norms.append(norm)
+        yield clipped

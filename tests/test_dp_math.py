@@ -5,7 +5,7 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier
-from strategies.dp_mechanism import clip_update, global_l2_norm, noisy_mean
+from strategies.dp_mechanism import clip_update, clipped_deltas, global_l2_norm, model_delta, noisy_mean, sum_updates
 from strategies.sampling import poisson_sample
 
 
@@ -22,6 +22,29 @@ def test_clipping_scales_large_updates_to_exactly_s(seed):
     assert global_l2_norm(clipped) == pytest.approx(1.5, rel=1e-6)
     for a, c in zip(update, clipped):  # same direction, every tensor scaled alike
         np.testing.assert_allclose(c, a * (1.5 / norm), rtol=1e-6)
+
+
+def test_global_norm_is_the_float64_norm_of_the_whole_update():
+    update = random_update(3, scale=0.1)
+    flat = np.concatenate([a.ravel().astype(np.float64) for a in update])
+    assert global_l2_norm(update) == pytest.approx(float(np.sqrt(flat @ flat)), rel=1e-15)
+
+
+def test_server_clipping_in_one_workspace_equals_clipping_each_copy():
+    """The server clips Δ_k = w_k − w in one reused set of arrays and sums each before the
+    next: the same sum (bitwise) and norms as clipping separate copies, inputs untouched."""
+    reference = random_update(0, scale=1.0)
+    weights = [[r + d for r, d in zip(reference, random_update(10 + k, scale))]
+               for k, scale in enumerate([0.001, 5.0, 0.3, 20.0])]
+    before = [[a.copy() for a in w] for w in weights]
+    shapes = [a.shape for a in reference]
+    copies = [clip_update(model_delta(w, reference), 1.0) for w in weights]
+    norms: list[float] = []
+    total = sum_updates(clipped_deltas(weights, reference, 1.0, norms), shapes)
+    expected = sum_updates([c for c, _ in copies], shapes)
+    assert all(np.array_equal(t, e) for t, e in zip(total, expected))
+    assert norms == [n for _, n in copies] and min(norms) < 1.0 < max(norms)
+    assert all(np.array_equal(a, b) for w, c in zip(weights, before) for a, b in zip(w, c))
 
 
 def test_clipping_leaves_small_updates_untouched():
