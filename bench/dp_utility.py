@@ -6,22 +6,47 @@
 One run per ε (σ calibrated by the app from the target ε, δ, q and the rounds) plus one
 run without DP that samples the same number of clients per round. Prints a Markdown
 table and writes the figures as JSON.
+
+`--in-process` runs each federation in a process of its own through tests/federation.py
+(the app's clients, strategy and server without Flower's transport, which changes no
+number: the in-process federation equals the simulation bitwise with one torch thread
+per client), `--jobs` of them at a time: for many runs on one GPU machine.
 """
 
 import argparse
 import json
+import multiprocessing
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from overhead import machine  # noqa: E402
+
+
+def in_process(args: argparse.Namespace, config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """One federation in this process (tests/federation.py); returns its summary.json."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from federation import run_federation
+
+    from fl_app.config import project_defaults
+
+    started = time.perf_counter()
+    run_config = project_defaults(ROOT) | config | {"num-server-rounds": args.rounds}
+    run_federation(run_config, args.num_clients, str(args.data_dir), out_dir / "run")
+    summary = json.loads((out_dir / "run" / "summary.json").read_text())
+    summary["bench_seconds"] = time.perf_counter() - started
+    return summary
 
 
 def run_once(args: argparse.Namespace, overrides: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """One run_simulation.py run; returns its summary.json."""
+    """One run_simulation.py run (or an in-process one); returns its summary.json."""
     config = {
         "data-dir": str(args.data_dir),
         "output-dir": str(out_dir),
@@ -30,6 +55,8 @@ def run_once(args: argparse.Namespace, overrides: dict[str, Any], out_dir: Path)
         "fraction-evaluate": args.fraction_evaluate,
         "seed": args.seed,
     } | overrides
+    if args.in_process:
+        return in_process(args, config, out_dir)
     text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in config.items())
     command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
                "--rounds", str(args.rounds), "--run-config", text]
@@ -58,6 +85,8 @@ def main() -> None:
     parser.add_argument("--fraction-evaluate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without DP")
+    parser.add_argument("--in-process", action="store_true", help="federations without Flower's transport")
+    parser.add_argument("--jobs", type=int, default=1, help="in-process runs at a time")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, default=Path("dp_utility.json"))
     args = parser.parse_args()
@@ -76,8 +105,12 @@ def main() -> None:
                 "dp-clipping-norm": args.clipping_norm,
                 "server-learning-rate": args.server_learning_rate,
             }))
-        for i, (label, overrides) in enumerate(settings):
-            summary = run_once(args, overrides, Path(tmp) / str(i))
+        if args.jobs > 1 and not args.in_process:
+            parser.error("--jobs needs --in-process")
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            summaries = list(pool.map(run_once, [args] * len(settings), [o for _, o in settings],
+                                      [Path(tmp) / str(i) for i in range(len(settings))]))
+        for (label, overrides), summary in zip(settings, summaries):
             row = {"target_epsilon": label, "epsilon": summary.get("epsilon"),
                    "noise_multiplier": summary.get("noise_multiplier"),
                    "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"],
@@ -86,6 +119,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     setup = {k: v for k, v in vars(args).items() if k not in ("json", "data_dir")}
+    setup["machine"] = machine()
     args.json.write_text(json.dumps({"setup": setup, "runs": runs}, indent=2) + "\n")
     print(f"\n{args.num_clients} clients x {args.samples_per_client} samples, q = "
           f"{args.clients_per_round / args.num_clients:g}, {args.rounds} rounds, δ = {args.delta:g}, "

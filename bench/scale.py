@@ -1,0 +1,80 @@
+"""Scale: many simulated clients with little data each, a fraction of them per round.
+
+    python bench/scale.py [--num-clients 1000] [--samples-per-client 60] \
+        [--clients-per-round 100] [--rounds 4] [--gpus-per-client 0] [--json scale.json]
+
+Simulation: run_simulation.py with `fraction-fit` = clients-per-round / num-clients, one
+local epoch, batch 32, centralized evaluation on 1000 test samples each round, no
+federated evaluation, no checkpoints. Its compute: the same number of clients, samples,
+optimizer steps, averaging and evaluation in a plain PyTorch loop in one process, run
+in the same invocation (first). Prints the steady-state round (rounds 2..) of both, the
+framework overhead per sampled client, (simulation round - plain round) / clients per
+round, and the peak memory of the whole simulation (PSS of every process: run_simulation,
+SuperLink, ServerApp, Ray and its ClientApp workers). Goal: <= 15 ms per client.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from overhead import machine, plain_loop, simulation  # noqa: E402
+
+from fl_app.config import AppConfig, project_defaults  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-clients", type=int, default=1000)
+    parser.add_argument("--samples-per-client", type=int, default=60)
+    parser.add_argument("--clients-per-round", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--gpus-per-client", type=float, default=0.0)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--json", type=Path, default=Path("scale.json"))
+    args = parser.parse_args()
+
+    fraction = args.clients_per_round / args.num_clients
+    overrides = {"data-dir": str(args.data_dir.resolve()), "samples-per-client": args.samples_per_client,
+                 "local-epochs": 1, "num-server-rounds": args.rounds, "fraction-fit": fraction,
+                 "min-fit-clients": args.clients_per_round, "min-available-clients": args.num_clients,
+                 "fraction-evaluate": 0.0, "eval-samples": 1000, "validation-fraction": 0.0,
+                 "checkpoint-every": 0, "data-download": False}
+    cfg = AppConfig.from_run_config(project_defaults(ROOT) | overrides)
+    run_config = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
+                          for k, v in overrides.items())
+    started = time.perf_counter()
+    plain_total, plain_rounds = plain_loop(cfg, args.num_clients, str(args.data_dir.resolve()),
+                                           clients_per_round=args.clients_per_round)
+    plain_wall = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        sim_total, sim_rounds, peak = simulation(args, run_config, Path(tmp) / "sim")
+    steady_sim, steady_plain = float(np.mean(sim_rounds[1:])), float(np.mean(plain_rounds[1:]))
+    per_client_ms = 1000 * (steady_sim - steady_plain) / args.clients_per_round
+    figures = {
+        "setup": {k: str(v) for k, v in vars(args).items()},
+        "simulation_total_s": sim_total, "simulation_round_s": sim_rounds,
+        "plain_total_s": plain_total, "plain_round_s": plain_rounds,
+        "plain_setup_s": plain_total - sum(plain_rounds), "plain_wall_s": plain_wall,
+        "steady_round_simulation_s": steady_sim, "steady_round_compute_s": steady_plain,
+        "overhead_per_sampled_client_ms": per_client_ms, "peak_pss_gib": peak / 2**30,
+        "machine": machine(),
+    }
+    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"\n{args.num_clients} clients x {args.samples_per_client} samples, {args.clients_per_round} per round: "
+          f"steady round {steady_sim:.2f} s (simulation) vs {steady_plain:.2f} s (its compute, plain loop); "
+          f"overhead {per_client_ms:.1f} ms per sampled client; peak memory {peak / 2**30:.2f} GiB "
+          f"(whole simulation, PSS); simulation wall {sim_total:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
