@@ -170,7 +170,7 @@ def test_run_simulation_stops_everything_on_ctrl_c(tmp_path, mnist_dir):
     before = flower_processes()
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "2", "--rounds", "50",
-         "--run-config", f"samples-per-client=200 data-dir='{mnist_dir}' output-dir='{tmp_path}'"],
+         "--run-config", f"samples-per-client=200 eval-samples=500 data-dir='{mnist_dir}' output-dir='{tmp_path}'"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )
     try:
