@@ -77,6 +77,13 @@ def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str,
     return time.perf_counter() - start, rounds
 
 
+def run_config_text(overrides: dict) -> str:
+    """`--run-config` text for `overrides` (strings quoted, booleans lowercase)."""
+    def value(v: object) -> str:
+        return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+    return " ".join(f"{k}={value(v)}" for k, v in overrides.items())
+
+
 class PeakMemory(threading.Thread):
     """Largest total proportional set size (PSS) of a process and its descendants,
     sampled every `interval` seconds: shared pages (torch, Ray's object store) counted once."""
@@ -137,8 +144,7 @@ def main() -> None:
                  "fraction-evaluate": 0.0, "validation-fraction": 0.0, "checkpoint-every": 0,
                  "data-download": False}
     cfg = AppConfig.from_run_config(project_defaults(ROOT) | overrides)
-    run_config = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
-                          for k, v in overrides.items())
+    run_config = run_config_text(overrides)
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
         sim_total, sim_rounds, _ = simulation(args, run_config, Path(tmp) / "sim")
     plain_total, plain_rounds = plain_loop(cfg, args.num_clients, str(args.data_dir.resolve()))

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from overhead import machine, plain_loop, simulation  # noqa: E402
+from overhead import machine, plain_loop, run_config_text, simulation  # noqa: E402
 
 from fl_app.config import AppConfig, project_defaults  # noqa: E402
 
@@ -49,8 +49,7 @@ def main() -> None:
                  "fraction-evaluate": 0.0, "eval-samples": 1000, "validation-fraction": 0.0,
                  "checkpoint-every": 0, "data-download": False}
     cfg = AppConfig.from_run_config(project_defaults(ROOT) | overrides)
-    run_config = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
-                          for k, v in overrides.items())
+    run_config = run_config_text(overrides)
     started = time.perf_counter()
     plain_total, plain_rounds = plain_loop(cfg, args.num_clients, str(args.data_dir.resolve()),
                                            clients_per_round=args.clients_per_round)
