@@ -11,8 +11,8 @@ uses σ_Δ so that the round still costs one step of σ (see `adaptive_clipping`
 `dp_mechanism`, `sampling` and `accounting`; this module is the Flower glue.
 """
 
-from logging import INFO, WARNING
 from collections.abc import Iterable, Iterator
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
