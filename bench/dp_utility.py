@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT), str(ROOT / "tests")]
 
 from overhead import machine  # noqa: E402
 
 
 def in_process(args: argparse.Namespace, config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """One federation in this process (tests/federation.py); returns its summary.json."""
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-    from federation import run_federation
+    from federation import run_federation  # tests/federation.py
 
     from fl_app.config import project_defaults
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from flwr.common.config import parse_config_args
 
 from federation import run_federation
 from fl_app.config import project_defaults
@@ -55,11 +56,9 @@ def flower_processes() -> set[int]:
 
 
 def in_process_reference(run_config: str, num_clients: int, run_dir: Path) -> list[dict]:
-    """The same federation in this process with one torch thread; history.jsonl's rows."""
-    config = project_defaults(REPO)
-    for item in run_config.split():
-        key, value = item.split("=", 1)
-        config[key] = type(config[key])(value.strip("'")) if not isinstance(config[key], bool) else value == "true"
+    """The same federation in this process with one torch thread; history.jsonl's rows.
+    `run_config` is parsed as `run_simulation.py` parses its --run-config."""
+    config = project_defaults(REPO) | parse_config_args([run_config])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
