@@ -110,8 +110,9 @@ def main() -> None:
             summaries = list(pool.map(run_once, [args] * len(settings), [o for _, o in settings],
                                       [Path(tmp) / str(i) for i in range(len(settings))]))
         for (label, overrides), summary in zip(settings, summaries):
-            row = {"target_epsilon": label, "epsilon": summary.get("epsilon"),
-                   "noise_multiplier": summary.get("noise_multiplier"),
+            privacy = summary.get("privacy") or {}
+            row = {"target_epsilon": label, "epsilon": privacy.get("epsilon"),
+                   "noise_multiplier": privacy.get("noise_multiplier"),
                    "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"],
                    "rounds": summary["rounds"], "seconds": round(summary["bench_seconds"], 1)}
             runs.append(row)

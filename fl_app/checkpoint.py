@@ -1,13 +1,16 @@
 """Checkpoints of a run, written atomically into its run directory.
 
-`checkpoint.npz` holds, after a round: the round number, the global model, the history
-rows so far, the strategy's state (server optimizer moments, adaptive clipping norm,
-privacy accountant, its generators), the client sampler's generator, the global
-random-number states, the resolved run-config, the number of nodes and the wall time so
-far. Arrays are
-stored as arrays and everything else as one JSON document, so loading runs no pickle.
-The file is written to a temporary name, flushed to disk and renamed over the previous
-one: a kill at any moment leaves either the previous or the new checkpoint, whole.
+`checkpoint.npz` is written after a round's aggregation and centralized evaluation,
+before its model leaves the server. It holds the round number, the global model, the
+history rows recorded before that round and the round's own row so far, the strategy's
+state (server optimizer moments, adaptive clipping norm, privacy accountant; the DP
+generators' states only with `dp-reproducible-noise`), the client sampler's generator,
+the global random-number states, the resolved run-config, the number of nodes and the
+wall time so far. Arrays are stored as arrays and everything else as one JSON document,
+so loading runs no pickle. The file is written to a temporary name (mode 0600: it holds
+the exact model and training state, for the operator only), flushed to disk and renamed
+over the previous one: a kill at any moment leaves either the previous or the new
+checkpoint, whole.
 """
 
 import io
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 
 CHECKPOINT = "checkpoint.npz"
-FORMAT = 1
+FORMAT = 2
 
 
 class CheckpointError(RuntimeError):
@@ -31,11 +34,12 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """Everything a run needs to continue after `round`."""
+    """Everything a run needs to finish `round` and continue after it."""
 
     round: int
     weights: list[np.ndarray]
-    history: list[dict[str, Any]]
+    history: list[dict[str, Any]]  # rows recorded before `round`
+    row: dict[str, Any]  # `round`'s row before federated evaluation
     strategy: dict[str, Any]
     sampler: dict[str, Any]
     rng: dict[str, Any]
@@ -94,7 +98,9 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     np.savez(buffer, __document__=np.frombuffer(json.dumps(document).encode(), dtype=np.uint8), **arrays)
     path = run_dir / CHECKPOINT
     temporary = run_dir / f".{CHECKPOINT}.tmp"
-    with open(temporary, "wb") as f:
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "wb") as f:
         f.write(buffer.getvalue())
         f.flush()
         os.fsync(f.fileno())
@@ -123,5 +129,5 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     except (ValueError, OSError, KeyError) as err:
         raise CheckpointError(f"{path} is unreadable: {err}") from None
     if document.pop("format", None) != FORMAT:
-        raise CheckpointError(f"{path} has an unknown format")
+        raise CheckpointError(f"{path} has an unknown format (written by another version of the app)")
     return Checkpoint(**_join(document, arrays))

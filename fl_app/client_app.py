@@ -76,17 +76,18 @@ class FlowerClient(NumPyClient):
             seed=int(seed.generate_state(1)[0]),
             proximal_mu=self.cfg.proximal_mu,
         )
+        metrics: dict[str, Scalar] = {}
         if self.cfg.dp_mode == "local":
-            loss, accuracy, epsilon = self._train_private(settings)
-            metrics = {"train_loss": loss, "train_accuracy": accuracy, "epsilon": epsilon}
+            loss, accuracy, privacy = self._train_private(settings)
+            metrics.update(privacy)
         else:
             loss, accuracy = train(self.net, self.train_set, settings)
-            metrics = {"train_loss": loss, "train_accuracy": accuracy}
+        if self.releases_own_figures:
+            metrics.update(train_loss=loss, train_accuracy=accuracy)
         weights = get_weights(self.net)
         reference = parameters
         if CLIENT_CLIP_KEY in config:
-            weights, norm = clip_update(model_delta(weights, parameters), float(config[CLIENT_CLIP_KEY]))
-            metrics["update_norm"] = norm
+            weights, _ = clip_update(model_delta(weights, parameters), float(config[CLIENT_CLIP_KEY]))
             reference = [np.zeros_like(w) for w in weights]
         if self.attacker:
             rng = np.random.default_rng(seed.spawn(1)[0])
@@ -97,11 +98,26 @@ class FlowerClient(NumPyClient):
             if not all(np.isfinite(w).all() for w in weights):
                 raise ValueError("local training gave a non-finite update; not sent")
             return weights, 1, {}
+        if self.cfg.dp_mode == "local":  # the exact example count would reveal a sample's presence
+            return weights, 1, metrics
         return weights, len(self.train_set), metrics
 
-    def _train_private(self, settings: TrainSettings) -> tuple[float, float, float]:
-        """DP-SGD, continuing this client's accountant across rounds."""
-        from fl_app.local_dp import LocalDPSettings, local_noise_multiplier, train_private  # Opacus: slow import
+    @property
+    def releases_own_figures(self) -> bool:
+        """Whether this client reports exact figures of its data (train loss and accuracy,
+        validation results): never under DP unless `dp-release-unprotected-metrics`."""
+        return self.cfg.dp_mode == "off" or self.cfg.dp_release_unprotected_metrics
+
+    def _train_private(self, settings: TrainSettings) -> tuple[float, float, dict[str, Scalar]]:
+        """DP-SGD, continuing this client's accountant across rounds; returns the train
+        loss and accuracy and the privacy report (ε so far, σ, Poisson batch rate,
+        rounds trained)."""
+        from fl_app.local_dp import (  # Opacus: slow import
+            LocalDPSettings,
+            batches_per_epoch,
+            local_noise_multiplier,
+            train_private,
+        )
 
         dp = LocalDPSettings(
             max_grad_norm=self.cfg.dp_max_grad_norm,
@@ -113,15 +129,26 @@ class FlowerClient(NumPyClient):
             ),
             delta=self.cfg.dp_delta,
             accountant=self.cfg.dp_accountant,
+            reproducible=self.cfg.dp_reproducible_noise,
         )
         saved = self.state.config_records.get(ACCOUNTANT_RECORD)
         previous = json.loads(str(saved["state"])) if saved else None
+        rounds = int(saved["rounds"]) + 1 if saved else 1
         loss, accuracy, epsilon, state = train_private(self.net, self.train_set, settings, dp, previous)
-        self.state[ACCOUNTANT_RECORD] = ConfigRecord({"state": json.dumps(state)})
-        return loss, accuracy, epsilon
+        self.state[ACCOUNTANT_RECORD] = ConfigRecord({"state": json.dumps(state), "rounds": rounds})
+        privacy: dict[str, Scalar] = {
+            "epsilon": epsilon, "dp_noise_multiplier": dp.noise_multiplier,
+            "dp_sample_rate": 1 / batches_per_epoch(len(self.train_set), self.cfg.batch_size),
+            "dp_rounds": rounds,
+        }
+        return loss, accuracy, privacy
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict]:
-        """Loss and accuracy of the global model on the local validation split."""
+        """Loss and accuracy of the global model on the local validation split (refused
+        under DP unless `dp-release-unprotected-metrics`: exact figures of local data)."""
+        if not self.releases_own_figures:
+            raise PermissionError("federated evaluation is withheld under DP "
+                                  "(dp-release-unprotected-metrics = false)")
         if len(self.val_set) == 0:
             return float("nan"), 0, {}
         set_weights(self.net, parameters)

@@ -111,6 +111,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "dp-target-quantile": _float(0, 1, True, True),
     "dp-clip-learning-rate": _float(0, INF, True, True),
     "dp-clipped-count-stddev": _float(0, INF, True, True),
+    "dp-reproducible-noise": _bool,
+    "dp-release-unprotected-metrics": _bool,
     "strategy": _text,
     "max-failure-fraction": _float(0, 1, False, False),
     "round-timeout": _float(0, INF, False, True),
@@ -177,6 +179,8 @@ class AppConfig:
     dp_target_quantile: float
     dp_clip_learning_rate: float
     dp_clipped_count_stddev: float
+    dp_reproducible_noise: bool
+    dp_release_unprotected_metrics: bool
     strategy: str
     max_failure_fraction: float
     round_timeout: float
@@ -245,6 +249,12 @@ class AppConfig:
                 f"Invalid run-config: dp-clipped-count-stddev = {values['dp_clipped_count_stddev']!r} "
                 f"(allowed: > dp-noise-multiplier / 2 = {values['dp_noise_multiplier'] / 2:g} "
                 "with adaptive clipping)"
+            )
+        if values["dp_mode"] == "central" and values["checkpoint_every"] > 1:
+            raise ConfigError(
+                f"Invalid run-config: checkpoint-every = {values['checkpoint_every']!r} (allowed: "
+                "0 or 1 with dp-mode = 'central': each released round is checkpointed before it "
+                "leaves the server, so a resumed run never computes a released round again)"
             )
         check_strategy(values)
         if values["resume_from"] and values["dp_mode"] == "local":

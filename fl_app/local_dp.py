@@ -6,10 +6,17 @@ clipped to `max_grad_norm` and Gaussian noise of std σ·max_grad_norm on their 
 guarantee protects one *sample* of that client's data. The client's accountant lives
 across rounds (its state travels in the node's context), so ε grows with every round
 the client joins; a fresh PrivacyEngine per round would restart it at zero.
+
+The Poisson batches and the noise come from two torch generators whose whole state is
+OS entropy (`dp_randomness.os_entropy_torch_generator`), never from the seed, the
+client's id or the round, which the server knows; the noise is drawn in Opacus' secure
+mode (sum of four draws, Holohan & Braghin 2021). A Poisson batch that comes out empty
+still takes a noised step, as the accountant assumes.
 """
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -21,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset as TorchTensorDataset
 
 from data.mnist import TensorDataset
 from fl_app.task import TrainSettings, make_optimizer
+from strategies.dp_randomness import os_entropy_torch_generator, seeded_torch_generator
 from strategies.opacus_compat import ModuleValidator, PrivacyEngine, get_noise_multiplier
 
 
@@ -32,6 +40,7 @@ class LocalDPSettings:
     noise_multiplier: float
     delta: float
     accountant: str
+    reproducible: bool = False  # dp-reproducible-noise: batches and noise from `seed` (no valid claim)
 
 
 def batches_per_epoch(num_samples: int, batch_size: int) -> int:
@@ -67,32 +76,36 @@ def train_private(
     errors = ModuleValidator.validate(net, strict=False)
     if errors:
         raise ValueError(f"model is not compatible with Opacus: {errors}")
-    torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)  # dropout masks: public, as DP-SGD's analysis allows
+    if dp.reproducible:
+        batches, noise = seeded_torch_generator(settings.seed), seeded_torch_generator(settings.seed + 1)
+    else:
+        batches, noise = os_entropy_torch_generator(), os_entropy_torch_generator()
     loader = DataLoader(TorchTensorDataset(data.images, data.labels),
-                        batch_size=settings.batch_size, generator=generator)
+                        batch_size=settings.batch_size, generator=batches)
     private_net = copy.deepcopy(net)
-    engine = PrivacyEngine(accountant=dp.accountant)
+    with warnings.catch_warnings():  # "Secure RNG turned off": our generators are OS entropy
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=dp.accountant)
     if accountant_state:
         engine.accountant.load_state_dict(accountant_state)
     model, optimizer, private_loader = engine.make_private(
         module=private_net, optimizer=make_optimizer(private_net, settings), data_loader=loader,
         noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=True, noise_generator=noise,
     )
+    optimizer.secure_mode = True  # four draws per noise value (Opacus refuses a generator in its own secure mode)
     dev = next(net.parameters()).device
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for _ in range(settings.epochs):
         for x, y in private_loader:
-            if len(y) == 0:  # Poisson sampling can draw an empty batch
-                continue
             x, y = x.to(dev), y.to(dev)
             optimizer.zero_grad(set_to_none=True)
             out = model(x)
-            loss = F.nll_loss(out, y)
+            loss = F.nll_loss(out, y, reduction="sum") / max(len(y), 1)
             loss.backward()
-            optimizer.step()
+            optimizer.step()  # an empty batch adds noise only, and is accounted
             loss_sum += float(loss) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)

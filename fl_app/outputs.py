@@ -142,10 +142,13 @@ class RunRecorder:
 
 
 def format_round(row: dict[str, Any], num_rounds: int) -> str:
-    """`round 3/10 | test acc 98.95% loss 0.0342 | clients 10 | 61.2 s` (plus ε with DP)"""
+    """`round 3/10 | test acc 98.95% loss 0.0342 | clients 10 | 61.2 s` (plus ε with DP;
+    the sampled cohort's size where the number of replies is withheld)"""
+    clients = row["num_fit_clients"] if row.get("num_fit_clients") is not None else row.get("cohort_size", 0)
+    label = "clients" if row.get("num_fit_clients") is not None else "cohort"
     line = (
         f"round {row['round']}/{num_rounds} | test acc {100 * row['centralized_accuracy']:.2f}% "
-        f"loss {row['centralized_loss']:.4f} | clients {row['num_fit_clients']} | "
+        f"loss {row['centralized_loss']:.4f} | {label} {clients} | "
         f"{row['seconds']:.1f} s"
     )
     if "epsilon" in row:
@@ -173,11 +176,8 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
                            f" in round {summary['best_round']})"),
         ("final loss", f"{summary['final_loss']:.4f}"),
     ]
-    if "epsilon" in summary:
-        rows.append(("privacy", f"epsilon {summary['epsilon']:.3f} at delta {summary['delta']:g} "
-                                f"(client-level, {summary['accountant']})"))
-    if "client_epsilon_max" in summary:
-        rows.append(("privacy", f"client epsilon max {summary['client_epsilon_max']:.3f} (sample-level)"))
+    if summary.get("privacy"):
+        rows.append(("privacy", summary["privacy"]["statement"]))
     if "stopped_early" in summary:
         rows.append(("stopped early", str(summary["stopped_early"])))
     rows += [("wall time", format_duration(summary["wall_seconds"])), ("outputs", summary["run_dir"])]
@@ -187,7 +187,8 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
 
 
 def summarize(rows: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
-    """Final and best centralized accuracy over the recorded rounds."""
+    """Final and best centralized accuracy over the recorded rounds (`privacy` is added
+    by the server: the DP statement, or None)."""
     best = max(rows, key=lambda r: r["centralized_accuracy"])
     return {
         "rounds": rows[-1]["round"],

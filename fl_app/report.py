@@ -7,8 +7,11 @@ writes into DIR (default: `<first run dir>/report`):
 - accuracy.png  test-set (centralized) accuracy per round, one line per run; federated
                 (client validation) accuracy dashed where measured;
 - loss.png      the same for the loss (log scale);
-- epsilon.png   client-level ε spent per round, for runs with central DP;
-- clients.png   clients whose update was aggregated per round, and failures;
+- epsilon.png   ε spent per round for DP runs (central: client-level; local: the
+                largest client's sample-level ε), each labelled with its run's privacy
+                statement from summary.json, which is also printed;
+- clients.png   clients whose update was aggregated per round, and failures (under DP,
+                where those counts are withheld: the sampled cohort's size);
 - label_distribution.png  labels per client of the first run's MNIST partitioning
                 (flwr-datasets' plot), when the run carved MNIST into partitions and
                 MNIST is in its data-dir on this machine.
@@ -81,17 +84,33 @@ def plot_metric(runs: dict[str, list[dict]], out: Path, metric: str, ylabel: str
     return _finish(fig, ax, out / f"{metric}.png", f"{metric.capitalize()} per round", ylabel)
 
 
+EPSILON_FIELDS = ("epsilon", "client_epsilon_max")  # central DP, local DP (largest client)
+
+
+def privacy_statement(summary: dict[str, Any]) -> str | None:
+    """The run's one-line privacy statement from summary.json, if it has one."""
+    privacy = summary.get("privacy")
+    return privacy.get("statement") if isinstance(privacy, dict) else None
+
+
 def plot_epsilon(runs: dict[str, list[dict]], summaries: dict[str, dict], out: Path) -> Path | None:
-    """Client-level ε per round for DP runs; None when no run has one."""
-    dp_runs = {name: rows for name, rows in runs.items() if _series(rows, "epsilon")[0]}
+    """ε per round for DP runs, each labelled with its privacy statement (printed too);
+    None when no run has one."""
+    dp_runs = {}
+    for name, rows in runs.items():
+        field = next((f for f in EPSILON_FIELDS if _series(rows, f)[0]), None)
+        if field is not None:
+            dp_runs[name] = (rows, field)
     if not dp_runs:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rows in dp_runs.items():
-        delta = summaries[name].get("delta")
-        label = f"{name} (δ = {delta:g})" if delta else name
-        ax.plot(*_series(rows, "epsilon"), "o-", ms=3, label=label)
-    return _finish(fig, ax, out / "epsilon.png", "Privacy spent (client-level)", "ε")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (rows, field) in dp_runs.items():
+        statement = privacy_statement(summaries[name])
+        if statement:
+            print(f"{name}: {statement}")
+        label = f"{name}\n{statement}" if statement else name
+        ax.plot(*_series(rows, field), "o-", ms=3, label=label)
+    return _finish(fig, ax, out / "epsilon.png", "Privacy spent", "ε")
 
 
 def plot_clients(runs: dict[str, list[dict]], out: Path) -> Path:
@@ -99,8 +118,12 @@ def plot_clients(runs: dict[str, list[dict]], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, rows) in enumerate(runs.items()):
         trained = [r for r in rows if r["round"] > 0]
-        ax.plot(*_series(trained, "num_fit_clients"), "o-", color=f"C{i % 10}", ms=3,
-                label=f"{name}: aggregated")
+        aggregated = _series(trained, "num_fit_clients")
+        if aggregated[0]:
+            ax.plot(*aggregated, "o-", color=f"C{i % 10}", ms=3, label=f"{name}: aggregated")
+        else:
+            ax.plot(*_series(trained, "cohort_size"), "o-", color=f"C{i % 10}", ms=3,
+                    label=f"{name}: sampled (DP)")
         failures = _series(trained, "num_fit_failures")
         if any(failures[1]):
             ax.plot(*failures, "x:", color=f"C{i % 10}", label=f"{name}: failed")
@@ -171,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in written:
-        print(path)
+        print(f"wrote {path}")
     return 0
 
 

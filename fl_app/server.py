@@ -13,6 +13,8 @@ from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures
 
 from fl_app.checkpoint import Checkpoint, global_rng_state, save_checkpoint, set_global_rng_state
 from fl_app.outputs import RunRecorder
+from fl_app.release import ReleasePolicy
+from strategies.privacy_statement import LocalPrivacyLedger
 from strategies.state import load_strategy_state, strategy_state
 
 
@@ -26,20 +28,25 @@ def failure_reason(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
 
 class RecordingServer(Server):
     """Runs round 0 (centralized evaluation of the initial model) and rounds 1..N of
-    fit -> centralized evaluation -> federated evaluation, handing each round's
-    figures to a `RunRecorder` and the final model to it at the end.
+    fit -> centralized evaluation -> checkpoint -> federated evaluation, handing each
+    round's released figures to a `RunRecorder` and the final model to it at the end.
 
     Strategies may add two optional methods: `stop_reason(server_round, client_manager)
-    -> str | None`
-    (e.g. a spent privacy budget) ends training cleanly before that round, and
-    `summary() -> dict` adds to summary.json. A round whose cohort is empty still asks
-    the strategy to aggregate (DP-FedAvg releases noise then).
+    -> str | None` (e.g. a spent privacy budget) ends training cleanly before that round,
+    and `summary() -> dict` adds to summary.json (DP-FedAvg: its `privacy` object). A
+    round whose cohort is empty still asks the strategy to aggregate (DP-FedAvg releases
+    noise then).
 
-    Training waits for `quorum` connected nodes. Every `checkpoint_every` rounds (and
-    after the last) it writes a checkpoint to the run directory; given `resume`, it
-    continues after that checkpoint's round with its model, strategy state, sampler and
-    random states. Results are aggregated in the client manager's key order (when it
-    has one), not in arrival order, so that float sums do not depend on scheduling.
+    A round's model leaves the server (federated evaluation, the next round's clients,
+    history.jsonl, the outputs) only after its checkpoint is written, when one is due:
+    a run resumed from that checkpoint finishes the round's release (federated
+    evaluation, its history row) and goes on with the next round, so it never computes
+    a released round again. `release` decides which figures leave (see `release`);
+    `local_privacy` collects the clients' local-DP reports for the summary.
+
+    Training waits for `quorum` connected nodes. Results are aggregated in the client
+    manager's key order (when it has one), not in arrival order, so that float sums do
+    not depend on scheduling.
     """
 
     def __init__(
@@ -51,6 +58,8 @@ class RecordingServer(Server):
         checkpoint_every: int = 0,
         config: dict[str, Any] | None = None,
         resume: Checkpoint | None = None,
+        release: ReleasePolicy = ReleasePolicy("off", unprotected=False),
+        local_privacy: LocalPrivacyLedger | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,10 +69,12 @@ class RecordingServer(Server):
         self.checkpoint_every = checkpoint_every
         self.config = config or {}
         self.resume = resume
+        self.release = release
+        self.local_privacy = local_privacy
 
     def fit(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
-        """Run the federation for up to `num_rounds` rounds (from a checkpoint's next
-        round when resuming)."""
+        """Run the federation for up to `num_rounds` rounds (when resuming: finish the
+        checkpoint's round, then go on)."""
         history = History()
         start = time.perf_counter()
         if self.client_manager().num_available() < self.quorum:
@@ -71,9 +82,13 @@ class RecordingServer(Server):
             self.client_manager().wait_for(self.quorum)
         self.num_nodes = self.client_manager().num_available()
         self.check_population(self.num_nodes)
+        if not self.release.client_figures:
+            log(INFO, "DP: client-reported figures, federated evaluation and exact clipping "
+                "statistics are withheld (dp-release-unprotected-metrics = false)")
         first_round = 0
         if self.resume is not None:
             first_round = self._restore(self.resume)
+            self._release_round(dict(self.resume.row), time.perf_counter(), timeout, history)
         else:
             self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
         stopped = None
@@ -91,27 +106,40 @@ class RecordingServer(Server):
             history.add_metrics_centralized(server_round=server_round, metrics=metrics)
             row.update(centralized_loss=loss, centralized_accuracy=metrics["accuracy"])
             row.update(federated_loss=None, federated_accuracy=None)
-            if server_round > 0:
-                row.update(self._evaluate(server_round, timeout, history))
-            row["seconds"] = time.perf_counter() - round_start
-            self.recorder.record(row)
+            row = self.release.row(row)
             if server_round > 0 and self.checkpoint_every and (
                 server_round % self.checkpoint_every == 0 or server_round == num_rounds
             ):
-                self._save_checkpoint(server_round)
+                self._save_checkpoint(server_round, row)
+            self._release_round(row, round_start, timeout, history)
         extra = dict(getattr(self.strategy, "summary", dict)())
+        if self.local_privacy is not None:
+            extra["privacy"] = self.local_privacy.privacy(self.num_nodes)
+        extra.setdefault("privacy", None)
+        if extra["privacy"] is not None:
+            extra["privacy"]["unprotected_metrics_released"] = self.release.unprotected
         extra["num_nodes"] = self.num_nodes
         if stopped:
             extra["stopped_early"] = stopped
         self.recorder.finish(parameters_to_ndarrays(self.parameters), extra)
         return history, time.perf_counter() - start
 
-    def _save_checkpoint(self, server_round: int) -> None:
+    def _release_round(self, row: dict[str, Any], round_start: float, timeout: float | None,
+                       history: History) -> None:
+        """Federated evaluation of the round's model (when released) and its history row."""
+        server_round = row["round"]
+        if server_round > 0 and self.release.client_figures:
+            row.update(self._evaluate(server_round, timeout, history))
+        row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - round_start
+        self.recorder.record(row)
+
+    def _save_checkpoint(self, server_round: int, row: dict[str, Any]) -> None:
         manager_state = getattr(self.client_manager(), "state_dict", dict)()
         save_checkpoint(self.recorder.run_dir, Checkpoint(
             round=server_round,
             weights=parameters_to_ndarrays(self.parameters),
             history=self.recorder.rows,
+            row=row,
             strategy=strategy_state(self.strategy),
             sampler=manager_state,
             rng=global_rng_state(),
@@ -121,7 +149,7 @@ class RecordingServer(Server):
         ))
 
     def _restore(self, checkpoint: Checkpoint) -> int:
-        """Load `checkpoint`; return the first round to run."""
+        """Load `checkpoint`; return the first round to run after finishing its round."""
         self.parameters = ndarrays_to_parameters(checkpoint.weights)
         load_strategy_state(self.strategy, checkpoint.strategy)
         load = getattr(self.client_manager(), "load_state_dict", None)
@@ -157,10 +185,15 @@ class RecordingServer(Server):
             client_instructions=instructions, max_workers=self.max_workers,
             timeout=timeout, group_id=server_round,
         ) if instructions else ([], [])
-        log(INFO, "aggregate_fit: received %s results and %s failures", len(results), len(failures))
-        for failure in failures:
-            log(WARNING, "round %s: a client failed: %s", server_round, failure_reason(failure))
+        if self.release.server_counts:
+            log(INFO, "aggregate_fit: received %s results and %s failures", len(results), len(failures))
+            for failure in failures:
+                log(WARNING, "round %s: a client failed: %s", server_round, failure_reason(failure))
         results = self._in_key_order(results)
+        if self.local_privacy is not None:
+            key = getattr(self.client_manager(), "key", lambda cid: cid)
+            for proxy, res in results:
+                self.local_privacy.update(key(proxy.cid), res.metrics)
         parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
         return parameters, metrics, (results, failures)
 

@@ -3,10 +3,11 @@ the test set."""
 
 import math
 from collections.abc import Callable
+from logging import WARNING
 from pathlib import Path
 
 import torch
-from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
+from flwr.common import Context, NDArrays, Scalar, log, ndarrays_to_parameters
 from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 from flwr.server.strategy import Strategy
@@ -17,12 +18,15 @@ from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, check_partitioning, check_resumable
 from fl_app.model import Net, seeded_net
 from fl_app.outputs import RunRecorder, new_run_dir, resolve_output_dir
+from fl_app.release import ReleasePolicy
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
 from fl_app.task import device, evaluate, get_weights, set_weights
 from strategies import registry
 from strategies.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
+from strategies.dp_randomness import DPRandomness
+from strategies.privacy_statement import LocalPrivacyLedger
 from strategies.registry import StrategyArgs
 
 MNIST_TRAIN_SIZE = 60_000
@@ -106,8 +110,25 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
         clipped_count_stddev=cfg.dp_clipped_count_stddev,
         secure_aggregation=cfg.secure_aggregation,
         server_optimizer=server_optimizer,
-        seed=cfg.seed,
+        randomness=DPRandomness(cfg.seed, reproducible=cfg.dp_reproducible_noise),
         **args.common,
+    )
+
+
+def warn_if_reproducible_noise(cfg: AppConfig) -> None:
+    """Log that a DP run whose noise follows the public seed makes no valid claim."""
+    if cfg.dp_mode != "off" and cfg.dp_reproducible_noise:
+        log(WARNING, "dp-reproducible-noise = true: DP noise and sampling follow the public "
+            "seed, which every client can read; this run's epsilon is NOT a valid privacy claim")
+
+
+def local_privacy_ledger(cfg: AppConfig) -> LocalPrivacyLedger | None:
+    """Collects the clients' reports under local DP; None otherwise."""
+    if cfg.dp_mode != "local":
+        return None
+    return LocalPrivacyLedger(
+        target_epsilon=cfg.dp_target_epsilon, delta=cfg.dp_delta, accountant=cfg.dp_accountant,
+        max_grad_norm=cfg.dp_max_grad_norm, reproducible_noise=cfg.dp_reproducible_noise,
     )
 
 
@@ -135,6 +156,7 @@ def main(grid: Grid, context: Context) -> None:
     )
 
     timeout = cfg.round_timeout or None
+    warn_if_reproducible_noise(cfg)
     common = dict(
         client_manager=KeyedClientManager(cfg.seed),
         strategy=build_strategy(cfg, test_set),
@@ -144,6 +166,8 @@ def main(grid: Grid, context: Context) -> None:
         checkpoint_every=cfg.checkpoint_every,
         config=resolved,
         resume=resume,
+        release=ReleasePolicy(cfg.dp_mode, cfg.dp_release_unprotected_metrics),
+        local_privacy=local_privacy_ledger(cfg),
     )
     if cfg.secure_aggregation:
         server: RecordingServer = SecAggPlusServer(

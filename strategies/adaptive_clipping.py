@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from strategies.dp_randomness import secure_gaussian
+
 
 def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
     """σ_Δ for the update sum, given the accounted σ and the count noise std σ_b."""
@@ -43,7 +45,7 @@ def noised_unclipped_fraction(
 ) -> float:
     """b̃ = (#{k: ‖Δ_k‖ ≤ C} + N(0, σ_b²)) / m."""
     unclipped = sum(1 for n in norms if n <= clipping_norm)
-    return (unclipped + rng.normal(0.0, count_stddev)) / expected_cohort_size
+    return (unclipped + float(secure_gaussian(rng, count_stddev, 1)[0])) / expected_cohort_size
 
 
 def next_clipping_norm(

@@ -8,7 +8,8 @@ server only ever sees the mean of the K clients' clipped updates (Flower's SecAg
 with every client weighted 1), so it recovers the sum as K × mean. With adaptive clipping the
 server clips, S follows a target quantile of the update norms, and the update noise
 uses σ_Δ so that the round still costs one step of σ (see `adaptive_clipping`). The math lives in
-`dp_mechanism`, `sampling` and `accounting`; this module is the Flower glue.
+`dp_mechanism`, `sampling` and `accounting`; this module is the Flower glue. Sampling
+and noise come from `dp_randomness` (OS entropy unless `dp-reproducible-noise`).
 """
 
 from collections.abc import Iterable, Iterator
@@ -38,7 +39,9 @@ from strategies.adaptive_clipping import (
     update_noise_multiplier,
 )
 from strategies.dp_mechanism import clipped_deltas, global_l2_norm, noisy_mean
+from strategies.dp_randomness import DPRandomness
 from strategies.fedavg import FedAvg
+from strategies.privacy_statement import central_privacy
 from strategies.sampling import poisson_sample
 from strategies.screening import Failures, Screened
 from strategies.state import load_strategy_state, strategy_state
@@ -84,7 +87,7 @@ class DPFedAvg(FedAvg):
         clipped_count_stddev: float = 1.0,
         secure_aggregation: bool = False,
         server_optimizer: Strategy | None = None,
-        seed: int = 0,
+        randomness: DPRandomness | None = None,
         **kwargs,
     ) -> None:
         super().__init__(initial_parameters=initial_parameters, **kwargs)
@@ -112,9 +115,7 @@ class DPFedAvg(FedAvg):
         self.clipped_count_stddev = clipped_count_stddev
         self.secure_aggregation = secure_aggregation
         self.server_optimizer = server_optimizer
-        sampling_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
-        self.sampling_rng = np.random.default_rng(sampling_seed)
-        self.noise_rng = np.random.default_rng(noise_seed)
+        self.randomness = randomness or DPRandomness(0, reproducible=False)
         self.population: list[str] | None = None
         self.global_weights = parameters_to_ndarrays(initial_parameters)
         self.cohort_size = 0
@@ -177,7 +178,7 @@ class DPFedAvg(FedAvg):
         config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
         if self.clipping == "client":
             config[CLIENT_CLIP_KEY] = self.clipping_norm
-        cohort = poisson_sample(self.population, self.sampling_rate, self.sampling_rng)
+        cohort = poisson_sample(self.population, self.sampling_rate, self.randomness.sampling)
         self.cohort_size = len(cohort)
         connected = clients_by_key(client_manager)
         fit_ins = FitIns(parameters, config)
@@ -205,7 +206,7 @@ class DPFedAvg(FedAvg):
             clipping_norm=self.clipping_norm,
             noise_multiplier=update_sigma,
             expected_cohort_size=self.clients_per_round,
-            rng=self.noise_rng,
+            rng=self.randomness.noise,
         )
         new_weights = self._apply(server_round, mean)
         self.accountant.step(self.noise_multiplier, self.sampling_rate)
@@ -221,8 +222,9 @@ class DPFedAvg(FedAvg):
         if self.clipping == "adaptive":
             fraction = noised_unclipped_fraction(
                 norms, self.clipping_norm, self.clipped_count_stddev, self.clients_per_round,
-                self.noise_rng,
+                self.randomness.noise,
             )
+            metrics["noised_unclipped_fraction"] = fraction
             self.clipping_norm = next_clipping_norm(
                 self.clipping_norm, fraction, self.target_quantile, self.clip_learning_rate
             )
@@ -258,7 +260,7 @@ class DPFedAvg(FedAvg):
             return f"secure aggregation needs unit weights, got num_examples = {res.num_examples}"
         norm = global_l2_norm(arrays)
         if norm > self.clipping_norm * (1 + SECURE_NORM_SLACK):
-            return f"securely aggregated mean has norm {norm:.6g} > S = {self.clipping_norm}"
+            return f"securely aggregated mean is longer than S = {self.clipping_norm}"
         return None
 
     def _client_clipping_problem(self, arrays: list[np.ndarray], res: FitRes) -> str | None:
@@ -267,43 +269,46 @@ class DPFedAvg(FedAvg):
             return None
         norm = global_l2_norm(arrays)
         if norm > self.clipping_norm * (1 + NORM_SLACK):
-            return f"client-clipped update has norm {norm:.6g} > S = {self.clipping_norm}"
+            return f"client-clipped update is longer than S = {self.clipping_norm}"  # its norm stays private
         return None
 
     def _clipped_updates(self, screened: Screened, norms: list[float]) -> Iterator[list[np.ndarray]]:
         """Each accepted result's clipped Δ, one at a time (summed before the next is made):
-        clipped here, or as the client sent it with the norm it reports. The norms before
-        clipping are appended to `norms`."""
+        clipped here, or as the client sent it. Appends each norm before clipping (client
+        mode: the norm of what arrived, at most S) to `norms`."""
         if self.clipping != "client":
             weights = (arrays for _, _, arrays in screened)
             yield from clipped_deltas(weights, self.global_weights, self.clipping_norm, norms)
             return
-        for _, res, arrays in screened:
-            norm = res.metrics["update_norm"] if "update_norm" in res.metrics else global_l2_norm(arrays)
-            norms.append(float(norm))
+        for _, _, arrays in screened:
+            norms.append(global_l2_norm(arrays))
             yield arrays
 
     def _diagnostics(self, norms: list[float], rejected: int) -> dict[str, Scalar]:
-        """What users need to choose S, plus the privacy spent so far."""
+        """The privacy spent so far, the realised cohort size and S of this round, and the
+        exact clipping diagnostics users need to choose S (`num_rejected`, `clip_fraction`,
+        `median_update_norm`: functions of individual updates, outside ε, which the
+        server releases only with `dp-release-unprotected-metrics`). In client mode an
+        update that arrives at norm S counts as clipped."""
+        limit = self.clipping_norm * (1 - NORM_SLACK) if self.clipping == "client" else self.clipping_norm
         return {
             "epsilon": self.accountant.epsilon(),
             "cohort_size": self.cohort_size,
             "num_rejected": rejected,
-            "clip_fraction": float(np.mean([n > self.clipping_norm for n in norms])) if norms else float("nan"),
+            "clip_fraction": float(np.mean([n > limit for n in norms])) if norms else float("nan"),
             "median_update_norm": float(np.median(norms)) if norms else float("nan"),
             "clipping_norm": self.clipping_norm,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Accountant, calibrated σ, current S, population, generators and the server
-        optimizer's state."""
+        """Accountant, calibrated σ, current S, population, the server optimizer's state
+        and, only in reproducible mode, the DP generators' states."""
         return {
             "accountant": self.accountant.state_dict(),
             "noise_multiplier": self.noise_multiplier,
             "clipping_norm": self.clipping_norm,
             "population": self.population,
-            "sampling_rng": self.sampling_rng.bit_generator.state,
-            "noise_rng": self.noise_rng.bit_generator.state,
+            "randomness": self.randomness.state_dict(),
             "server_optimizer": strategy_state(self.server_optimizer) if self.server_optimizer else None,
         }
 
@@ -313,20 +318,24 @@ class DPFedAvg(FedAvg):
         self.noise_multiplier = state["noise_multiplier"]
         self.clipping_norm = state["clipping_norm"]
         self.population = state["population"]
-        self.sampling_rng.bit_generator.state = state["sampling_rng"]
-        self.noise_rng.bit_generator.state = state["noise_rng"]
+        self.randomness.load_state_dict(state["randomness"])
         if self.server_optimizer is not None:
             load_strategy_state(self.server_optimizer, state["server_optimizer"])
 
-    def summary(self) -> dict[str, Scalar]:
-        """The run's privacy statement."""
-        return {
-            "epsilon": self.accountant.epsilon(),
-            "delta": self.accountant.delta,
-            "noise_multiplier": self.noise_multiplier,
-            "sampling_rate": self.sampling_rate if self.population else float("nan"),
-            "accountant": self.accountant.kind,
-            "clipping_norm": self.clipping_norm,
-            "clients_per_round": self.clients_per_round,
-            "population": len(self.population) if self.population else 0,
-        }
+    def summary(self) -> dict[str, Any]:
+        """The run's privacy statement, under `privacy`."""
+        return {"privacy": central_privacy(
+            epsilon=self.accountant.epsilon(),
+            target_epsilon=self.target_epsilon,
+            delta=self.accountant.delta,
+            noise_multiplier=self.noise_multiplier,
+            sampling_rate=self.sampling_rate if self.population else float("nan"),
+            rounds_accounted=self.accountant.rounds,
+            accountant=self.accountant.kind,
+            clipping=self.clipping,
+            clipping_norm=self.clipping_norm,
+            clients_per_round=self.clients_per_round,
+            population=len(self.population) if self.population else 0,
+            secure_aggregation=self.secure_aggregation,
+            reproducible_noise=self.randomness.reproducible,
+        )}

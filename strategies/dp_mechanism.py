@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from strategies.dp_randomness import secure_gaussian
+
 Update = Sequence[np.ndarray]
 
 
@@ -65,10 +67,10 @@ def sum_updates(updates: Iterable[Update], shapes: Sequence[tuple[int, ...]]) ->
 def add_gaussian_noise(
     total: Sequence[np.ndarray], std: float, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """total + N(0, std² I), independently per coordinate."""
+    """total + N(0, std² I), independently per coordinate (`secure_gaussian`)."""
     noised = []
     for t in total:
-        noise = rng.normal(0.0, std, size=t.shape)
+        noise = secure_gaussian(rng, std, t.shape)
         noise += t
         noised.append(noise)
     return noised

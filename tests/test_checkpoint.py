@@ -38,14 +38,16 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path):
     ckpt = Checkpoint(
         round=2, weights=[rng.normal(size=(3, 4)).astype(np.float32), np.arange(5)],
         history=[{"round": 0, "centralized_loss": float("nan"), "federated_loss": None}],
+        row={"round": 2, "epsilon": 0.5},
         strategy={"attributes": {"m_t": [np.ones(3)], "note": "x"}},
         sampler={"rng": rng.bit_generator.state}, rng=global_rng_state(),
         config={"seed": 1}, wall_seconds=12.5, num_nodes=4,
     )
     save_checkpoint(tmp_path, ckpt)
     assert sorted(os.listdir(tmp_path)) == [CHECKPOINT, "config.json"]  # no temporary left
+    assert (tmp_path / CHECKPOINT).stat().st_mode & 0o777 == 0o600  # the operator's alone
     loaded = load_checkpoint(tmp_path)
-    assert loaded.round == 2 and loaded.wall_seconds == 12.5 and loaded.config == {"seed": 1}
+    assert loaded.round == 2 and loaded.row == {"round": 2, "epsilon": 0.5} and loaded.wall_seconds == 12.5 and loaded.config == {"seed": 1}
     assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded.weights, ckpt.weights))
     assert np.array_equal(loaded.strategy["attributes"]["m_t"][0], np.ones(3))
     assert loaded.sampler["rng"] == rng.bit_generator.state  # 128-bit PCG64 state survives JSON
@@ -117,7 +119,7 @@ def test_same_seed_gives_the_same_history_whatever_the_node_ids(config, mnist_di
     {"strategy": "fedadam", "server-learning-rate": 0.01},
     {"dp-mode": "central", "dp-noise-multiplier": 0.05, "dp-clients-per-round": 2.0,
      "dp-clipping": "adaptive", "dp-clipped-count-stddev": 1.0, "dp-clipping-norm": 1.0,
-     "strategy": "fedavgm", "server-momentum": 0.5},
+     "strategy": "fedavgm", "server-momentum": 0.5, "dp-reproducible-noise": True},
 ], ids=["fedadam", "central-dp-adaptive-fedavgm"])
 def test_resumed_run_equals_the_uninterrupted_one(config, mnist_dir, tmp_path, extra):
     """Server optimizer moments, momentum, accountant, adaptive clipping norm and every
@@ -137,4 +139,5 @@ def test_resumed_run_equals_the_uninterrupted_one(config, mnist_dir, tmp_path, e
         epsilons = [row["epsilon"] for row in resumed[1:]]
         assert epsilons == sorted(epsilons) and len(set(epsilons)) == 3  # never reset
         summary = json.loads((tmp_path / "crashed" / "summary.json").read_text())
-        assert summary["epsilon"] == epsilons[-1]
+        assert summary["privacy"]["epsilon"] == epsilons[-1]
+        assert summary["privacy"]["rounds_accounted"] == 3 and not summary["privacy"]["valid_claim"]

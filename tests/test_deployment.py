@@ -93,7 +93,7 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
     config = (FAST.format(rounds=2, mnist=mnist_dir) + f" min-available-clients=2 "
               f"output-dir='{out}' dp-mode='central' dp-noise-multiplier={sigma} "
               "dp-clients-per-round=4 dp-clipping-norm=1.0 round-timeout=150 "
-              "max-failure-fraction=0.6")
+              "max-failure-fraction=0.6 dp-release-unprotected-metrics=true")
     run_id = federation.submit(config)
     # The server first asks every node for its client key (a ClientApp process each); the
     # second ClientApp process of site-2 in this run is its training in round 1.
@@ -112,14 +112,16 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
     log = federation.run_log(run_id)
     assert log.count("round 1: a client failed") == 2 and log.count("round 2: a client failed") == 1
     assert "No usable data in data-dir" in log and "missing train-images-idx3-ubyte" in log
-    assert summary["population"] == 4 and summary["sampling_rate"] == 1.0
+    privacy = summary["privacy"]
+    assert privacy["population"] == 4 and privacy["sampling_rate"] == 1.0
+    assert privacy["unprotected_metrics_released"] is True
     accountant = ClientLevelAccountant("rdp", 1e-5)
     epsilons = []
     for _ in range(2):
         accountant.step(sigma, 1.0)
         epsilons.append(accountant.epsilon())
     assert [r["epsilon"] for r in rows[1:]] == pytest.approx(epsilons, rel=1e-9)
-    assert summary["epsilon"] == pytest.approx(epsilons[-1], rel=1e-9)
+    assert privacy["epsilon"] == pytest.approx(epsilons[-1], rel=1e-9)
 
     # Restarted once the SuperLink has marked its old session offline, it is admitted again
     wait_until(lambda: federation.online() == 3, 120, "site-2 to be marked offline", interval=3)

@@ -10,6 +10,7 @@ from opacus.accountants import RDPAccountant
 from strategies.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import CLIENT_CLIP_KEY, DPFedAvg
 from strategies.dp_mechanism import clip_update, model_delta
+from strategies.dp_randomness import DPRandomness
 
 OK = Status(code=Code.OK, message="")
 SHAPES = [(4, 3), (5,)]
@@ -36,7 +37,7 @@ def manager(n: int) -> SimpleClientManager:
 def strategy(**kw) -> DPFedAvg:
     args = dict(initial_parameters=ndarrays_to_parameters(GLOBAL), clipping_norm=1.0,
                 noise_multiplier=1.0, clients_per_round=5, min_available_clients=2,
-                accountant=ClientLevelAccountant("rdp", 1e-5), seed=3)
+                accountant=ClientLevelAccountant("rdp", 1e-5), randomness=DPRandomness(3, reproducible=True))
     return DPFedAvg(**(args | kw))
 
 
@@ -85,13 +86,15 @@ def test_client_and_server_clipping_give_identical_aggregates():
         1, [result(f"c{i}", u) for i, u in enumerate(updates)], [])
     client_sent = [clip_update(model_delta(u, GLOBAL), 1.0) for u in updates]
     client_params, client_metrics = client.aggregate_fit(
-        1, [result(f"c{i}", c, update_norm=n) for i, (c, n) in enumerate(client_sent)], [])
+        1, [result(f"c{i}", c) for i, (c, _) in enumerate(client_sent)], [])
     for a, b in zip(parameters_to_ndarrays(server_params), parameters_to_ndarrays(client_params)):
         np.testing.assert_array_equal(a, b)
     norms = [n for _, n in client_sent]
     assert 0 < np.mean([n > 1.0 for n in norms]) < 1
     assert server_metrics["clip_fraction"] == client_metrics["clip_fraction"] == np.mean([n > 1.0 for n in norms])
     assert server_metrics["median_update_norm"] == pytest.approx(np.median(norms))
+    # client mode: the server sees only clipped updates, so their norms are at most S
+    assert client_metrics["median_update_norm"] == pytest.approx(np.median(np.minimum(norms, 1.0)))
 
 
 def test_aggregate_is_global_plus_noised_sum_over_expected_cohort():
@@ -160,7 +163,12 @@ def test_sigma_is_calibrated_to_the_target_when_not_given():
     for r in range(20):
         s.aggregate_fit(r + 1, [], [])
     assert 0.98 * 2.0 <= s.accountant.epsilon() <= 2.0
-    assert s.summary()["noise_multiplier"] == s.noise_multiplier > 0
+    privacy = s.summary()["privacy"]
+    assert privacy["noise_multiplier"] == s.noise_multiplier > 0
+    assert privacy["rounds_accounted"] == 20 and privacy["epsilon"] == s.accountant.epsilon()
+    assert privacy["statement"] == (f"(ε = {s.accountant.epsilon():.3g}, δ = 1e-05) client-level DP for "
+                                    "50 clients over 20 rounds, RDP accountant; NOT A VALID CLAIM: "
+                                    "dp-reproducible-noise = true makes the noise predictable from the public seed")
 
 
 def test_adaptive_clipping_moves_s_towards_the_update_norms():

@@ -143,7 +143,7 @@ def test_secure_aggregation_releases_the_same_model_as_plain_client_clipping(tmp
     seeded noise, the model equals plain client clipping's (in process) up to SecAgg+'s
     quantization (one round: later rounds would amplify that difference)."""
     dp = ("dp-mode='central' dp-clipping='client' dp-clients-per-round=3.0 dp-noise-multiplier=0.0 "
-          "dp-target-epsilon=8.0 dp-delta=1e-3 dp-clipping-norm=2.0")
+          "dp-target-epsilon=8.0 dp-delta=1e-3 dp-clipping-norm=2.0 dp-reproducible-noise=true")
     out = tmp_path / "secure"
     result = run_simulation_cli(
         tmp_path, f"{QUICK} {dp} secure-aggregation=true data-dir='{mnist_dir}' output-dir='{out}'", rounds=1)
@@ -152,10 +152,11 @@ def test_secure_aggregation_releases_the_same_model_as_plain_client_clipping(tmp
     (run_dir,) = out.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert (summary["delta"], summary["accountant"], summary["sampling_rate"]) == (1e-3, "rdp", 1.0)
-    assert summary["epsilon"] == pytest.approx(history[-1]["epsilon"])
-    assert 0.98 * 8.0 <= summary["epsilon"] <= 8.0  # σ calibrated to spend the budget
-    assert summary["noise_multiplier"] > 0
+    privacy = summary["privacy"]
+    assert (privacy["delta"], privacy["accountant"], privacy["sampling_rate"]) == (1e-3, "rdp", 1.0)
+    assert privacy["epsilon"] == pytest.approx(history[-1]["epsilon"])
+    assert 0.98 * 8.0 <= privacy["epsilon"] <= 8.0  # σ calibrated to spend the budget
+    assert privacy["noise_multiplier"] > 0 and privacy["secure_aggregation"] is True
 
     one_round = QUICK.replace("rounds=2", "rounds=1")
     plain = in_process_reference(f"{one_round} {dp} data-dir='{mnist_dir}'", 3, tmp_path / "plain")

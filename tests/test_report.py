@@ -32,7 +32,8 @@ def fake_run(path: Path, config: dict, epsilon: bool, rounds: int = 4) -> Path:
             row["epsilon"] = 0.5 * r
         rows.append(row)
     (path / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    summary = {"num_nodes": 3, **({"epsilon": 2.0, "delta": 1e-5} if epsilon else {})}
+    statement = "(ε = 2, δ = 1e-05) client-level DP for 3 clients over 4 rounds, RDP accountant"
+    summary = {"num_nodes": 3, "privacy": {"epsilon": 2.0, "statement": statement} if epsilon else None}
     (path / "summary.json").write_text(json.dumps(summary))
     return path
 
@@ -42,7 +43,9 @@ def test_report_overlays_runs_and_writes_every_plot(tmp_path, default_run_config
     a = fake_run(tmp_path / "run-a", config, epsilon=True)
     b = fake_run(tmp_path / "run-b", config, epsilon=False)
     assert main([str(a), str(b), "--out", str(tmp_path / "report")]) == 0
-    written = {Path(line).name for line in capsys.readouterr().out.split()}
+    out = capsys.readouterr().out.splitlines()
+    written = {Path(line.removeprefix("wrote ")).name for line in out if line.startswith("wrote ")}
+    assert "run-a: (ε = 2, δ = 1e-05) client-level DP for 3 clients over 4 rounds, RDP accountant" in out
     assert written == {"accuracy.png", "loss.png", "epsilon.png", "clients.png", "label_distribution.png"}
     for name in written:
         path = tmp_path / "report" / name

@@ -1,0 +1,109 @@
+"""The run's privacy guarantee as `summary.json` states it: one `privacy` object per DP
+run (`null` for a plain run) with every figure the claim rests on and one sentence a
+user can paste into a report."""
+
+from typing import Any
+
+LOCAL_DP_METRICS = ("epsilon", "dp_noise_multiplier", "dp_sample_rate", "dp_rounds")
+
+
+def statement(
+    *, epsilon: float, delta: float, level: str, population: int, rounds: int, accountant: str,
+    valid: bool, per_client: bool = False,
+) -> str:
+    """`(ε = 1.97, δ = 1e-05) client-level DP for 1000 clients over 20 rounds, RDP
+    accountant`, with a warning appended when the claim is not valid."""
+    bound = f"(ε = {epsilon:.3g}, δ = {delta:g})"
+    who = (f"sample-level DP for each of {population} clients' data (largest ε over clients)"
+           if per_client else f"{level}-level DP for {population} clients")
+    sentence = f"{bound} {who} over {rounds} rounds, {accountant.upper()} accountant"
+    if not valid:
+        sentence += ("; NOT A VALID CLAIM: dp-reproducible-noise = true makes the noise "
+                     "predictable from the public seed")
+    return sentence
+
+
+def central_privacy(
+    *, epsilon: float, target_epsilon: float | None, delta: float, noise_multiplier: float | None,
+    sampling_rate: float, rounds_accounted: int, accountant: str, clipping: str, clipping_norm: float,
+    clients_per_round: float, population: int, secure_aggregation: bool, reproducible_noise: bool,
+) -> dict[str, Any]:
+    """The privacy object of a central DP-FedAvg run (client-level); the server adds
+    `unprotected_metrics_released`."""
+    return {
+        "mode": "central",
+        "level": "client",
+        "epsilon": epsilon,
+        "target_epsilon": target_epsilon,
+        "delta": delta,
+        "noise_multiplier": noise_multiplier,
+        "sampling_rate": sampling_rate,
+        "rounds_accounted": rounds_accounted,
+        "accountant": accountant,
+        "clipping": clipping,
+        "clipping_norm": clipping_norm,
+        "clients_per_round": clients_per_round,
+        "population": population,
+        "secure_aggregation": secure_aggregation,
+        "reproducible_noise": reproducible_noise,
+        "valid_claim": not reproducible_noise,
+        "statement": statement(epsilon=epsilon, delta=delta, level="client", population=population,
+                               rounds=rounds_accounted, accountant=accountant, valid=not reproducible_noise),
+    }
+
+
+class LocalPrivacyLedger:
+    """The latest privacy report of every client under local DP-SGD (each client's
+    accountant lives on the client; it reports ε, σ, its Poisson batch rate and the
+    rounds it trained with every update)."""
+
+    def __init__(
+        self, *, target_epsilon: float, delta: float, accountant: str, max_grad_norm: float,
+        reproducible_noise: bool,
+    ) -> None:
+        self.target_epsilon = target_epsilon
+        self.delta = delta
+        self.accountant = accountant
+        self.max_grad_norm = max_grad_norm
+        self.reproducible_noise = reproducible_noise
+        self.reports: dict[str, dict[str, float]] = {}
+
+    def update(self, client: str, metrics: dict[str, Any]) -> None:
+        """Keep `client`'s report if it holds every local-DP figure as a number."""
+        values = {k: metrics.get(k) for k in LOCAL_DP_METRICS}
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
+            self.reports[client] = {k: float(v) for k, v in values.items()}
+
+    def privacy(self, population: int) -> dict[str, Any]:
+        """The privacy object of a local DP-SGD run (sample-level, per client) over a
+        federation of `population` nodes; the server adds `unprotected_metrics_released`."""
+        reports = list(self.reports.values())
+
+        def spread(key: str) -> list[float] | None:
+            values = [r[key] for r in reports]
+            return [min(values), max(values)] if values else None
+
+        epsilons = [r["epsilon"] for r in reports]
+        epsilon_max = max(epsilons) if epsilons else 0.0
+        rounds = int(max((r["dp_rounds"] for r in reports), default=0))
+        return {
+            "mode": "local",
+            "level": "sample",
+            "epsilon": epsilon_max,
+            "epsilon_max": epsilon_max,
+            "epsilon_mean": sum(epsilons) / len(epsilons) if epsilons else 0.0,
+            "clients_reported": len(reports),
+            "target_epsilon": self.target_epsilon,
+            "delta": self.delta,
+            "noise_multiplier": spread("dp_noise_multiplier"),
+            "sampling_rate": spread("dp_sample_rate"),
+            "rounds_accounted": rounds,
+            "accountant": self.accountant,
+            "clipping_norm": self.max_grad_norm,
+            "population": population,
+            "reproducible_noise": self.reproducible_noise,
+            "valid_claim": not self.reproducible_noise,
+            "statement": statement(epsilon=epsilon_max, delta=self.delta, level="sample",
+                                   population=population, rounds=rounds, accountant=self.accountant,
+                                   valid=not self.reproducible_noise, per_client=True),
+        }
