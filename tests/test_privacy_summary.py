@@ -1,0 +1,77 @@
+"""summary.json states every DP run's guarantee in one `privacy` object, equal to the
+accountants' figures, with a sentence to paste; a plain run says `"privacy": null`."""
+
+import json
+
+import pytest
+
+from federation import run_federation
+from fl_app.local_dp import batches_per_epoch, local_noise_multiplier
+from fl_app.outputs import summary_table
+from strategies.accounting import ClientLevelAccountant
+from strategies.opacus_compat import create_accountant
+
+
+@pytest.fixture
+def small(default_run_config, mnist_dir) -> dict:
+    return default_run_config | {
+        "data-dir": mnist_dir, "samples-per-client": 200, "eval-samples": 300, "local-epochs": 1,
+        "num-server-rounds": 2, "min-available-clients": 3, "batch-size": 20,
+    }
+
+
+def summary_of(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, tmp_path):
+    config = small | {"dp-mode": "central", "dp-noise-multiplier": 0.0, "dp-target-epsilon": 8.0,
+                      "dp-delta": 1e-3, "dp-clients-per-round": 2.0}
+    rows = run_federation(config, 3, mnist_dir, tmp_path)
+    privacy = summary_of(tmp_path)["privacy"]
+    accountant = ClientLevelAccountant("rdp", 1e-3)
+    for _ in range(2):
+        accountant.step(privacy["noise_multiplier"], 2 / 3)
+    assert privacy["epsilon"] == pytest.approx(accountant.epsilon(), rel=1e-12) == rows[-1]["epsilon"]
+    assert 0.98 * 8.0 <= privacy["epsilon"] <= 8.0
+    assert {k: privacy[k] for k in ("mode", "level", "target_epsilon", "delta", "sampling_rate",
+                                    "rounds_accounted", "accountant", "clipping", "clipping_norm",
+                                    "population", "valid_claim", "unprotected_metrics_released")} == {
+        "mode": "central", "level": "client", "target_epsilon": 8.0, "delta": 1e-3,
+        "sampling_rate": pytest.approx(2 / 3), "rounds_accounted": 2, "accountant": "rdp",
+        "clipping": "server", "clipping_norm": 1.0, "population": 3, "valid_claim": True,
+        "unprotected_metrics_released": False}
+    sentence = f"(ε = {privacy['epsilon']:.3g}, δ = 0.001) client-level DP for 3 clients over 2 rounds, RDP accountant"
+    assert privacy["statement"] == sentence
+    assert f"privacy         {sentence}" in summary_table(summary_of(tmp_path))
+
+
+def test_local_dp_summary_states_each_clients_guarantee(small, mnist_dir, tmp_path):
+    config = small | {"dp-mode": "local", "dp-target-epsilon": 5.0, "dp-delta": 1e-3}
+    run_federation(config, 3, mnist_dir, tmp_path)
+    privacy = summary_of(tmp_path)["privacy"]
+    n = 180  # 200 samples, 10% held out for validation
+    sigma = local_noise_multiplier(target_epsilon=5.0, delta=1e-3, num_samples=n, batch_size=20,
+                                   epochs=1, rounds=2, accountant="rdp")
+    q = 1 / batches_per_epoch(n, 20)
+    expected = create_accountant(mechanism="rdp")
+    expected.history = [(sigma, q, 2 * batches_per_epoch(n, 20))]  # every client trained in both rounds
+    epsilon = expected.get_epsilon(delta=1e-3)
+    assert privacy["epsilon_max"] == pytest.approx(epsilon, rel=1e-9)
+    assert privacy["epsilon_mean"] == pytest.approx(epsilon, rel=1e-9) and privacy["epsilon"] == privacy["epsilon_max"]
+    assert privacy["epsilon_max"] <= 5.0
+    assert (privacy["mode"], privacy["level"], privacy["clients_reported"], privacy["population"]) == (
+        "local", "sample", 3, 3)
+    assert privacy["noise_multiplier"] == [sigma, sigma] and privacy["sampling_rate"] == [q, q]
+    assert (privacy["rounds_accounted"], privacy["target_epsilon"], privacy["delta"], privacy["clipping_norm"]) == (
+        2, 5.0, 1e-3, 1.0)
+    assert privacy["statement"] == (f"(ε = {epsilon:.3g}, δ = 0.001) sample-level DP for each of 3 clients' "
+                                    "data (largest ε over clients) over 2 rounds, RDP accountant")
+    assert any(privacy["statement"] in line for line in summary_table(summary_of(tmp_path)))
+
+
+def test_a_plain_run_says_privacy_null(small, mnist_dir, tmp_path):
+    run_federation(small | {"num-server-rounds": 1}, 3, mnist_dir, tmp_path)
+    summary = summary_of(tmp_path)
+    assert "privacy" in summary and summary["privacy"] is None
+    assert not any(line.startswith("privacy") for line in summary_table(summary))
