@@ -132,7 +132,8 @@ class RunRecorder:
         summary = summarize(self.rows, time.perf_counter() - self.started)
         summary.update(extra or {})
         summary["run_dir"] = str(self.run_dir)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+                                                   encoding="utf-8")
         plot_curves(self.rows, self.run_dir / "curves.png")
         if self.writer is not None:
             self.writer.close()

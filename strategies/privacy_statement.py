@@ -2,9 +2,18 @@
 run (`null` for a plain run) with every figure the claim rests on and one sentence a
 user can paste into a report."""
 
+import math
 from typing import Any
 
 LOCAL_DP_METRICS = ("epsilon", "dp_noise_multiplier", "dp_sample_rate", "dp_rounds")
+
+
+def round_up(value: float, digits: int = 3) -> float:
+    """`value` rounded up to `digits` significant digits: a stated ε never understates."""
+    if value <= 0 or not math.isfinite(value):
+        return value
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale - 1e-9) / scale
 
 
 def statement(
@@ -12,8 +21,9 @@ def statement(
     valid: bool, per_client: bool = False,
 ) -> str:
     """`(ε = 1.97, δ = 1e-05) client-level DP for 1000 clients over 20 rounds, RDP
-    accountant`, with a warning appended when the claim is not valid."""
-    bound = f"(ε = {epsilon:.3g}, δ = {delta:g})"
+    accountant` (ε rounded up to 3 significant digits), with a warning appended when the
+    claim is not valid."""
+    bound = f"(ε = {round_up(epsilon):g}, δ = {delta:g})"
     who = (f"sample-level DP for each of {population} clients' data (largest ε over clients)"
            if per_client else f"{level}-level DP for {population} clients")
     sentence = f"{bound} {who} over {rounds} rounds, {accountant.upper()} accountant"

@@ -11,6 +11,7 @@ from strategies.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import CLIENT_CLIP_KEY, DPFedAvg
 from strategies.dp_mechanism import clip_update, model_delta
 from strategies.dp_randomness import DPRandomness
+from strategies.privacy_statement import round_up
 
 OK = Status(code=Code.OK, message="")
 SHAPES = [(4, 3), (5,)]
@@ -166,7 +167,7 @@ def test_sigma_is_calibrated_to_the_target_when_not_given():
     privacy = s.summary()["privacy"]
     assert privacy["noise_multiplier"] == s.noise_multiplier > 0
     assert privacy["rounds_accounted"] == 20 and privacy["epsilon"] == s.accountant.epsilon()
-    assert privacy["statement"] == (f"(ε = {s.accountant.epsilon():.3g}, δ = 1e-05) client-level DP for "
+    assert privacy["statement"] == (f"(ε = {round_up(s.accountant.epsilon()):g}, δ = 1e-05) client-level DP for "
                                     "50 clients over 20 rounds, RDP accountant; NOT A VALID CLAIM: "
                                     "dp-reproducible-noise = true makes the noise predictable from the public seed")
 

@@ -10,6 +10,7 @@ from fl_app.local_dp import batches_per_epoch, local_noise_multiplier
 from fl_app.outputs import summary_table
 from strategies.accounting import ClientLevelAccountant
 from strategies.opacus_compat import create_accountant
+from strategies.privacy_statement import round_up
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, t
         "sampling_rate": pytest.approx(2 / 3), "rounds_accounted": 2, "accountant": "rdp",
         "clipping": "server", "clipping_norm": 1.0, "population": 3, "valid_claim": True,
         "unprotected_metrics_released": False}
-    sentence = f"(ε = {privacy['epsilon']:.3g}, δ = 0.001) client-level DP for 3 clients over 2 rounds, RDP accountant"
+    sentence = f"(ε = {round_up(privacy['epsilon']):g}, δ = 0.001) client-level DP for 3 clients over 2 rounds, RDP accountant"
     assert privacy["statement"] == sentence
     assert f"privacy         {sentence}" in summary_table(summary_of(tmp_path))
 
@@ -65,7 +66,7 @@ def test_local_dp_summary_states_each_clients_guarantee(small, mnist_dir, tmp_pa
     assert privacy["noise_multiplier"] == [sigma, sigma] and privacy["sampling_rate"] == [q, q]
     assert (privacy["rounds_accounted"], privacy["target_epsilon"], privacy["delta"], privacy["clipping_norm"]) == (
         2, 5.0, 1e-3, 1.0)
-    assert privacy["statement"] == (f"(ε = {epsilon:.3g}, δ = 0.001) sample-level DP for each of 3 clients' "
+    assert privacy["statement"] == (f"(ε = {round_up(epsilon):g}, δ = 0.001) sample-level DP for each of 3 clients' "
                                     "data (largest ε over clients) over 2 rounds, RDP accountant")
     assert any(privacy["statement"] in line for line in summary_table(summary_of(tmp_path)))
 
@@ -75,3 +76,7 @@ def test_a_plain_run_says_privacy_null(small, mnist_dir, tmp_path):
     summary = summary_of(tmp_path)
     assert "privacy" in summary and summary["privacy"] is None
     assert not any(line.startswith("privacy") for line in summary_table(summary))
+
+
+def test_the_stated_epsilon_is_rounded_up():
+    assert [round_up(e) for e in (1.9949, 1.99, 0.12301, 4.990165, 12.34)] == [2.0, 1.99, 0.124, 5.0, 12.4]
