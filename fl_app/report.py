@@ -57,11 +57,15 @@ def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[l
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, ylabel: str) -> Path:
+def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, ylabel: str,
+            legend_below: bool = False) -> Path:
     ax.set(xlabel="round", ylabel=ylabel, title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if legend_below:  # long labels (privacy statements) under the axes, not over the lines
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.15), frameon=False)
+    else:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -103,14 +107,14 @@ def plot_epsilon(runs: dict[str, list[dict]], summaries: dict[str, dict], out: P
             dp_runs[name] = (rows, field)
     if not dp_runs:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.45 * len(dp_runs)))
     for name, (rows, field) in dp_runs.items():
         statement = privacy_statement(summaries[name])
         if statement:
             print(f"{name}: {statement}")
         label = f"{name}\n{statement}" if statement else name
         ax.plot(*_series(rows, field), "o-", ms=3, label=label)
-    return _finish(fig, ax, out / "epsilon.png", "Privacy spent", "ε")
+    return _finish(fig, ax, out / "epsilon.png", "Privacy spent", "ε", legend_below=True)
 
 
 def plot_clients(runs: dict[str, list[dict]], out: Path) -> Path:
