@@ -1,4 +1,4 @@
-"""ClientApp: a NumPyClient that trains `Net` on this node's data.
+"""ClientApp: a NumPyClient that trains the run's `model` on this node's data.
 
 A node's data comes from its node-config: `data-dir` alone is the site's own dataset
 (MNIST format, used whole); `partition-id` and `num-partitions` carve MNIST (simulation
@@ -20,7 +20,7 @@ from data.partition import PartitionSpec, client_split, partition_indices
 from data.site_data import load_site_data
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig
-from fl_app.model import Net
+from fl_app.model import build_model
 from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train
 from fl_app.client_manager import CLIENT_KEY
 from strategies.dp_fedavg import CLIENT_CLIP_KEY
@@ -54,7 +54,7 @@ class FlowerClient(NumPyClient):
         self.state = state if state is not None else RecordDict()
         self.attacker = attacker
         self.key = key or f"partition-{client_key:06d}"
-        self.net = Net().to(device())
+        self.net = build_model(cfg.model).to(device())
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """The key the server orders and samples clients by (stable across runs)."""

@@ -13,6 +13,7 @@ from typing import Any
 import tomllib
 
 from data.partition import PARTITIONERS
+from fl_app.model import MODELS
 from strategies.accounting import ACCOUNTANTS
 from strategies.dp_fedavg import CLIPPING_MODES
 from strategies.registry import BUILT_IN, LINEAR, load_strategy_class
@@ -78,6 +79,7 @@ INF = float("inf")
 RULES: dict[str, Callable[[Any], str | None]] = {
     "num-server-rounds": _int(1),
     "seed": _int(0),
+    "model": _choice(*MODELS),
     "data-dir": _text,
     "data-download": _bool,
     "output-dir": _text,
@@ -146,6 +148,7 @@ class AppConfig:
 
     num_server_rounds: int
     seed: int
+    model: str
     data_dir: str
     data_download: bool
     output_dir: str

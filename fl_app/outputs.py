@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from flwr.common import log
 
-from fl_app.model import Net
+from fl_app.model import build_model
 
 HISTORY_FIELDS = (
     "round",
@@ -74,11 +74,13 @@ class RunRecorder:
         num_rounds: int,
         *,
         tensorboard: bool = False,
+        model: str = "cnn",
         resumed_rows: list[dict[str, Any]] | None = None,
         resumed_seconds: float = 0.0,
     ) -> None:
         self.run_dir = run_dir
         self.num_rounds = num_rounds
+        self.model = model
         self.rows: list[dict[str, Any]] = list(resumed_rows or [])
         self.started = time.perf_counter() - resumed_seconds
         self.resumed_rounds = len(self.rows)
@@ -124,10 +126,10 @@ class RunRecorder:
     def finish(self, weights: list[np.ndarray], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write model.pt, summary.json (with `extra`, e.g. the privacy statement) and
         curves.png; return the summary."""
-        net = Net()
+        net = build_model(self.model)
         keys = list(net.state_dict().keys())
         state = OrderedDict((k, torch.from_numpy(np.array(w))) for k, w in zip(keys, weights))
-        net.load_state_dict(state)  # proves the file will load into Net
+        net.load_state_dict(state)  # proves the file will load into the run's model
         torch.save(state, self.run_dir / "model.pt")
         summary = summarize(self.rows, time.perf_counter() - self.started)
         summary.update(extra or {})

@@ -16,7 +16,7 @@ from data.mnist import TensorDataset, ensure_mnist, load_mnist
 from fl_app.checkpoint import load_checkpoint
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, check_partitioning, check_resumable
-from fl_app.model import Net, seeded_net
+from fl_app.model import build_model, seeded_model
 from fl_app.outputs import RunRecorder, new_run_dir, resolve_output_dir
 from fl_app.release import ReleasePolicy
 from fl_app.secure_aggregation import SecAggPlusServer
@@ -48,10 +48,10 @@ def load_test_set(cfg: AppConfig, data_dir: str) -> TensorDataset:
 
 
 def centralized_evaluator(
-    test_set: TensorDataset,
+    test_set: TensorDataset, model: str,
 ) -> Callable[[int, NDArrays, dict[str, Scalar]], tuple[float, dict[str, Scalar]]]:
-    """`evaluate_fn` for the strategy: loss and accuracy of the global model on `test_set`."""
-    net = Net().to(device())
+    """`evaluate_fn` for the strategy: loss and accuracy of the global `model` on `test_set`."""
+    net = build_model(model).to(device())
 
     def evaluate_fn(server_round: int, weights: NDArrays, config: dict[str, Scalar]):
         set_weights(net, weights)
@@ -69,10 +69,10 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
         min_fit_clients=cfg.min_fit_clients,
         min_evaluate_clients=cfg.min_evaluate_clients,
         min_available_clients=cfg.min_available_clients,
-        evaluate_fn=centralized_evaluator(test_set),
+        evaluate_fn=centralized_evaluator(test_set, cfg.model),
         on_fit_config_fn=lambda r: {"server-round": r, "learning-rate": round_learning_rate(cfg, r)},
         on_evaluate_config_fn=lambda r: {"server-round": r},
-        initial_parameters=ndarrays_to_parameters(get_weights(seeded_net(cfg.seed))),
+        initial_parameters=ndarrays_to_parameters(get_weights(seeded_model(cfg.model, cfg.seed))),
         max_failure_fraction=cfg.max_failure_fraction,
     )
     return StrategyArgs(
@@ -150,7 +150,7 @@ def main(grid: Grid, context: Context) -> None:
     if resume is not None:
         check_resumable(resume.config, resolved)
     recorder = RunRecorder(
-        run_dir, resolved, cfg.num_server_rounds, tensorboard=cfg.tensorboard,
+        run_dir, resolved, cfg.num_server_rounds, tensorboard=cfg.tensorboard, model=cfg.model,
         resumed_rows=resume.history if resume else None,
         resumed_seconds=resume.wall_seconds if resume else 0.0,
     )

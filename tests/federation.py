@@ -145,7 +145,7 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
     server_kwargs = dict(
         client_manager=manager,
         strategy=build_strategy(cfg, load_test_set(cfg, data_dir)),
-        recorder=RunRecorder(run_dir, run_config, cfg.num_server_rounds, tensorboard=cfg.tensorboard,
+        recorder=RunRecorder(run_dir, run_config, cfg.num_server_rounds, tensorboard=cfg.tensorboard, model=cfg.model,
                              resumed_rows=resume.history if resume else None),
         checkpoint_every=cfg.checkpoint_every,
         config=run_config,
