@@ -72,6 +72,33 @@ class ClientLevelAccountant:
         self._accountant.history = [tuple(entry) for entry in state["history"]]
 
 
+def epsilon_after(noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str) -> float:
+    """ε at δ after `rounds` rounds released with (σ, q) (0 for none)."""
+    if rounds <= 0:
+        return 0.0
+    from strategies.opacus_compat import create_accountant
+
+    composed = create_accountant(mechanism=accountant)
+    composed.history = [(noise_multiplier, sample_rate, rounds)]
+    return float(composed.get_epsilon(delta=delta))
+
+
+def rounds_within_budget(
+    noise_multiplier: float, sample_rate: float, target_epsilon: float, delta: float, accountant: str,
+    max_rounds: int,
+) -> int:
+    """The most rounds (at most `max_rounds`) released with (σ, q) whose ε at δ stays
+    within `target_epsilon`; ε grows with the rounds, so a binary search finds it."""
+    low, high = 0, max_rounds
+    while low < high:
+        middle = (low + high + 1) // 2
+        if epsilon_after(noise_multiplier, sample_rate, middle, delta, accountant) <= target_epsilon:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def calibrate_noise_multiplier(
     target_epsilon: float, delta: float, sample_rate: float, rounds: int, accountant: str
 ) -> float:

@@ -32,7 +32,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier
+from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier, rounds_within_budget
 from strategies.adaptive_clipping import (
     next_clipping_norm,
     noised_unclipped_fraction,
@@ -149,11 +149,24 @@ class DPFedAvg(FedAvg):
                 self.target_epsilon, self.accountant.delta, self.sampling_rate, self.rounds,
                 self.accountant.kind,
             )
+        elif self.target_epsilon is not None and self.rounds is not None:
+            self._warn_of_an_early_stop()
         if self.clipping == "adaptive":
             update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)  # checks 2σ_b > σ
         log(INFO, "DP: population N = %s, q = %.4f, sigma = %.4f, S = %g, %s accountant",
             len(self.population), self.sampling_rate, self.noise_multiplier,
             self.clipping_norm, self.accountant.kind)
+
+    def _warn_of_an_early_stop(self) -> None:
+        """With both σ and a target given, the target is a budget stop: say up front how
+        many rounds it allows if fewer than planned."""
+        allowed = rounds_within_budget(self.noise_multiplier, self.sampling_rate, self.target_epsilon,
+                                       self.accountant.delta, self.accountant.kind, self.rounds)
+        if allowed < self.rounds:
+            log(WARNING, "dp-noise-multiplier = %g with dp-target-epsilon = %g: the budget allows "
+                "%s of the %s rounds, so training stops after round %s (set dp-noise-multiplier = 0 "
+                "to calibrate sigma for all %s rounds instead)", self.noise_multiplier,
+                self.target_epsilon, allowed, self.rounds, allowed, self.rounds)
 
     def stop_reason(self, server_round: int, client_manager: ClientManager) -> str | None:
         """Why round `server_round` must not run (it would exceed the ε budget), or None."""

@@ -205,3 +205,25 @@ def test_secure_aggregation_recovers_the_sum_from_the_mean_and_refuses_a_bad_mea
     assert metrics["num_rejected"] == 3
     for got, g in zip(parameters_to_ndarrays(params), GLOBAL):  # no configure_fit: same start
         np.testing.assert_allclose(got, g, atol=1e-6)  # noise only (σ ≈ 0)
+
+
+def test_a_target_with_a_fixed_sigma_warns_how_many_rounds_the_budget_allows(caplog):
+    """σ and a target together: the target is a budget stop, announced before round 1 with
+    the round at which it will stop, which is where the run does stop."""
+    s = strategy(noise_multiplier=2.0, clients_per_round=1, target_epsilon=1.0, rounds=30)
+    cm = manager(10)
+    server_round = 1
+    while s.stop_reason(server_round, cm) is None:
+        s.configure_fit(server_round, ndarrays_to_parameters(GLOBAL), cm)
+        s.aggregate_fit(server_round, [], [])
+        server_round += 1
+    allowed = s.accountant.rounds
+    assert 3 <= allowed < 30
+    assert (f"dp-noise-multiplier = 2 with dp-target-epsilon = 1: the budget allows {allowed} of the 30 "
+            f"rounds, so training stops after round {allowed}") in caplog.text
+
+
+def test_a_target_within_the_rounds_budget_gives_no_warning(caplog):
+    s = strategy(noise_multiplier=5.0, clients_per_round=1, target_epsilon=8.0, rounds=5)
+    s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(10))
+    assert "the budget allows" not in caplog.text
