@@ -2,11 +2,15 @@
 in one place.
 
 Defaults live only in pyproject.toml; this module checks what Flower hands over
-(defaults merged with `--run-config` overrides) before any work starts.
+(defaults merged with `--run-config` overrides) before any work starts. A key whose
+value is `auto` takes its value from pyproject's `[tool.fl-app.auto]` table: the
+`central-dp` column under `dp-mode = "central"` (the DP recipe), the `plain` column
+otherwise; any other value is used as given.
 """
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,8 @@ def _bool(v: Any) -> str | None:
 
 
 INF = float("inf")
+AUTO = "auto"
+APP_DIR = Path(__file__).resolve().parents[1]
 
 # key -> rule; the dataclass below has one field per key (kebab-case -> snake_case).
 RULES: dict[str, Callable[[Any], str | None]] = {
@@ -214,13 +220,17 @@ class AppConfig:
                 f"Invalid run-config: unknown key '{unknown[0]}' "
                 f"(allowed keys: {', '.join(RULES)})"
             )
+        missing = [key for key in RULES if key not in run_config]
+        if missing:
+            raise ConfigError(f"Invalid run-config: missing key '{missing[0]}'")
+        automatic = auto_settings(run_config)
         values = {}
         for key, rule in RULES.items():
-            if key not in run_config:
-                raise ConfigError(f"Invalid run-config: missing key '{key}'")
-            value = run_config[key]
+            value = automatic.get(key, run_config[key])
             allowed = rule(value)
             if allowed is not None:
+                if key in auto_table()["plain"]:
+                    allowed += f", or '{AUTO}'"
                 raise ConfigError(
                     f"Invalid run-config: {key} = {value!r} (allowed: {allowed})"
                 )
@@ -351,6 +361,22 @@ def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) ->
             f"(allowed: at most {num_samples // num_partitions} with {num_partitions} "
             f"partitions of {num_samples} samples)"
         )
+
+
+@lru_cache(maxsize=1)
+def auto_table() -> dict[str, dict[str, Any]]:
+    """`[tool.fl-app.auto]` of the app's pyproject.toml: per key, its value in `plain`
+    runs and under central DP (`central-dp`)."""
+    with open(APP_DIR / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["fl-app"]["auto"]
+
+
+def auto_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The values the `auto` keys of `run_config` take (see the module docstring); `auto`
+    for a key without an entry is left to that key's rule to refuse."""
+    column = "central-dp" if run_config.get("dp-mode") == "central" else "plain"
+    table = auto_table()[column]
+    return {key: table[key] for key, value in run_config.items() if value == AUTO and key in table}
 
 
 def project_defaults(project_dir: str | Path) -> dict[str, Any]:

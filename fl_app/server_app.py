@@ -3,7 +3,7 @@ the test set."""
 
 import math
 from collections.abc import Callable
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from flwr.server.strategy import Strategy
 from data.mnist import TensorDataset, ensure_mnist, load_mnist
 from fl_app.checkpoint import load_checkpoint
 from fl_app.client_manager import KeyedClientManager
-from fl_app.config import AppConfig, check_partitioning, check_resumable
+from fl_app.config import AppConfig, auto_settings, check_partitioning, check_resumable
 from fl_app.model import build_model, seeded_model
 from fl_app.outputs import RunRecorder, new_run_dir, resolve_output_dir
 from fl_app.release import ReleasePolicy
@@ -156,6 +156,10 @@ def main(grid: Grid, context: Context) -> None:
     )
 
     timeout = cfg.round_timeout or None
+    automatic = auto_settings(context.run_config)
+    if automatic:
+        log(INFO, "auto settings%s: %s", " (the DP recipe)" if cfg.dp_mode == "central" else "",
+            ", ".join(f"{k} = {v!r}" for k, v in automatic.items()))
     warn_if_reproducible_noise(cfg)
     common = dict(
         client_manager=KeyedClientManager(cfg.seed),

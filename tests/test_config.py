@@ -4,8 +4,10 @@ from fl_app.config import RULES, AppConfig, ConfigError, check_partitioning
 
 
 def test_defaults_are_valid_and_cover_every_key(default_run_config):
+    from fl_app.config import auto_settings
+
     cfg = AppConfig.from_run_config(default_run_config)
-    assert cfg.to_run_config() == default_run_config
+    assert cfg.to_run_config() == default_run_config | auto_settings(default_run_config)
     assert set(default_run_config) == set(RULES)
 
 
@@ -103,3 +105,22 @@ def test_adaptive_clipping_needs_enough_count_noise(default_run_config):
 def test_local_dp_needs_a_per_client_target(default_run_config):
     with pytest.raises(ConfigError, match=r"dp-target-epsilon = 0.0 \(allowed: > 0 with dp-mode = 'local'"):
         AppConfig.from_run_config(default_run_config | {"dp-mode": "local"})
+
+
+def test_auto_keys_follow_the_dp_mode_and_explicit_values_win(default_run_config):
+    from fl_app.config import auto_settings, auto_table
+
+    plain = AppConfig.from_run_config(default_run_config)
+    central_config = default_run_config | {"dp-mode": "central", "dp-target-epsilon": 2.0}
+    central = AppConfig.from_run_config(central_config)
+    assert auto_settings(default_run_config) == auto_table()["plain"]
+    assert auto_settings(central_config) == auto_table()["central-dp"]
+    for key, value in auto_table()["central-dp"].items():
+        assert getattr(central, key.replace("-", "_")) == value
+    assert (plain.model, central.model) == ("cnn", "tanh-cnn")
+    assert AppConfig.from_run_config(central_config | {"model": "cnn"}).model == "cnn"
+    assert central.to_run_config()["model"] == "tanh-cnn"  # config.json holds what ran
+    with pytest.raises(ConfigError, match=r"^Invalid run-config: seed = 'auto' \(allowed: an integer >= 0\)$"):
+        AppConfig.from_run_config(default_run_config | {"seed": "auto"})
+    with pytest.raises(ConfigError, match=r"model = 'mlp' \(allowed: one of 'cnn', 'tanh-cnn', or 'auto'\)"):
+        AppConfig.from_run_config(default_run_config | {"model": "mlp"})
