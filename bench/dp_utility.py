@@ -1,16 +1,23 @@
-"""Test accuracy against client-level ε: real central-DP runs through run_simulation.py.
+"""Test accuracy against client-level ε with the app's DP recipe (central DP-FedAvg).
 
-    python bench/dp_utility.py --num-clients 100 --samples-per-client 600 --rounds 15 \
-        --clients-per-round 20 --epsilons 1 2 4 8 --delta 1e-5 --json dp_utility.json
+    python bench/dp_utility.py --num-clients 1000 --samples-per-client 60 --epsilon 2 --delta 1e-5
 
-One run per ε (σ calibrated by the app from the target ε, δ, q and the rounds) plus one
-run without DP that samples the same number of clients per round. Prints a Markdown
-table and writes the figures as JSON.
+One run per `--epsilon` with every setting the app uses by default under
+`dp-mode = "central"` (pyproject's `[tool.fl-app.auto.central-dp]`, the DP recipe); only
+σ differs, calibrated by the app so that the run spends the target ε at δ. `--epsilon 0`
+is the same model and recipe without noise (σ = 1e-6: every update still clipped,
+adaptive clipping still on), the recipe's ceiling. `--rounds`, `--model`,
+`--partitioner` and `--clients-per-round` override the recipe. Runs are in-process
+federations (tests/federation.py: the app's clients, strategy and server without
+Flower's transport, equal to the simulation bitwise with one torch thread per client),
+`--jobs` at a time; `--simulation` runs them through run_simulation.py instead.
 
-`--in-process` runs each federation in a process of its own through tests/federation.py
-(the app's clients, strategy and server without Flower's transport, which changes no
-number: the in-process federation equals the simulation bitwise with one torch thread
-per client), `--jobs` of them at a time: for many runs on one GPU machine.
+`--holdout` is for tuning: the clients share the first 50,000 MNIST training images and
+"centralized accuracy" is measured on the last 10,000 training images, never on the test
+set (Papernot & Steinke 2022: hyperparameters chosen on the test set overstate utility).
+
+Each run prints one line `final_accuracy=… best_accuracy=… epsilon=… delta=…
+noise_multiplier=… sampling_rate=… rounds=… model=…`; the figures also go to `--json`.
 """
 
 import argparse
@@ -29,107 +36,124 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT), str(ROOT / "tests")]
 
 from overhead import machine  # noqa: E402
 
+HOLDOUT_TRAIN = 50_000
+NO_NOISE_SIGMA = 1e-6
 
-def in_process(args: argparse.Namespace, config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """One federation in this process (tests/federation.py); returns its summary.json."""
-    from federation import run_federation  # tests/federation.py
 
+def holdout_data(source: Path, target: Path) -> Path:
+    """MNIST files under `target` whose training set is MNIST's first 50,000 training
+    images and whose test set is the last 10,000 of them."""
+    from data.site_data import read_idx, write_idx
+
+    raw_in, raw_out = source / "MNIST" / "raw", target / "MNIST" / "raw"
+    raw_out.mkdir(parents=True, exist_ok=True)
+    images = read_idx(raw_in / "train-images-idx3-ubyte")
+    labels = read_idx(raw_in / "train-labels-idx1-ubyte")
+    write_idx(raw_out / "train-images-idx3-ubyte", images[:HOLDOUT_TRAIN])
+    write_idx(raw_out / "train-labels-idx1-ubyte", labels[:HOLDOUT_TRAIN])
+    write_idx(raw_out / "t10k-images-idx3-ubyte", images[HOLDOUT_TRAIN:])
+    write_idx(raw_out / "t10k-labels-idx1-ubyte", labels[HOLDOUT_TRAIN:])
+    return target
+
+
+def run_config(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """The run-config of one run: the recipe, the population, and ε (0: no noise)."""
+    config: dict[str, Any] = {
+        "data-dir": str(data_dir), "output-dir": str(out_dir), "seed": args.seed,
+        "samples-per-client": args.samples_per_client, "validation-fraction": 0.0,
+        "partitioner": args.partitioner, "min-available-clients": args.num_clients,
+        "checkpoint-every": 0,
+        "dp-mode": "central", "dp-delta": args.delta,
+    }
+    if epsilon > 0:
+        config |= {"dp-target-epsilon": epsilon, "dp-noise-multiplier": 0.0}
+    else:
+        config |= {"dp-target-epsilon": 0.0, "dp-noise-multiplier": NO_NOISE_SIGMA}
+    for key, value in (("num-server-rounds", args.rounds), ("model", args.model),
+                       ("dp-clients-per-round", args.clients_per_round)):
+        if value is not None:
+            config[key] = value
+    return config
+
+
+def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """One federation; returns its summary.json with the wall time."""
     from fl_app.config import project_defaults
 
+    config = project_defaults(ROOT) | run_config(args, epsilon, data_dir, out_dir)
     started = time.perf_counter()
-    run_config = project_defaults(ROOT) | config | {"num-server-rounds": args.rounds}
-    run_federation(run_config, args.num_clients, str(args.data_dir), out_dir / "run")
-    summary = json.loads((out_dir / "run" / "summary.json").read_text())
-    summary["bench_seconds"] = time.perf_counter() - started
-    return summary
+    if args.simulation:
+        overrides = {k: v for k, v in config.items() if k != "num-server-rounds"}
+        text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in overrides.items())
+        command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
+                   "--rounds", str(config["num-server-rounds"]), "--run-config", text]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+            raise SystemExit(f"run failed ({done.returncode}) at epsilon {epsilon}")
+        (summary_path,) = out_dir.glob("*/summary.json")
+    else:
+        import torch
 
+        from federation import run_federation  # tests/federation.py
 
-def run_once(args: argparse.Namespace, overrides: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """One run_simulation.py run (or an in-process one); returns its summary.json."""
-    config = {
-        "data-dir": str(args.data_dir),
-        "output-dir": str(out_dir),
-        "samples-per-client": args.samples_per_client,
-        "local-epochs": args.local_epochs,
-        "fraction-evaluate": args.fraction_evaluate,
-        "seed": args.seed,
-    } | overrides
-    if args.in_process:
-        return in_process(args, config, out_dir)
-    text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in config.items())
-    command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
-               "--rounds", str(args.rounds), "--run-config", text]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-        raise SystemExit(f"run failed ({done.returncode}): {overrides}")
-    (summary_path,) = out_dir.glob("*/summary.json")
+        torch.set_num_threads(1)
+        run_federation(config, args.num_clients, str(data_dir), out_dir / "run")
+        summary_path = out_dir / "run" / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary["bench_seconds"] = time.perf_counter() - started
+    summary["history"] = [json.loads(line) for line in (summary_path.parent / "history.jsonl").read_text().splitlines()]
     return summary
+
+
+def result_line(summary: dict[str, Any], delta: float) -> str:
+    privacy = summary["privacy"]
+    epsilon = privacy["epsilon"] if privacy["noise_multiplier"] > NO_NOISE_SIGMA else float("inf")
+    return (f"final_accuracy={summary['final_accuracy']:.4f} best_accuracy={summary['best_accuracy']:.4f} "
+            f"epsilon={epsilon:.4f} delta={delta:g} noise_multiplier={privacy["noise_multiplier"]:.4g} "
+            f"sampling_rate={privacy['sampling_rate']:.4f} rounds={privacy['rounds_accounted']} "
+            f"model={summary['model']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-clients", type=int, default=100)
-    parser.add_argument("--samples-per-client", type=int, default=600)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--clients-per-round", type=float, default=20.0)
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--num-clients", type=int, default=1000)
+    parser.add_argument("--samples-per-client", type=int, default=60)
+    parser.add_argument("--epsilon", type=float, nargs="+", default=[2.0], help="targets; 0 = no noise")
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--clipping-norm", type=float, default=1.0)
-    parser.add_argument("--server-learning-rate", type=float, default=1.0)
-    parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument("--fraction-evaluate", type=float, default=0.05)
+    parser.add_argument("--partitioner", default="iid", help="iid, dirichlet (alpha 0.5) or shards")
+    parser.add_argument("--rounds", type=int, help="default: the recipe's")
+    parser.add_argument("--model", help="default: the recipe's")
+    parser.add_argument("--clients-per-round", type=float, help="default: the recipe's")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--no-baseline", action="store_true", help="skip the run without DP")
-    parser.add_argument("--in-process", action="store_true", help="federations without Flower's transport")
-    parser.add_argument("--jobs", type=int, default=1, help="in-process runs at a time")
+    parser.add_argument("--holdout", action="store_true", help="tune: evaluate on held-out training images")
+    parser.add_argument("--simulation", action="store_true", help="through run_simulation.py (Flower's engine)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, default=Path("dp_utility.json"))
     args = parser.parse_args()
 
-    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dp-utility-") as tmp:
-        settings: list[tuple[str, dict[str, Any]]] = []
-        if not args.no_baseline:
-            settings.append(("no DP", {"dp-mode": "off",
-                                       "fraction-fit": args.clients_per_round / args.num_clients}))
-        for eps in args.epsilons:
-            settings.append((f"{eps:g}", {
-                "dp-mode": "central", "dp-clipping": "server", "dp-noise-multiplier": 0.0,
-                "dp-target-epsilon": eps, "dp-delta": args.delta,
-                "dp-clients-per-round": args.clients_per_round,
-                "dp-clipping-norm": args.clipping_norm,
-                "server-learning-rate": args.server_learning_rate,
-            }))
-        if args.jobs > 1 and not args.in_process:
-            parser.error("--jobs needs --in-process")
+        data_dir = holdout_data(args.data_dir, Path(tmp) / "holdout") if args.holdout else args.data_dir
+        outs = [Path(tmp) / f"run{i}" for i in range(len(args.epsilon))]
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            summaries = list(pool.map(run_once, [args] * len(settings), [o for _, o in settings],
-                                      [Path(tmp) / str(i) for i in range(len(settings))]))
-        for (label, overrides), summary in zip(settings, summaries):
-            privacy = summary.get("privacy") or {}
-            row = {"target_epsilon": label, "epsilon": privacy.get("epsilon"),
-                   "noise_multiplier": privacy.get("noise_multiplier"),
-                   "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"],
-                   "rounds": summary["rounds"], "seconds": round(summary["bench_seconds"], 1)}
-            runs.append(row)
-            print(json.dumps(row), flush=True)
-
-    setup = {k: v for k, v in vars(args).items() if k not in ("json", "data_dir")}
+            summaries = list(pool.map(run_once, [args] * len(outs), args.epsilon, [data_dir] * len(outs), outs))
+        models = [json.loads((next(out.rglob("config.json"))).read_text())["model"] for out in outs]
+    runs = []
+    for epsilon, summary, model in zip(args.epsilon, summaries, models):
+        summary["model"] = model
+        runs.append({"target_epsilon": epsilon, "privacy": summary["privacy"], "model": model,
+                     "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"],
+                     "seconds": round(summary["bench_seconds"], 1),
+                     "accuracy_per_round": [r["centralized_accuracy"] for r in summary["history"]]})
+    setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
     setup["machine"] = machine()
     args.json.write_text(json.dumps({"setup": setup, "runs": runs}, indent=2) + "\n")
-    print(f"\n{args.num_clients} clients x {args.samples_per_client} samples, q = "
-          f"{args.clients_per_round / args.num_clients:g}, {args.rounds} rounds, δ = {args.delta:g}, "
-          f"S = {args.clipping_norm:g}\n")
-    print("| target ε | ε spent | σ | final acc | best acc | seconds |\n|---|---|---|---|---|---|")
-    for r in runs:
-        eps = "—" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
-        sigma = "—" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.3f}"
-        print(f"| {r['target_epsilon']} | {eps} | {sigma} | {100 * r['final_accuracy']:.2f}% | "
-              f"{100 * r['best_accuracy']:.2f}% | {r['seconds']} |")
+    print(f"{args.num_clients} clients x {args.samples_per_client} samples ({args.partitioner}), "
+          f"delta = {args.delta:g}{', held-out evaluation' if args.holdout else ''}")
+    for run, summary in zip(runs, summaries):
+        print(f"target epsilon {run['target_epsilon']:g}: {run['seconds']} s")
+        print(result_line(summary, args.delta))
 
 
 if __name__ == "__main__":
