@@ -110,7 +110,7 @@ def result_line(summary: dict[str, Any], delta: float) -> str:
     privacy = summary["privacy"]
     epsilon = privacy["epsilon"] if privacy["noise_multiplier"] > NO_NOISE_SIGMA else float("inf")
     return (f"final_accuracy={summary['final_accuracy']:.4f} best_accuracy={summary['best_accuracy']:.4f} "
-            f"epsilon={epsilon:.4f} delta={delta:g} noise_multiplier={privacy["noise_multiplier"]:.4g} "
+            f"epsilon={epsilon:.4f} delta={delta:g} noise_multiplier={privacy['noise_multiplier']:.4g} "
             f"sampling_rate={privacy['sampling_rate']:.4f} rounds={privacy['rounds_accounted']} "
             f"model={summary['model']}")
 
