@@ -71,6 +71,8 @@ def test_a_resumed_run_must_compute_the_same_thing(default_run_config):
     with pytest.raises(ConfigError, match=r"learning-rate = 0.5 \(allowed: 0.02, as in the run "
                                           r"being resumed; only resume-from, output-dir"):
         check_resumable(saved, saved | {"learning-rate": 0.5})
+    with pytest.raises(ConfigError, match=r"model = 'tanh-cnn' \(allowed: 'cnn', as in the run being resumed"):
+        check_resumable(saved | {"model": "cnn"}, saved | {"model": "tanh-cnn"})
     with pytest.raises(ConfigError, match="resume-from = '/r' .allowed: only with dp-mode 'off' or 'central'"):
         AppConfig.from_run_config(default_run_config | {"dp-mode": "local", "dp-target-epsilon": 1.0,
                                                         "resume-from": "/r"})

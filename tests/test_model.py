@@ -45,3 +45,25 @@ def test_weights_are_copies_not_views_of_the_model():
         for p in net.parameters():
             p.add_(1.0)
     assert all((w == s).all() for w, s in zip(weights, snapshot))
+
+
+def test_tanh_cnn_is_small_opacus_compatible_and_seeded():
+    from fl_app.model import TanhCNN, build_model, seeded_model
+    from strategies.opacus_compat import ModuleValidator
+
+    net = build_model("tanh-cnn")
+    assert isinstance(net, TanhCNN) and sum(p.numel() for p in net.parameters()) == 26_010
+    assert ModuleValidator.validate(net, strict=False) == []
+    out = net(torch.randn(4, 1, 28, 28))
+    assert out.shape == (4, 10) and torch.allclose(out.exp().sum(dim=1), torch.ones(4), atol=1e-5)
+    a, b = seeded_model("tanh-cnn", 3), seeded_model("tanh-cnn", 3)
+    assert all((x == y).all() for x, y in zip(get_weights(a), get_weights(b)))
+
+
+def test_an_unknown_model_is_refused():
+    import pytest
+
+    from fl_app.model import build_model
+
+    with pytest.raises(ValueError, match="unknown model 'mlp' .allowed: cnn, tanh-cnn."):
+        build_model("mlp")

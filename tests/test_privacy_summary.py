@@ -4,9 +4,11 @@ accountants' figures, with a sentence to paste; a plain run says `"privacy": nul
 import json
 
 import pytest
+import torch
 
 from federation import run_federation
 from fl_app.local_dp import batches_per_epoch, local_noise_multiplier
+from fl_app.model import build_model
 from fl_app.outputs import summary_table
 from strategies.accounting import ClientLevelAccountant
 from strategies.opacus_compat import create_accountant
@@ -45,6 +47,9 @@ def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, t
     sentence = f"(ε = {round_up(privacy['epsilon']):g}, δ = 0.001) client-level DP for 3 clients over 2 rounds, RDP accountant"
     assert privacy["statement"] == sentence
     assert f"privacy         {sentence}" in summary_table(summary_of(tmp_path))
+    config_json = json.loads((tmp_path / "config.json").read_text())
+    assert config_json["model"] == "tanh-cnn"  # auto: the DP recipe's model
+    build_model("tanh-cnn").load_state_dict(torch.load(tmp_path / "model.pt"))
 
 
 def test_local_dp_summary_states_each_clients_guarantee(small, mnist_dir, tmp_path):
