@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 
 from overhead import machine  # noqa: E402
 
@@ -95,7 +95,7 @@ def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: 
     else:
         import torch
 
-        from federation import run_federation  # tests/federation.py
+        from fl_app.in_process import run_federation
 
         torch.set_num_threads(1)
         run_federation(config, args.num_clients, str(data_dir), out_dir / "run")

@@ -18,9 +18,10 @@ import torch
 from flwr.common import RecordDict
 
 import strategies.dp_mechanism as dp_mechanism
-from federation import CRASH_POINTS, Crash, model_digest, run_federation
+from federation import CRASH_POINTS, Crash, run_federation
 from fl_app.client_app import FlowerClient, load_client_data
 from fl_app.config import AppConfig
+from fl_app.in_process import model_digest
 from fl_app.model import seeded_net
 from fl_app.release import ALWAYS_PRESENT, DP_RELEASED_FIELDS
 from fl_app.task import get_weights
