@@ -116,6 +116,7 @@ class DPFedAvg(FedAvg):
         self.secure_aggregation = secure_aggregation
         self.server_optimizer = server_optimizer
         self.randomness = randomness or DPRandomness(0, reproducible=False)
+        self.noise_factor = 1.0  # < 1 only as the privacy audit's fault injection (fl_app.audit)
         self.population: list[str] | None = None
         self.global_weights = parameters_to_ndarrays(initial_parameters)
         self.cohort_size = 0
@@ -217,7 +218,7 @@ class DPFedAvg(FedAvg):
             clipped,
             self.expected_shapes,
             clipping_norm=self.clipping_norm,
-            noise_multiplier=update_sigma,
+            noise_multiplier=update_sigma * self.noise_factor,
             expected_cohort_size=self.clients_per_round,
             rng=self.randomness.noise,
         )
