@@ -83,10 +83,9 @@ def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: 
     config = project_defaults(ROOT) | run_config(args, epsilon, data_dir, out_dir)
     started = time.perf_counter()
     if args.simulation:
-        overrides = {k: v for k, v in config.items() if k != "num-server-rounds"}
-        text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in overrides.items())
+        text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in config.items())
         command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
-                   "--rounds", str(config["num-server-rounds"]), "--run-config", text]
+                   "--run-config", text]
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
