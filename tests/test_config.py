@@ -3,6 +3,13 @@ import pytest
 from fl_app.config import RULES, AppConfig, ConfigError, check_partitioning
 
 
+def auto_suffix(key: str) -> str:
+    """Keys that take `auto` say so in their message."""
+    from fl_app.config import auto_table
+
+    return ", or 'auto'" if key in auto_table()["plain"] else ""
+
+
 def test_defaults_are_valid_and_cover_every_key(default_run_config):
     from fl_app.config import auto_settings
 
@@ -35,7 +42,7 @@ def test_defaults_are_valid_and_cover_every_key(default_run_config):
 def test_bad_value_gives_one_message_naming_key_value_and_allowed(default_run_config, key, value, allowed):
     with pytest.raises(ConfigError) as err:
         AppConfig.from_run_config(default_run_config | {key: value})
-    assert str(err.value) == f"Invalid run-config: {key} = {value!r} (allowed: {allowed})"
+    assert str(err.value) == f"Invalid run-config: {key} = {value!r} (allowed: {allowed}{auto_suffix(key)})"
 
 
 def test_unknown_and_missing_keys_are_named(default_run_config):
@@ -85,7 +92,7 @@ def test_waiting_for_more_clients_than_exist_is_refused(default_run_config):
 def test_bad_dp_values_are_named(default_run_config, key, value, allowed):
     with pytest.raises(ConfigError) as err:
         AppConfig.from_run_config(default_run_config | {key: value})
-    assert str(err.value) == f"Invalid run-config: {key} = {value!r} (allowed: {allowed})"
+    assert str(err.value) == f"Invalid run-config: {key} = {value!r} (allowed: {allowed}{auto_suffix(key)})"
 
 
 def test_central_dp_needs_a_noise_multiplier_or_a_target(default_run_config):

@@ -133,7 +133,7 @@ def test_flwr_run_on_the_local_connection_with_local_dp(tmp_path, mnist_dir, loc
                "--federation-config", "num-supernodes=3 client-resources-num-cpus=1")
     status = run_status(local_connection, workdir, bad.stdout)
     assert status["status"] == "finished:failed"
-    assert "Invalid run-config: batch-size = 0 (allowed: an integer >= 1)" in status["status-details"]
+    assert "Invalid run-config: batch-size = 0 (allowed: an integer >= 1, or 'auto')" in status["status-details"]
     assert "round 1/" not in bad.stdout
 
 
