@@ -131,6 +131,16 @@ def test_too_long_client_clipped_update_never_reaches_the_model(caplog):
     assert metrics["num_rejected"] == 1 and "left out client x" in caplog.text
 
 
+def rounds_until_the_budget_stops(s: DPFedAvg, cm: SimpleClientManager) -> int:
+    """Run empty rounds until `stop_reason` refuses the next; the rounds that ran."""
+    server_round = 1
+    while s.stop_reason(server_round, cm) is None:
+        s.configure_fit(server_round, ndarrays_to_parameters(GLOBAL), cm)
+        s.aggregate_fit(server_round, [], [])
+        server_round += 1
+    return server_round - 1
+
+
 def test_budget_stops_before_the_round_that_would_exceed_it():
     sigma, q, delta, target = 2.0, 0.1, 1e-5, 1.0  # 11 rounds fit the budget
     reference = RDPAccountant()
@@ -143,12 +153,7 @@ def test_budget_stops_before_the_round_that_would_exceed_it():
     assert allowed >= 3
     s = strategy(noise_multiplier=sigma, clients_per_round=1, target_epsilon=target)
     cm = manager(10)
-    server_round = 1
-    while s.stop_reason(server_round, cm) is None:
-        s.configure_fit(server_round, ndarrays_to_parameters(GLOBAL), cm)
-        s.aggregate_fit(server_round, [], [])
-        server_round += 1
-    assert s.accountant.rounds == allowed == server_round - 1
+    assert rounds_until_the_budget_stops(s, cm) == s.accountant.rounds == allowed
     assert s.accountant.epsilon() <= target
     assert f"round {allowed + 1} would raise epsilon" in s.stop_reason(allowed + 1, cm)
 
@@ -212,12 +217,7 @@ def test_a_target_with_a_fixed_sigma_warns_how_many_rounds_the_budget_allows(cap
     the round at which it will stop, which is where the run does stop."""
     s = strategy(noise_multiplier=2.0, clients_per_round=1, target_epsilon=1.0, rounds=30)
     cm = manager(10)
-    server_round = 1
-    while s.stop_reason(server_round, cm) is None:
-        s.configure_fit(server_round, ndarrays_to_parameters(GLOBAL), cm)
-        s.aggregate_fit(server_round, [], [])
-        server_round += 1
-    allowed = s.accountant.rounds
+    allowed = rounds_until_the_budget_stops(s, cm)
     assert 3 <= allowed < 30
     assert (f"dp-noise-multiplier = 2 with dp-target-epsilon = 1: the budget allows {allowed} of the 30 "
             f"rounds, so training stops after round {allowed}") in caplog.text
