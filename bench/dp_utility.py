@@ -76,21 +76,28 @@ def run_config(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir
     return config
 
 
+def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> Path:
+    """One run_simulation.py run with `config` as its run-config (its `output-dir` must
+    be `out_dir`); returns its summary.json."""
+    text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in config.items())
+    command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(num_clients),
+               "--run-config", text]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise SystemExit(f"run failed ({done.returncode}): {config}")
+    (summary_path,) = out_dir.glob("*/summary.json")
+    return summary_path
+
+
 def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """One federation; returns its summary.json with the wall time."""
+    """One federation; returns its summary.json with the wall time and history."""
     from fl_app.config import project_defaults
 
     config = project_defaults(ROOT) | run_config(args, epsilon, data_dir, out_dir)
     started = time.perf_counter()
     if args.simulation:
-        text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in config.items())
-        command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
-                   "--run-config", text]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-            raise SystemExit(f"run failed ({done.returncode}) at epsilon {epsilon}")
-        (summary_path,) = out_dir.glob("*/summary.json")
+        summary_path = simulate(args.num_clients, config, out_dir)
     else:
         import torch
 
