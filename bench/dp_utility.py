@@ -8,7 +8,7 @@ One run per `--epsilon` with every setting the app uses by default under
 is the same model and recipe without noise (σ = 1e-6: every update still clipped,
 adaptive clipping still on), the recipe's ceiling. `--rounds`, `--model`,
 `--partitioner` and `--clients-per-round` override the recipe. Runs are in-process
-federations (tests/federation.py: the app's clients, strategy and server without
+federations (fl_app/in_process.py: the app's clients, strategy and server without
 Flower's transport, equal to the simulation bitwise with one torch thread per client),
 `--jobs` at a time; `--simulation` runs them through run_simulation.py instead.
 
