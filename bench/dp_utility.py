@@ -121,6 +121,28 @@ def result_line(summary: dict[str, Any], delta: float) -> str:
             f"model={summary['model']}")
 
 
+def plot_accuracy(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Test accuracy per round, one line per run, labelled with its ε."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run in sorted(runs, key=lambda r: r["target_epsilon"] or float("inf")):
+        privacy = run["privacy"]
+        label = (f"ε = {privacy['epsilon']:.2f} (σ = {privacy['noise_multiplier']:.2f})"
+                 if run["target_epsilon"] else "no noise (σ = 0)")
+        accuracy = [100 * a for a in run["accuracy_per_round"]]
+        ax.plot(range(len(accuracy)), accuracy, label=f"{label}: final {accuracy[-1]:.1f}%")
+    ax.set(xlabel="round", ylabel="test accuracy (%)", title=title, ylim=(80, 100))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-clients", type=int, default=1000)
@@ -137,7 +159,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, default=Path("dp_utility.json"))
+    parser.add_argument("--plot", type=Path, help="also draw accuracy per round of the runs to this PNG")
+    parser.add_argument("--plot-from", type=Path, nargs="+", metavar="JSON",
+                        help="only draw --plot from the runs of earlier --json files")
     args = parser.parse_args()
+    if args.plot_from:
+        runs = [run for path in args.plot_from for run in json.loads(path.read_text())["runs"]]
+        plot_accuracy(runs, args.plot, f"{args.num_clients} clients x {args.samples_per_client} samples, "
+                      f"δ = {args.delta:g}, the DP recipe")
+        return
 
     with tempfile.TemporaryDirectory(prefix="dp-utility-") as tmp:
         data_dir = holdout_data(args.data_dir, Path(tmp) / "holdout") if args.holdout else args.data_dir
@@ -155,6 +185,9 @@ def main() -> None:
     setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
     setup["machine"] = machine()
     args.json.write_text(json.dumps({"setup": setup, "runs": runs}, indent=2) + "\n")
+    if args.plot:
+        plot_accuracy(runs, args.plot, f"{args.num_clients} clients x {args.samples_per_client} samples, "
+                      f"δ = {args.delta:g}, the DP recipe")
     print(f"{args.num_clients} clients x {args.samples_per_client} samples ({args.partitioner}), "
           f"delta = {args.delta:g}{', held-out evaluation' if args.holdout else ''}")
     for run, summary in zip(runs, summaries):
