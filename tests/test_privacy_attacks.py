@@ -22,7 +22,7 @@ from federation import CRASH_POINTS, Crash, run_federation
 from fl_app.client_app import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.in_process import model_digest
-from fl_app.model import seeded_net
+from fl_app.model import seeded_model, seeded_net
 from fl_app.release import ALWAYS_PRESENT, DP_RELEASED_FIELDS
 from fl_app.task import get_weights
 from strategies.accounting import ClientLevelAccountant
@@ -35,11 +35,12 @@ EXACT_CLIENT_FIGURES = ("train_loss", "train_accuracy", "update_norm", "clip_fra
 
 @pytest.fixture
 def central(default_run_config, mnist_dir) -> dict:
-    """Central DP, server clipping, every client every round (q = 1), 3 × 100 samples."""
+    """Central DP, server clipping at S = 1, every client every round (q = 1), 3 × 100
+    samples; everything else the DP recipe (tanh-cnn, FedAvgM)."""
     return default_run_config | {
         "data-dir": mnist_dir, "samples-per-client": 100, "eval-samples": 300, "local-epochs": 1,
         "num-server-rounds": 1, "dp-mode": "central", "dp-noise-multiplier": 1.0,
-        "dp-clients-per-round": 3.0, "dp-clipping-norm": 1.0, "min-available-clients": 3,
+        "dp-clients-per-round": 3.0, "dp-clipping": "server", "dp-clipping-norm": 1.0, "min-available-clients": 3,
     }
 
 
@@ -67,7 +68,7 @@ def rebuild_sum_from_public_seed(run_dir) -> tuple[np.ndarray, float]:
     clipped sum and the noise norm σS√d."""
     config = json.loads((run_dir / "config.json").read_text())
     privacy = json.loads((run_dir / "summary.json").read_text())["privacy"]
-    before = get_weights(seeded_net(config["seed"]))
+    before = get_weights(seeded_model(config["model"], config["seed"]))
     after = [t.numpy() for t in torch.load(run_dir / "model.pt").values()]
     std = privacy["noise_multiplier"] * privacy["clipping_norm"]
     noise_rng = DPRandomness(config["seed"], reproducible=True).noise
@@ -189,7 +190,7 @@ def test_clients_send_no_update_norm_and_no_exact_figures_under_dp(central, mnis
     cfg = AppConfig.from_run_config(central | {"dp-clipping": "client"})
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 3)
     client = FlowerClient(cfg, 0, train_set, val_set)
-    weights, n, metrics = client.fit(get_weights(seeded_net(cfg.seed)),
+    weights, n, metrics = client.fit(get_weights(seeded_model(cfg.model, cfg.seed)),
                                      {"server-round": 1, "learning-rate": 0.02, CLIENT_CLIP_KEY: 1.0})
     assert metrics == {} and n == len(train_set)
     assert np.linalg.norm(flat(weights)) <= 1.0 + 1e-5  # it sends its clipped Δ

@@ -29,7 +29,8 @@ def summary_of(run_dir) -> dict:
 
 def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, tmp_path):
     config = small | {"dp-mode": "central", "dp-noise-multiplier": 0.0, "dp-target-epsilon": 8.0,
-                      "dp-delta": 1e-3, "dp-clients-per-round": 2.0}
+                      "dp-delta": 1e-3, "dp-clients-per-round": 2.0, "dp-clipping": "server",
+                      "dp-clipping-norm": 1.0}
     rows = run_federation(config, 3, mnist_dir, tmp_path)
     privacy = summary_of(tmp_path)["privacy"]
     accountant = ClientLevelAccountant("rdp", 1e-3)

@@ -86,7 +86,8 @@ def test_bad_strategy_paths_are_refused_with_a_clear_message(default_run_config,
 @pytest.mark.parametrize("name", [*NON_LINEAR, "examples.norm_bounded_fedavg:NormBoundedFedAvg"])
 def test_central_dp_is_refused_with_non_linear_aggregators(default_run_config, name):
     with pytest.raises(ConfigError) as err:
-        AppConfig.from_run_config(default_run_config | {"strategy": name, "dp-mode": "central"})
+        AppConfig.from_run_config(default_run_config | {"strategy": name, "dp-mode": "central",
+                                                         "dp-target-epsilon": 2.0})
     assert f"strategy = '{name}' (allowed with dp-mode = 'central': 'fedavg', 'fedprox', 'fedavgm'" in str(err.value)
 
 
