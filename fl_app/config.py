@@ -320,7 +320,9 @@ def check_strategy(values: Mapping[str, Any]) -> None:
 
 def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """A resumed run must compute what the interrupted one did: refuse changed keys
-    other than `RESUMABLE_CHANGES`."""
+    other than `RESUMABLE_CHANGES` (`auto` values of `current` compared as resolved, as
+    the interrupted run recorded them)."""
+    current = dict(current) | auto_settings(current)
     changed = [k for k in RULES if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
     if changed:
         key = changed[0]

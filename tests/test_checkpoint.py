@@ -68,6 +68,7 @@ def test_resume_from_a_directory_that_cannot_be_resumed(tmp_path):
 def test_a_resumed_run_must_compute_the_same_thing(default_run_config):
     saved = AppConfig.from_run_config(default_run_config).to_run_config() | {"data-dir": "/a"}
     check_resumable(saved, saved | {"data-dir": "/b", "round-timeout": 30.0, "resume-from": "/r"})
+    check_resumable(saved, default_run_config | {"data-dir": "/b"})  # auto values as the run resolved them
     with pytest.raises(ConfigError, match=r"learning-rate = 0.5 \(allowed: 0.02, as in the run "
                                           r"being resumed; only resume-from, output-dir"):
         check_resumable(saved, saved | {"learning-rate": 0.5})
