@@ -111,6 +111,7 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
         secure_aggregation=cfg.secure_aggregation,
         server_optimizer=server_optimizer,
         randomness=DPRandomness(cfg.seed, reproducible=cfg.dp_reproducible_noise),
+        release_unprotected_metrics=cfg.dp_release_unprotected_metrics,
         **args.common,
     )
 

@@ -88,6 +88,7 @@ class DPFedAvg(FedAvg):
         secure_aggregation: bool = False,
         server_optimizer: Strategy | None = None,
         randomness: DPRandomness | None = None,
+        release_unprotected_metrics: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(initial_parameters=initial_parameters, **kwargs)
@@ -117,6 +118,7 @@ class DPFedAvg(FedAvg):
         self.server_optimizer = server_optimizer
         self.randomness = randomness or DPRandomness(0, reproducible=False)
         self.noise_factor = 1.0  # < 1 only as the privacy audit's fault injection (fl_app.audit)
+        self.log_rejections = release_unprotected_metrics  # which client was left out is outside ε
         self.population: list[str] | None = None
         self.global_weights = parameters_to_ndarrays(initial_parameters)
         self.cohort_size = 0

@@ -25,8 +25,12 @@ class ScreenedAggregation:
     - a round whose failures exceed `max_failure_fraction` of its replies, or with fewer
       usable results than `min_fit_clients`, is skipped with a log line.
     Evaluation results with a non-finite loss are left out too. Clients' local-DP
-    epsilons are summarised as `client_epsilon_max` and `client_epsilon_mean`.
+    epsilons are summarised as `client_epsilon_max` and `client_epsilon_mean`. Each
+    left-out result is logged unless `log_rejections` is false (central DP: which client
+    was left out, and why, is a figure outside ε).
     """
+
+    log_rejections = True
 
     def __init__(self, *, initial_parameters: Parameters, max_failure_fraction: float = 1.0, **kwargs) -> None:
         kwargs.setdefault("fit_metrics_aggregation_fn", weighted_metric_means)
@@ -51,7 +55,8 @@ class ScreenedAggregation:
             if problem is None and res.num_examples <= 0:
                 problem = f"num_examples = {res.num_examples}"
             if problem is not None:
-                log(WARNING, "round %s: left out client %s: %s", server_round, proxy.cid, problem)
+                if self.log_rejections:
+                    log(WARNING, "round %s: left out client %s: %s", server_round, proxy.cid, problem)
                 continue
             accepted.append((proxy, res, arrays))
         return accepted

@@ -120,15 +120,20 @@ def test_empty_cohort_releases_noise_and_is_accounted():
     assert metrics["cohort_size"] >= 0 and metrics["epsilon"] > 0
 
 
-def test_too_long_client_clipped_update_never_reaches_the_model(caplog):
-    s = strategy(clipping="client", noise_multiplier=1e-9, clients_per_round=2)
+@pytest.mark.parametrize("release", [False, True], ids=["default", "opt-in"])
+def test_too_long_client_clipped_update_never_reaches_the_model(caplog, release):
+    """Left out whatever the release setting; the log names the client only with the
+    opt-in (which client was left out is a figure outside ε), and never its norm."""
+    s = strategy(clipping="client", noise_multiplier=1e-9, clients_per_round=2,
+                 release_unprotected_metrics=release)
     s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(4))
     honest = clip_update(model_delta(trained(0, 0.001), GLOBAL), 1.0)[0]
     cheat = [np.full(sh, 10.0, dtype=np.float32) for sh in SHAPES]
     params, metrics = s.aggregate_fit(1, [result("h", honest), result("x", cheat)], [])
     for got, g, h in zip(parameters_to_ndarrays(params), GLOBAL, honest):
         np.testing.assert_allclose(got, g + h / 2, atol=1e-6)
-    assert metrics["num_rejected"] == 1 and "left out client x" in caplog.text
+    assert metrics["num_rejected"] == 1
+    assert ("left out client x: client-clipped update is longer than S = 1.0" in caplog.text) == release
 
 
 def rounds_until_the_budget_stops(s: DPFedAvg, cm: SimpleClientManager) -> int:
