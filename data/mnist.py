@@ -1,10 +1,11 @@
 """Load MNIST once per process into normalised float tensors."""
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from data.cache import locked_cache
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -67,7 +68,7 @@ def ensure_mnist(data_dir: str | Path, download: bool) -> Path:
     )
 
 
-@lru_cache(maxsize=4)
+@locked_cache(maxsize=4)
 def load_mnist(data_dir: str, train: bool) -> TensorDataset:
     """The MNIST train or test split from `data_dir` (torchvision layout), cached."""
     from torchvision.datasets import MNIST

@@ -7,12 +7,12 @@ imported inside the functions that partition: a SuperNode with its own data neve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from data.cache import locked_cache
 from data.mnist import TensorDataset
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _make_partitioner(spec: PartitionSpec) -> Partitioner:
     raise ValueError(f"unknown partitioner '{spec.scheme}'; allowed: {', '.join(PARTITIONERS)}")
 
 
-@lru_cache(maxsize=8)
+@locked_cache(maxsize=8)
 def _partitioner(spec: PartitionSpec, label_bytes: bytes) -> Partitioner:
     """A partitioner over a table of (index, label); IID rows are shuffled by seed first
     (flwr-datasets' IID partitioner cuts contiguous blocks)."""

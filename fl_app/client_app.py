@@ -6,7 +6,6 @@ and demo deployments, with `data-dir` from node-config or else run-config).
 """
 
 import json
-from functools import lru_cache
 
 import numpy as np
 from flwr.client import Client, ClientApp, NumPyClient
@@ -15,6 +14,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import ConfigRecord, Context, Message, NDArrays, RecordDict, Scalar
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from data.cache import locked_cache
 from data.mnist import TensorDataset, load_mnist
 from data.partition import PartitionSpec, client_split, partition_indices
 from data.site_data import load_site_data
@@ -156,7 +156,7 @@ class FlowerClient(NumPyClient):
         return loss, len(self.val_set), {"accuracy": accuracy}
 
 
-@lru_cache(maxsize=16)
+@locked_cache(maxsize=16)
 def load_client_data(
     cfg: AppConfig, data_dir: str, partition_id: int, num_partitions: int
 ) -> tuple[TensorDataset, TensorDataset]:
@@ -208,7 +208,7 @@ def node_data(
     )
 
 
-@lru_cache(maxsize=4)
+@locked_cache(maxsize=4)
 def load_site_split(cfg: AppConfig, data_dir: str) -> tuple[TensorDataset, TensorDataset]:
     """A site's whole dataset, split (seeded) into local train and validation sets."""
     data = load_site_data(data_dir)

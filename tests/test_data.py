@@ -90,3 +90,28 @@ def test_client_split_caps_and_splits_deterministically(train):
 def test_partition_id_out_of_range_is_refused(train):
     with pytest.raises(ValueError, match="partition-id 10 outside"):
         partition_indices(train.labels, PartitionSpec("iid", 10, 0), 10)
+
+
+def test_concurrent_first_calls_of_a_cached_loader_compute_once():
+    """32 threads asking for their client at once loaded MNIST 32 times (4.4 GiB peak)."""
+    import threading
+    import time
+
+    from data.cache import locked_cache
+
+    calls = []
+
+    @locked_cache(maxsize=2)
+    def load(key: str) -> list[int]:
+        calls.append(key)
+        time.sleep(0.05)
+        return [len(calls)]
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(load("mnist"))) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == ["mnist"]
+    assert len(results) == 16 and all(r is results[0] for r in results)
