@@ -7,7 +7,8 @@ One run per `--epsilon` with every setting the app uses by default under
 σ differs, calibrated by the app so that the run spends the target ε at δ. `--epsilon 0`
 is the same model and recipe without noise (σ = 1e-6: every update still clipped,
 adaptive clipping still on), the recipe's ceiling. `--rounds`, `--model`,
-`--partitioner` and `--clients-per-round` override the recipe. Runs are in-process
+`--partitioner` and `--clients-per-round` override the recipe, and `--set KEY=VALUE` any
+other run-config key (for tuning). Runs are in-process
 federations (fl_app/in_process.py: the app's clients, strategy and server without
 Flower's transport, equal to the simulation bitwise with one torch thread per client),
 `--jobs` at a time; `--simulation` runs them through run_simulation.py instead.
@@ -73,7 +74,18 @@ def run_config(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir
                        ("dp-clients-per-round", args.clients_per_round)):
         if value is not None:
             config[key] = value
-    return config
+    return config | dict(args.set)
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` of `--set`: VALUE as JSON (numbers, true/false), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> Path:
@@ -153,6 +165,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="default: the recipe's")
     parser.add_argument("--model", help="default: the recipe's")
     parser.add_argument("--clients-per-round", type=float, help="default: the recipe's")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="any other run-config key, e.g. --set lr-schedule=constant (tuning)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--holdout", action="store_true", help="tune: evaluate on held-out training images")
     parser.add_argument("--simulation", action="store_true", help="through run_simulation.py (Flower's engine)")
