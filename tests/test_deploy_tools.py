@@ -64,11 +64,17 @@ class TLSServer:
 
 
 @pytest.fixture
-def pki(tmp_path):
-    """A CA and a SuperLink certificate for 127.0.0.1 and localhost."""
+def ca(tmp_path):
+    """A CA in its own directory (ca.key, ca.crt), as the operator keeps it."""
+    make_ca(tmp_path / "ca")
+    return tmp_path / "ca"
+
+
+@pytest.fixture
+def pki(ca, tmp_path):
+    """The SuperLink's folder: ca.crt and a certificate for 127.0.0.1 and localhost."""
     certs = tmp_path / "certs"
-    make_ca(certs)
-    make_server_certificate(certs, certs, ["127.0.0.1", "localhost"])
+    make_server_certificate(ca, certs, ["127.0.0.1", "localhost"])
     return certs
 
 
@@ -80,6 +86,7 @@ def test_server_certificate_names_every_host_and_is_signed_by_the_ca(pki):
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert (pki / "server.key").stat().st_mode & 0o077 == 0  # private key: owner only
+    assert sorted(p.name for p in pki.iterdir()) == ["ca.crt", "server.crt", "server.key"]
     assert check_superlink_credentials(pki, "127.0.0.1") == ["localhost", "127.0.0.1"]
 
 
@@ -119,8 +126,8 @@ def test_certificate_from_another_ca_is_named(pki, tmp_path):
             check_superlink_connection(f"127.0.0.1:{server.port}", tmp_path / "other" / "ca.crt", wait=0)
 
 
-def test_certificate_for_another_host_is_named(pki, tmp_path):
-    make_server_certificate(pki, tmp_path / "elsewhere", ["superlink.example.org", "10.9.8.7"])
+def test_certificate_for_another_host_is_named(ca, pki, tmp_path):
+    make_server_certificate(ca, tmp_path / "elsewhere", ["superlink.example.org", "10.9.8.7"])
     with TLSServer(tmp_path / "elsewhere", host="127.0.0.2") as server:  # 127/8 is all loopback
         with pytest.raises(PreflightError, match="valid for superlink.example.org, localhost, "
                                                  "10.9.8.7, 127.0.0.1, not for '127.0.0.2'"):
@@ -130,23 +137,21 @@ def test_certificate_for_another_host_is_named(pki, tmp_path):
     assert check_superlink_credentials(pki, "0.0.0.0")  # all interfaces: its SuperExec dials 127.0.0.1
 
 
-def test_expired_certificate_is_named(pki, tmp_path):
+def test_expired_certificate_is_named(ca, pki, tmp_path):
     past = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
-    make_server_certificate(pki, tmp_path / "old", ["127.0.0.1"], days=30, valid_from=past)
+    make_server_certificate(ca, tmp_path / "old", ["127.0.0.1"], days=30, valid_from=past)
     with TLSServer(tmp_path / "old") as server:
         with pytest.raises(PreflightError, match="certificate expired on 2020-01-31"):
             check_superlink_connection(f"127.0.0.1:{server.port}", pki / "ca.crt", wait=0)
-    for name in ("ca.crt", "ca.key"):
-        (tmp_path / "old" / name).write_bytes((pki / name).read_bytes())
     with pytest.raises(PreflightError, match="SuperLink certificate expired on 2020-01-31"):
         check_superlink_credentials(tmp_path / "old", "127.0.0.1")
 
 
-def test_plain_server_and_mismatched_key_are_named(pki, tmp_path):
+def test_plain_server_and_mismatched_key_are_named(ca, pki, tmp_path):
     with TLSServer(None) as server:
         with pytest.raises(PreflightError, match="TLS handshake with the SuperLink .* failed"):
             check_superlink_connection(f"127.0.0.1:{server.port}", pki / "ca.crt", wait=0)
-    make_server_certificate(pki, tmp_path / "second", ["127.0.0.1"])
+    make_server_certificate(ca, tmp_path / "second", ["127.0.0.1"])
     (pki / "server.key").write_bytes((tmp_path / "second" / "server.key").read_bytes())
     with pytest.raises(PreflightError, match="does not belong to its certificate"):
         check_superlink_credentials(pki, "127.0.0.1")
@@ -193,15 +198,15 @@ def test_supernode_launcher_checks_data_and_node_config(tmp_path, mnist_dir):
     assert node_config(Path("/d"), 1, 3) == 'data-dir="/d" partition-id=1 num-partitions=3'
 
 
-def test_superlink_listening_everywhere_needs_loopback_in_its_certificate(pki, tmp_path, monkeypatch):
+def test_superlink_listening_everywhere_needs_loopback_in_its_certificate(ca, pki, tmp_path, monkeypatch):
     """Its own SuperExec connects to 127.0.0.1 with TLS: Flower fails every run silently
     (runs stay pending) when the certificate does not name it."""
-    make_server_certificate(pki, tmp_path / "ip", ["10.1.2.3"])
+    make_server_certificate(ca, tmp_path / "ip", ["10.1.2.3"])
     cert = x509.load_pem_x509_certificate((tmp_path / "ip" / "server.crt").read_bytes())
     assert "127.0.0.1" in [str(ip) for ip in cert.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)]
     monkeypatch.setattr("deploy.credentials.LOOPBACK", ())
-    make_server_certificate(pki, pki, ["10.1.2.3"])
+    make_server_certificate(ca, pki, ["10.1.2.3"])
     assert check_superlink_credentials(pki, "10.1.2.3") == ["10.1.2.3"]
     with pytest.raises(PreflightError, match="not for 127.0.0.1 .*with --host 0.0.0.0"):
         check_superlink_credentials(pki, "0.0.0.0")
