@@ -58,6 +58,14 @@ def _float(low: float, high: float, low_open: bool, high_open: bool) -> Callable
     return check
 
 
+def _off_or_at_least(minimum: float) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        numeric = isinstance(v, int | float) and not isinstance(v, bool)
+        return None if numeric and (v == 0 or minimum <= v < INF) else f"0 (off) or a number >= {minimum:g}"
+
+    return check
+
+
 def _choice(*allowed: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in allowed else "one of " + ", ".join(f"'{a}'" for a in allowed)
@@ -123,6 +131,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "dp-release-unprotected-metrics": _bool,
     "strategy": _text,
     "max-failure-fraction": _float(0, 1, False, False),
+    "max-examples-ratio": _off_or_at_least(1),
+    "max-update-norm-ratio": _off_or_at_least(1),
     "round-timeout": _float(0, INF, False, True),
     "proximal-mu": _float(0, INF, False, True),
     "server-momentum": _float(0, 1, False, True),
@@ -192,6 +202,8 @@ class AppConfig:
     dp_release_unprotected_metrics: bool
     strategy: str
     max_failure_fraction: float
+    max_examples_ratio: float
+    max_update_norm_ratio: float
     round_timeout: float
     proximal_mu: float
     server_momentum: float

@@ -219,7 +219,7 @@ class RecordingServer(Server):
         if parameters is not None:
             self.parameters = parameters
         history.add_metrics_distributed_fit(server_round=server_round, metrics=metrics)
-        return {"num_fit_clients": len(results), "num_fit_failures": len(failures)} | metrics
+        return dict(metrics) | {"num_fit_clients": len(results), "num_fit_failures": len(failures)}
 
     def _evaluate(self, server_round: int, timeout: float | None, history: History) -> dict:
         res = self.evaluate_round(server_round=server_round, timeout=timeout)

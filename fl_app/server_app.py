@@ -74,6 +74,8 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
         on_evaluate_config_fn=lambda r: {"server-round": r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_model(cfg.model, cfg.seed))),
         max_failure_fraction=cfg.max_failure_fraction,
+        max_examples_ratio=cfg.max_examples_ratio,
+        max_update_norm_ratio=cfg.max_update_norm_ratio,
     )
     return StrategyArgs(
         common=common,

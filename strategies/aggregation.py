@@ -10,19 +10,27 @@ import numpy as np
 Update = Sequence[np.ndarray]
 
 
-def update_problem(update: Update, expected_shapes: Sequence[tuple[int, ...]]) -> str | None:
-    """Why `update` cannot be aggregated (wrong tensor count or shape, non-finite
-    values), or None when it can."""
+def update_problem(
+    update: Update, expected_shapes: Sequence[tuple[int, ...]], expected_dtypes: Sequence[np.dtype]
+) -> str | None:
+    """Why `update` cannot be aggregated (wrong tensor count, shape or dtype — the global
+    model's, so no client can change the model's type — or non-finite values), or None
+    when it can."""
     if len(update) != len(expected_shapes):
         return f"{len(update)} tensors, expected {len(expected_shapes)}"
-    for i, (array, shape) in enumerate(zip(update, expected_shapes)):
+    for i, (array, shape, dtype) in enumerate(zip(update, expected_shapes, expected_dtypes)):
         if tuple(array.shape) != tuple(shape):
             return f"tensor {i} has shape {tuple(array.shape)}, expected {tuple(shape)}"
-        if not np.issubdtype(array.dtype, np.number):
-            return f"tensor {i} has non-numeric dtype {array.dtype}"
+        if array.dtype != dtype:
+            return f"tensor {i} has dtype {array.dtype}, expected {np.dtype(dtype)}"
         if not np.all(np.isfinite(array)):
             return f"tensor {i} has non-finite values"
     return None
+
+
+def change_norm(update: Update, reference: Update) -> float:
+    """‖update − reference‖₂ over all tensors, in float64."""
+    return float(np.sqrt(sum(np.sum((u.astype(np.float64) - r) ** 2) for u, r in zip(update, reference))))
 
 
 def weighted_average(updates: Sequence[Update], weights: Sequence[float]) -> list[np.ndarray]:

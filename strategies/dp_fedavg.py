@@ -208,6 +208,7 @@ class DPFedAvg(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Release the noised mean of the clipped updates and account for the round."""
         norms: list[float] = []
+        screened: Screened = []
         if self.secure_aggregation:
             clipped: Iterable[list[np.ndarray]] = self._securely_summed(server_round, results)
         else:
@@ -227,9 +228,9 @@ class DPFedAvg(FedAvg):
         new_weights = self._apply(server_round, mean)
         self.accountant.step(self.noise_multiplier, self.sampling_rate)
         metrics: dict[str, Scalar] = {}
-        if self.fit_metrics_aggregation_fn is not None and results:
+        if self.fit_metrics_aggregation_fn is not None and screened:
             metrics.update(self.fit_metrics_aggregation_fn(
-                [(r.num_examples, r.metrics) for _, r in results]))
+                [(r.num_examples, r.metrics) for _, r, _ in screened]))
         if self.secure_aggregation:  # one securely summed aggregate stands for the whole cohort
             rejected = 0 if clipped else len(results)
         else:

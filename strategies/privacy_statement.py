@@ -81,7 +81,8 @@ class LocalPrivacyLedger:
     def update(self, client: str, metrics: dict[str, Any]) -> None:
         """Keep `client`'s report if it holds every local-DP figure as a number."""
         values = {k: metrics.get(k) for k in LOCAL_DP_METRICS}
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
+        if all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values.values()):
             self.reports[client] = {k: float(v) for k, v in values.items()}
 
     def privacy(self, population: int) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 results never reach its aggregation, and a round with too few usable results or too
 many failures leaves the global model as it is."""
 
-import math
 from collections.abc import Callable
 from logging import INFO, WARNING
 
@@ -10,7 +9,15 @@ import numpy as np
 from flwr.common import EvaluateRes, FitRes, Parameters, Scalar, log, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 
-from strategies.aggregation import update_problem, weighted_metric_means
+from strategies.aggregation import change_norm, update_problem, weighted_metric_means
+from strategies.client_reports import (
+    EVALUATE_METRICS,
+    FIT_METRICS,
+    example_count_problem,
+    is_finite_number,
+    known_metrics,
+    metrics_problem,
+)
 
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
 Screened = list[tuple[ClientProxy, FitRes, list[np.ndarray]]]
@@ -20,8 +27,17 @@ class ScreenedAggregation:
     """Put first in the bases of a Flower strategy: `class S(ScreenedAggregation, FedMedian)`.
 
     Before the strategy's own `aggregate_fit`:
-    - a result with the wrong number or shapes of tensors (those of `initial_parameters`,
-      which is therefore required), non-finite values or no examples is logged and left out;
+    - a result whose tensors do not deserialise, differ in number, shape or dtype from
+      `initial_parameters` (which is therefore required), hold non-finite values, whose
+      example count is not a whole number > 0 or whose known metrics are not finite
+      numbers (strategies/client_reports.py) is logged and left out; metrics under other
+      names are dropped;
+    - with 3 or more usable results, an update whose change to the global model is longer
+      than `max_update_norm_ratio` × the round's median change is left out, and an
+      example count above `max_examples_ratio` × the round's median count is lowered to
+      that bound (logged): FedAvg weights each client by the count it reports, so one
+      client claiming 10^12 examples would otherwise decide the average alone; 0 = off.
+      Central DP does not use these bounds: it weights clients equally and clips;
     - a round whose failures exceed `max_failure_fraction` of its replies, or with fewer
       usable results than `min_fit_clients`, is skipped with a log line.
     Evaluation results with a non-finite loss are left out too. Clients' local-DP
@@ -32,12 +48,18 @@ class ScreenedAggregation:
 
     log_rejections = True
 
-    def __init__(self, *, initial_parameters: Parameters, max_failure_fraction: float = 1.0, **kwargs) -> None:
+    def __init__(self, *, initial_parameters: Parameters, max_failure_fraction: float = 1.0,
+                 max_examples_ratio: float = 0.0, max_update_norm_ratio: float = 0.0, **kwargs) -> None:
         kwargs.setdefault("fit_metrics_aggregation_fn", weighted_metric_means)
         kwargs.setdefault("evaluate_metrics_aggregation_fn", weighted_metric_means)
         super().__init__(initial_parameters=initial_parameters, **kwargs)  # type: ignore[call-arg]
-        self.expected_shapes = [a.shape for a in parameters_to_ndarrays(initial_parameters)]
+        initial = parameters_to_ndarrays(initial_parameters)
+        self.expected_shapes = [a.shape for a in initial]
+        self.expected_dtypes = [a.dtype for a in initial]
         self.max_failure_fraction = max_failure_fraction
+        self.max_examples_ratio = max_examples_ratio
+        self.max_update_norm_ratio = max_update_norm_ratio
+        self.round_weights = initial
 
     def screen(
         self,
@@ -46,19 +68,63 @@ class ScreenedAggregation:
         check: Callable[[list[np.ndarray], FitRes], str | None] = lambda arrays, res: None,
     ) -> Screened:
         """(proxy, result, arrays) of every result with the expected tensors, all finite,
-        at least one example, that `check` finds no problem with; the others are logged
-        and left out."""
+        a whole number of examples > 0, finite known metrics, that `check` finds no
+        problem with, its metrics reduced to the known ones; the others are logged and
+        left out."""
         accepted = []
         for proxy, res in results:
-            arrays = parameters_to_ndarrays(res.parameters)
-            problem = update_problem(arrays, self.expected_shapes) or check(arrays, res)
-            if problem is None and res.num_examples <= 0:
-                problem = f"num_examples = {res.num_examples}"
+            arrays, problem = self._arrays(res)
+            problem = (problem or example_count_problem(res.num_examples)
+                       or update_problem(arrays, self.expected_shapes, self.expected_dtypes)
+                       or metrics_problem(res.metrics, FIT_METRICS) or check(arrays, res))
             if problem is not None:
-                if self.log_rejections:
-                    log(WARNING, "round %s: left out client %s: %s", server_round, proxy.cid, problem)
+                self._reject(server_round, proxy, problem)
                 continue
+            res.metrics = known_metrics(res.metrics, FIT_METRICS)
             accepted.append((proxy, res, arrays))
+        return accepted
+
+    @staticmethod
+    def _arrays(res: FitRes) -> tuple[list[np.ndarray], str | None]:
+        """The result's tensors, or why they cannot be read."""
+        try:
+            return parameters_to_ndarrays(res.parameters), None
+        except Exception as err:  # any bytes a client sends must not stop the server
+            return [], f"unreadable tensors ({type(err).__name__})"
+
+    def _reject(self, server_round: int, proxy: ClientProxy, problem: str) -> None:
+        if self.log_rejections:
+            log(WARNING, "round %s: left out client %s: %s", server_round, proxy.cid, problem)
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager) -> list:
+        """The strategy's fit instructions; remembers the model the round starts from."""
+        self.round_weights = parameters_to_ndarrays(parameters)
+        return super().configure_fit(server_round, parameters, client_manager)  # type: ignore[misc]
+
+    def bounded(self, server_round: int, accepted: Screened) -> Screened:
+        """`accepted` without updates far longer than the round's median change, example
+        counts capped at `max_examples_ratio` × the median count (see the class)."""
+        if len(accepted) < 3:
+            return accepted
+        if self.max_update_norm_ratio:
+            norms = [change_norm(arrays, self.round_weights) for _, _, arrays in accepted]
+            limit = self.max_update_norm_ratio * float(np.median(norms))
+            kept = []
+            for (proxy, res, arrays), norm in zip(accepted, norms):
+                if norm > limit:
+                    self._reject(server_round, proxy, f"update changes the model by {norm:.3g}, more than "
+                                 f"max-update-norm-ratio = {self.max_update_norm_ratio:g} x the median {limit / self.max_update_norm_ratio:.3g}")
+                else:
+                    kept.append((proxy, res, arrays))
+            accepted = kept
+        if self.max_examples_ratio:
+            cap = int(self.max_examples_ratio * float(np.median([res.num_examples for _, res, _ in accepted])))
+            for proxy, res, _ in accepted:
+                if res.num_examples > cap:
+                    log(WARNING, "round %s: client %s reported %s examples; weighted as %s "
+                        "(max-examples-ratio = %g x the median)", server_round, proxy.cid,
+                        res.num_examples, cap, self.max_examples_ratio)
+                    res.num_examples = cap
         return accepted
 
     def too_many_failures(self, server_round: int, num_results: int, failures: Failures) -> bool:
@@ -79,7 +145,7 @@ class ScreenedAggregation:
         """The strategy's aggregation over the results that pass the screen."""
         if self.too_many_failures(server_round, len(results), failures):
             return None, {"num_rejected": 0}
-        accepted = self.screen(server_round, results)
+        accepted = self.bounded(server_round, self.screen(server_round, results))
         num_rejected = len(results) - len(accepted)
         minimum = getattr(self, "min_fit_clients", 1)
         if len(accepted) < minimum:
@@ -104,14 +170,18 @@ class ScreenedAggregation:
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: Failures,
     ) -> tuple[float | None, dict[str, Scalar]]:
-        """The strategy's evaluation aggregate, leaving out non-finite losses."""
+        """The strategy's evaluation aggregate over the replies with a finite loss, a whole
+        number of examples > 0 and finite known metrics (others dropped)."""
         usable = []
         for proxy, res in results:
-            if res.num_examples > 0 and math.isfinite(res.loss):
+            problem = (example_count_problem(res.num_examples)
+                       or (None if is_finite_number(res.loss) else "loss is not a finite number")
+                       or metrics_problem(res.metrics, EVALUATE_METRICS))
+            if problem is None:
+                res.metrics = known_metrics(res.metrics, EVALUATE_METRICS)
                 usable.append((proxy, res))
             else:
-                log(WARNING, "round %s: left out evaluation of client %s: loss %s on %s examples",
-                    server_round, proxy.cid, res.loss, res.num_examples)
+                log(WARNING, "round %s: left out evaluation of client %s: %s", server_round, proxy.cid, problem)
         if not usable:
             return None, {}
         return super().aggregate_evaluate(server_round, usable, failures)  # type: ignore[misc]

@@ -27,8 +27,12 @@ def test_weighted_average_refuses_bad_weights(weights):
         weighted_average([w, w], weights)
 
 
+SHAPES = [(2, 3), (4,)]
+DTYPES = [np.dtype(np.float64), np.dtype(np.float64)]
+
+
 def test_update_problem_accepts_well_formed_update():
-    assert update_problem([np.zeros((2, 3)), np.ones(4)], [(2, 3), (4,)]) is None
+    assert update_problem([np.zeros((2, 3)), np.ones(4)], SHAPES, DTYPES) is None
 
 
 @pytest.mark.parametrize(
@@ -38,10 +42,13 @@ def test_update_problem_accepts_well_formed_update():
         ([np.zeros((3, 2)), np.ones(4)], "tensor 0 has shape (3, 2), expected (2, 3)"),
         ([np.zeros((2, 3)), np.array([1.0, np.nan, 0.0, 0.0])], "tensor 1 has non-finite values"),
         ([np.full((2, 3), np.inf), np.ones(4)], "tensor 0 has non-finite values"),
+        ([np.zeros((2, 3), np.int32), np.ones(4)], "tensor 0 has dtype int32, expected float64"),
+        ([np.zeros((2, 3)), np.ones(4, np.complex64)], "tensor 1 has dtype complex64, expected float64"),
+        ([np.zeros((2, 3)), np.ones(4, np.float32)], "tensor 1 has dtype float32, expected float64"),
     ],
 )
 def test_update_problem_names_the_defect(update, reason):
-    assert update_problem(update, [(2, 3), (4,)]) == reason
+    assert update_problem(update, SHAPES, DTYPES) == reason
 
 
 def test_metric_means_are_example_weighted_and_skip_non_numeric():
