@@ -101,4 +101,7 @@ def client_split(
         order = order[:max_samples]
     num_val = int(round(len(order) * validation_fraction))
     val, trn = order[:num_val], order[num_val:]
+    if len(trn) == 0:
+        raise ValueError(f"{len(order)} samples with validation-fraction = {validation_fraction} "
+                         "leave none to train on")
     return data.subset(torch.from_numpy(trn)), data.subset(torch.from_numpy(val))

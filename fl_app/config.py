@@ -66,6 +66,14 @@ def _off_or_at_least(minimum: float) -> Callable[[Any], str | None]:
     return check
 
 
+def _off_or_within(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        numeric = isinstance(v, int | float) and not isinstance(v, bool)
+        return None if numeric and (v == 0 or low <= v <= high) else f"0 or a number in [{low:g}, {high:g}]"
+
+    return check
+
+
 def _choice(*allowed: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in allowed else "one of " + ", ".join(f"'{a}'" for a in allowed)
@@ -86,6 +94,10 @@ def _bool(v: Any) -> str | None:
 
 
 INF = float("inf")
+# Below σ = 1e-6 the accountant overflows (and there is no privacy to account); clipping
+# norms and σ above 1e6 make the noise σS overflow float32 weights.
+MIN_NOISE_MULTIPLIER = 1e-6
+MAX_SCALE = 1e6
 AUTO = "auto"
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -117,13 +129,13 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "server-learning-rate": _float(0, INF, True, True),
     "dp-mode": _choice(*DP_MODES),
     "dp-clipping": _choice(*CLIPPING_MODES),
-    "dp-clipping-norm": _float(0, INF, True, True),
-    "dp-noise-multiplier": _float(0, INF, False, True),
+    "dp-clipping-norm": _float(0, MAX_SCALE, True, False),
+    "dp-noise-multiplier": _off_or_within(MIN_NOISE_MULTIPLIER, MAX_SCALE),
     "dp-target-epsilon": _float(0, INF, False, True),
     "dp-delta": _float(0, 1, True, True),
     "dp-clients-per-round": _float(0, INF, True, True),
     "dp-accountant": _choice(*ACCOUNTANTS),
-    "dp-max-grad-norm": _float(0, INF, True, True),
+    "dp-max-grad-norm": _float(0, MAX_SCALE, True, False),
     "dp-target-quantile": _float(0, 1, True, True),
     "dp-clip-learning-rate": _float(0, INF, True, True),
     "dp-clipped-count-stddev": _float(0, INF, True, True),
@@ -360,6 +372,17 @@ def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) ->
         raise ConfigError(
             f"Invalid run-config: num-attackers = {cfg.num_attackers} "
             f"(allowed: at most the {num_partitions} clients of this federation)"
+        )
+    if cfg.dp_mode == "central" and cfg.dp_clients_per_round > num_partitions:
+        raise ConfigError(
+            f"Invalid run-config: dp-clients-per-round = {cfg.dp_clients_per_round:g} "
+            f"(allowed: at most the {num_partitions} clients of this federation)"
+        )
+    if cfg.samples_per_client and round(cfg.samples_per_client * cfg.validation_fraction) >= cfg.samples_per_client:
+        raise ConfigError(
+            f"Invalid run-config: validation-fraction = {cfg.validation_fraction} (allowed: a "
+            f"fraction that leaves at least one of samples-per-client = {cfg.samples_per_client} "
+            "samples to train on)"
         )
     cohort = max(int(num_partitions * cfg.fraction_fit), cfg.min_fit_clients)
     f = cfg.num_malicious_clients

@@ -81,12 +81,12 @@ def test_waiting_for_more_clients_than_exist_is_refused(default_run_config):
     "key, value, allowed",
     [
         ("dp-mode", "both", "one of 'off', 'central', 'local'"),
-        ("dp-max-grad-norm", 0.0, "a number in (0, infinity)"),
+        ("dp-max-grad-norm", 0.0, "a number in (0, 1e+06]"),
         ("dp-clipping", "auto", "one of 'server', 'client', 'adaptive'"),
-        ("dp-clipping-norm", 0.0, "a number in (0, infinity)"),
+        ("dp-clipping-norm", 0.0, "a number in (0, 1e+06]"),
         ("dp-delta", 1.0, "a number in (0, 1)"),
         ("dp-delta", 0.0, "a number in (0, 1)"),
-        ("dp-noise-multiplier", -1.0, "a number in [0, infinity)"),
+        ("dp-noise-multiplier", -1.0, "0 or a number in [1e-06, 1e+06]"),
         ("dp-clients-per-round", 0.0, "a number in (0, infinity)"),
         ("dp-accountant", "gdp", "one of 'rdp', 'prv'"),
         ("server-learning-rate", 0.0, "a number in (0, infinity)"),
@@ -134,3 +134,19 @@ def test_auto_keys_follow_the_dp_mode_and_explicit_values_win(default_run_config
         AppConfig.from_run_config(default_run_config | {"seed": "auto"})
     with pytest.raises(ConfigError, match=r"model = 'mlp' \(allowed: one of 'cnn', 'tanh-cnn', or 'auto'\)"):
         AppConfig.from_run_config(default_run_config | {"model": "mlp"})
+
+
+def test_values_that_used_to_fail_late_are_refused_up_front(default_run_config):
+    """Each of these passed validation and then failed in round 1 or trained a NaN model."""
+    central = default_run_config | {"dp-mode": "central", "dp-noise-multiplier": 1.0}
+    cfg = AppConfig.from_run_config(central | {"dp-clients-per-round": 10})
+    with pytest.raises(ConfigError, match=r"dp-clients-per-round = 10 \(allowed: at most the 3 clients"):
+        check_partitioning(cfg, 3, 60_000)
+    with pytest.raises(ConfigError, match=r"dp-noise-multiplier = 1e-300 \(allowed: 0 or a number in \[1e-06, 1e\+06\]"):
+        AppConfig.from_run_config(central | {"dp-noise-multiplier": 1e-300})
+    with pytest.raises(ConfigError, match=r"dp-clipping-norm = 1e\+308 \(allowed: a number in \(0, 1e\+06\]"):
+        AppConfig.from_run_config(central | {"dp-clipping-norm": 1e308})
+    tiny = AppConfig.from_run_config(default_run_config | {"samples-per-client": 2, "validation-fraction": 0.9})
+    with pytest.raises(ConfigError, match=r"validation-fraction = 0.9 \(allowed: a fraction that leaves at least "
+                                          r"one of samples-per-client = 2 samples to train on"):
+        check_partitioning(tiny, 10, 60_000)

@@ -115,3 +115,8 @@ def test_concurrent_first_calls_of_a_cached_loader_compute_once():
         thread.join()
     assert calls == ["mnist"]
     assert len(results) == 16 and all(r is results[0] for r in results)
+
+
+def test_a_split_that_leaves_nothing_to_train_on_is_refused_with_its_numbers(train):
+    with pytest.raises(ValueError, match=r"2 samples with validation-fraction = 0.9 leave none to train on"):
+        client_split(train, np.arange(2), seed=0, max_samples=0, validation_fraction=0.9)
