@@ -22,6 +22,7 @@ DATA := $(abspath $(DATA_DIR))
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (flwr 1.42, flwr-datasets 0.6, tomllib); $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
