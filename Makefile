@@ -1,11 +1,11 @@
 # Set up a virtual environment, run the reference experiment, run the tests.
 #   make run    - the reference experiment: 10 clients x 6000 IID MNIST samples, 10 rounds
 #   make test   - the test suite (unit + end-to-end simulations)
-# Variables: DATA_DIR (holds MNIST/raw), NUM_CLIENTS, ROUNDS, RUN_CONFIG, PYTHON, VENV.
+# Variables: DATA_DIR (holds MNIST/raw; default ~/.cache/fl-app/data), NUM_CLIENTS, ROUNDS, RUN_CONFIG, PYTHON, VENV.
 
 PYTHON ?= python3
 VENV ?= .venv
-DATA_DIR ?= ../shared/data
+DATA_DIR ?= $(HOME)/.cache/fl-app/data
 NUM_CLIENTS ?= 10
 ROUNDS ?= 10
 CPUS_PER_CLIENT ?= 1
@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := $(abspath $(DATA_DIR))
 
-.PHONY: install run test clean
+.PHONY: install data run test clean
 
 install: $(STAMP)
 
@@ -28,14 +28,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-run: $(STAMP)
+# MNIST into DATA_DIR, downloaded once (11 MB) if it is not there: before any run or test,
+# so that nothing downloads during the tests.
+data: $(STAMP)
+	$(BIN)/python -m data.mnist "$(DATA)"
+
+run: data
 	$(BIN)/python run_simulation.py --num-clients $(NUM_CLIENTS) --rounds $(ROUNDS) \
 		--cpus-per-client $(CPUS_PER_CLIENT) --gpus-per-client $(GPUS_PER_CLIENT) \
 		--run-config "data-dir='$(DATA)' $(RUN_CONFIG)"
 
 # Unit tests on two workers (one test file each at a time); then the integration tests,
 # one at a time: they time federations of several processes.
-test: $(STAMP)
+test: data
 	FL_APP_MNIST_DIR="$(DATA)" $(BIN)/python -m pytest -m "not integration" -n 2 --dist loadfile
 	FL_APP_MNIST_DIR="$(DATA)" $(BIN)/python -m pytest -m integration
 

@@ -59,7 +59,7 @@ def ensure_mnist(data_dir: str | Path, download: bool) -> Path:
             MNIST(str(root), train=True, download=True)
             MNIST(str(root), train=False, download=True)
         except Exception as err:  # network, disk or mirror failure: all mean "no data"
-            problem = f"download failed: {err}"
+            problem = "download failed: " + " ".join(str(err).split())
         if not missing_files(root):
             return root
     raise DataUnavailableError(
@@ -82,3 +82,25 @@ def load_mnist(data_dir: str, train: bool) -> TensorDataset:
     images = raw.data.unsqueeze(1).to(torch.float32).div_(255.0)
     images.sub_(MNIST_MEAN).div_(MNIST_STD)
     return TensorDataset(images.contiguous(), raw.targets.to(torch.int64))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m data.mnist DATA_DIR`: make sure MNIST is in DATA_DIR (downloading it
+    once, checksummed by torchvision, if missing); one line either way."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split(";")[0])
+    parser.add_argument("data_dir", help="folder to hold MNIST/raw/*-ubyte")
+    args = parser.parse_args(argv)
+    try:
+        root = ensure_mnist(args.data_dir, download=True)
+    except DataUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"MNIST is in {root / 'MNIST' / 'raw'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
