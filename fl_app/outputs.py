@@ -1,8 +1,18 @@
 """The run directory: config.json, history.jsonl, summary.json, model.pt, curves.png,
-checkpoint.npz (see `checkpoint`) and, with `tensorboard = true`, tensorboard/."""
+checkpoint.npz (see `checkpoint`) and, with `tensorboard = true`, tensorboard/.
 
+Files are written whole to a temporary name (created new, `O_EXCL | O_NOFOLLOW`) and
+renamed over their target; history.jsonl is appended to with `O_NOFOLLOW`. Nothing is
+written through a symbolic link in a run directory: a link at a target or temporary
+name is refused with `SymlinkError` (the run directory itself, or a folder above it,
+may be a link).
+"""
+
+import errno
+import io
 import json
 import math
+import os
 import time
 from collections import OrderedDict
 from datetime import datetime
@@ -25,6 +35,65 @@ HISTORY_FIELDS = (
     "num_fit_clients",
     "seconds",
 )
+
+
+class SymlinkError(OSError):
+    """A symbolic link where the app writes into a run directory."""
+
+
+def symlink_message(path: Path) -> str:
+    """Why the link at `path` stops a run, on one line."""
+    return (f"{path} is a symbolic link (to {os.readlink(path)}): nothing in a run directory "
+            "is written through a link; replace it with a regular file or remove it")
+
+
+def find_symlink(run_dir: Path) -> Path | None:
+    """The first symbolic link in `run_dir` or below it, if any."""
+    for folder, subfolders, files in os.walk(run_dir):
+        for name in sorted(subfolders + files):
+            if os.path.islink(os.path.join(folder, name)):
+                return Path(folder) / name
+    return None
+
+
+def _refuse_symlink(path: Path) -> None:
+    if path.is_symlink():
+        raise SymlinkError(symlink_message(path))
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o666, durable: bool = False) -> None:
+    """Write `data` to `path` through a new temporary file `.<name>.tmp` beside it and a
+    rename, refusing a symbolic link at either name (a leftover regular temporary file
+    is replaced). `durable`: the file and the directory are synced to disk first."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    _refuse_symlink(path)
+    _refuse_symlink(temporary)
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(temporary, path)
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append `text` to the existing regular file `path`, never through a symbolic link."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise SymlinkError(symlink_message(path)) from None
+        raise
+    with os.fdopen(descriptor, "a") as f:
+        f.write(text)
 
 
 def resolve_output_dir(output_dir: str) -> Path:
@@ -85,13 +154,12 @@ class RunRecorder:
         self.started = time.perf_counter() - resumed_seconds
         self.resumed_rounds = len(self.rows)
         if resumed_rows is None:
-            (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_atomically(run_dir / "config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
         history = "".join(json.dumps(row) + "\n" for row in self.rows)
-        temporary = run_dir / ".history.jsonl.tmp"
-        temporary.write_text(history)
-        temporary.replace(run_dir / "history.jsonl")
+        write_atomically(run_dir / "history.jsonl", history.encode())
         self.writer = None
         if tensorboard:
+            _refuse_symlink(run_dir / "tensorboard")
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run drops what the interrupted one logged after its checkpoint
@@ -105,8 +173,7 @@ class RunRecorder:
         """Append one round's row to history.jsonl (and TensorBoard) and log it on one
         line with the estimated time to the end."""
         self.rows.append(row)
-        with open(self.run_dir / "history.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.run_dir / "history.jsonl", json.dumps(row) + "\n")
         if self.writer is not None:
             for field, tag in TENSORBOARD_SCALARS.items():
                 value = row.get(field)
@@ -130,13 +197,15 @@ class RunRecorder:
         keys = list(net.state_dict().keys())
         state = OrderedDict((k, torch.from_numpy(np.array(w))) for k, w in zip(keys, weights))
         net.load_state_dict(state)  # proves the file will load into the run's model
-        torch.save(state, self.run_dir / "model.pt")
+        model = io.BytesIO()
+        torch.save(state, model)
+        write_atomically(self.run_dir / "model.pt", model.getvalue())
         summary = summarize(self.rows, time.perf_counter() - self.started)
         summary.update(extra or {})
         summary["run_dir"] = str(self.run_dir)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-                                                   encoding="utf-8")
-        plot_curves(self.rows, self.run_dir / "curves.png")
+        write_atomically(self.run_dir / "summary.json",
+                         (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        write_atomically(self.run_dir / "curves.png", plot_curves(self.rows))
         if self.writer is not None:
             self.writer.close()
         for line in summary_table(summary):
@@ -203,8 +272,8 @@ def summarize(rows: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]
     }
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy and loss per round, centralized (test set) and federated (clients)."""
+def plot_curves(rows: list[dict[str, Any]]) -> bytes:
+    """Accuracy and loss per round, centralized (test set) and federated (clients), as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,5 +300,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     loss_ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
     loss_ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    return png.getvalue()

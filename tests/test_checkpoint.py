@@ -1,20 +1,35 @@
 """Checkpoints, resuming and reproducibility, on in-process federations (the app's
 clients, strategy and server without Flower's transport; the SIGKILL test with Flower's
-simulation engine is in test_integration.py)."""
+simulation engine is in test_integration.py), and the validation of a checkpoint on
+load: a damaged or edited one stops `run_simulation.py` with one line and exit 2."""
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import run_simulation
 from federation import Crash, run_federation
 from fl_app.checkpoint import CHECKPOINT, Checkpoint, CheckpointError, global_rng_state, load_checkpoint, save_checkpoint
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, check_resumable
+from fl_app.model import seeded_model
+from fl_app.task import get_weights
 
 TIMING = ("seconds",)
+SMALL = {"samples-per-client": 150, "eval-samples": 500, "local-epochs": 1, "num-server-rounds": 3,
+         "fraction-fit": 0.5, "fraction-evaluate": 0.5, "min-fit-clients": 2, "min-available-clients": 2,
+         "min-evaluate-clients": 2}
+CENTRAL_DP = {"dp-mode": "central", "dp-noise-multiplier": 0.05, "dp-clients-per-round": 2.0,
+              "dp-clipping": "adaptive", "dp-clipped-count-stddev": 1.0, "dp-clipping-norm": 1.0,
+              "strategy": "fedavgm", "server-momentum": 0.5, "dp-reproducible-noise": True}
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -25,31 +40,30 @@ def comparable(rows: list[dict]) -> list[dict]:
 @pytest.fixture
 def config(default_run_config, mnist_dir):
     """4 clients × 150 samples, 3 rounds, half of them sampled per round."""
-    return default_run_config | {
-        "data-dir": mnist_dir, "samples-per-client": 150, "eval-samples": 500, "local-epochs": 1,
-        "num-server-rounds": 3, "fraction-fit": 0.5, "fraction-evaluate": 0.5,
-        "min-fit-clients": 2, "min-available-clients": 2, "min-evaluate-clients": 2,
-    }
+    return default_run_config | {"data-dir": mnist_dir} | SMALL
 
 
-def test_checkpoint_round_trip_and_atomic_write(tmp_path):
+def test_checkpoint_round_trip_and_atomic_write(tmp_path, default_run_config):
     (tmp_path / "config.json").write_text("{}")
     rng = np.random.default_rng(3)
+    weights = get_weights(seeded_model("cnn", 1))
     ckpt = Checkpoint(
-        round=2, weights=[rng.normal(size=(3, 4)).astype(np.float32), np.arange(5)],
-        history=[{"round": 0, "centralized_loss": float("nan"), "federated_loss": None}],
-        row={"round": 2, "epsilon": 0.5},
-        strategy={"attributes": {"m_t": [np.ones(3)], "note": "x"}},
+        round=1, weights=weights,
+        history=[{"round": 0, "centralized_loss": float("nan"), "centralized_accuracy": 0.1,
+                  "federated_loss": None, "seconds": 0.5}],
+        row={"round": 1, "centralized_loss": 0.4, "centralized_accuracy": 0.9, "epsilon": 0.5},
+        strategy={"attributes": {"m_t": [np.ones_like(w) for w in weights]}},
         sampler={"rng": rng.bit_generator.state}, rng=global_rng_state(),
-        config={"seed": 1}, wall_seconds=12.5, num_nodes=4,
+        config=AppConfig.from_run_config(default_run_config | {"model": "cnn"}).to_run_config(),
+        wall_seconds=12.5, num_nodes=4,
     )
     save_checkpoint(tmp_path, ckpt)
     assert sorted(os.listdir(tmp_path)) == [CHECKPOINT, "config.json"]  # no temporary left
     assert (tmp_path / CHECKPOINT).stat().st_mode & 0o777 == 0o600  # the operator's alone
     loaded = load_checkpoint(tmp_path)
-    assert loaded.round == 2 and loaded.row == {"round": 2, "epsilon": 0.5} and loaded.wall_seconds == 12.5 and loaded.config == {"seed": 1}
+    assert loaded.round == 1 and loaded.row == ckpt.row and loaded.wall_seconds == 12.5 and loaded.config == ckpt.config
     assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded.weights, ckpt.weights))
-    assert np.array_equal(loaded.strategy["attributes"]["m_t"][0], np.ones(3))
+    assert np.array_equal(loaded.strategy["attributes"]["m_t"][0], np.ones_like(weights[0]))
     assert loaded.sampler["rng"] == rng.bit_generator.state  # 128-bit PCG64 state survives JSON
     assert np.isnan(loaded.history[0]["centralized_loss"]) and loaded.history[0]["federated_loss"] is None
 
@@ -61,7 +75,7 @@ def test_resume_from_a_directory_that_cannot_be_resumed(tmp_path):
     with pytest.raises(CheckpointError, match="has no checkpoint.npz"):
         load_checkpoint(tmp_path)
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="is unreadable"):
+    with pytest.raises(CheckpointError, match="the file is unreadable .BadZipFile: File is not a zip file."):
         load_checkpoint(tmp_path)
 
 
@@ -118,12 +132,8 @@ def test_same_seed_gives_the_same_history_whatever_the_node_ids(config, mnist_di
     assert not (tmp_path / "a" / "tensorboard").exists()
 
 
-@pytest.mark.parametrize("extra", [
-    {"strategy": "fedadam", "server-learning-rate": 0.01},
-    {"dp-mode": "central", "dp-noise-multiplier": 0.05, "dp-clients-per-round": 2.0,
-     "dp-clipping": "adaptive", "dp-clipped-count-stddev": 1.0, "dp-clipping-norm": 1.0,
-     "strategy": "fedavgm", "server-momentum": 0.5, "dp-reproducible-noise": True},
-], ids=["fedadam", "central-dp-adaptive-fedavgm"])
+@pytest.mark.parametrize("extra", [{"strategy": "fedadam", "server-learning-rate": 0.01}, CENTRAL_DP],
+                         ids=["fedadam", "central-dp-adaptive-fedavgm"])
 def test_resumed_run_equals_the_uninterrupted_one(config, mnist_dir, tmp_path, extra):
     """Server optimizer moments, momentum, accountant, adaptive clipping norm and every
     generator are restored: the resumed run ends bitwise where the uninterrupted one does,
@@ -144,3 +154,205 @@ def test_resumed_run_equals_the_uninterrupted_one(config, mnist_dir, tmp_path, e
         summary = json.loads((tmp_path / "crashed" / "summary.json").read_text())
         assert summary["privacy"]["epsilon"] == epsilons[-1]
         assert summary["privacy"]["rounds_accounted"] == 3 and not summary["privacy"]["valid_claim"]
+
+
+@pytest.fixture(scope="module")
+def interrupted(default_run_config, mnist_dir, tmp_path_factory) -> Path:
+    """The run directory of a central-DP run (DP-FedAvg over FedAvgM, tanh-cnn) killed
+    right after round 1's checkpoint, of 3 rounds."""
+    run_dir = tmp_path_factory.mktemp("interrupted") / "run"
+    with pytest.raises(Crash):
+        run_federation(default_run_config | {"data-dir": mnist_dir} | SMALL | CENTRAL_DP, 4, mnist_dir, run_dir,
+                       node_seed=2, crash_after=1)
+    return run_dir
+
+
+Edit = Callable[[dict, dict], None]
+
+
+def edited_copy(source: Path, target: Path, edit: Edit) -> Path:
+    """A copy of run directory `source` whose checkpoint's JSON document and arrays were
+    changed by `edit(document, arrays)` and written back as the app writes them."""
+    shutil.copytree(source, target)
+    path = target / CHECKPOINT
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    document = json.loads(arrays.pop("__document__").tobytes())
+    edit(document, arrays)
+    np.savez(path, __document__=np.frombuffer(json.dumps(document).encode(), dtype=np.uint8), **arrays)
+    return target
+
+
+def array(arrays: dict, reference: dict) -> np.ndarray:
+    return arrays[reference["__array__"]]
+
+
+def set_array(arrays: dict, reference: dict, value: np.ndarray) -> None:
+    arrays[reference["__array__"]] = value
+
+
+def set_nan(arrays: dict, reference: dict) -> None:
+    value = array(arrays, reference).copy()
+    value.flat[3] = np.nan
+    set_array(arrays, reference, value)
+
+
+def dp_state(document: dict) -> dict:
+    return document["strategy"]["state_dict"]
+
+
+EDITS: dict[str, tuple[Edit, str]] = {  # what was hand-edited -> the one line that refuses it
+    "round-99": (lambda d, a: d.update(round=99),
+                 "round = 99 (allowed: an integer in [1, 3], num-server-rounds of the run)"),
+    "round-negative": (lambda d, a: d.update(round=-3), "round = -3 (allowed: an integer in [1, 3]"),
+    "round-0": (lambda d, a: d.update(round=0), "round = 0 (allowed: an integer in [1, 3]"),
+    "round-text": (lambda d, a: d.update(round="1"), "round = '1' (allowed: an integer in [1, 3]"),
+    "weights-int8": (lambda d, a: set_array(a, d["weights"][0], array(a, d["weights"][0]).astype(np.int8)),
+                     "weights[0] (conv1.weight) = int8 array of shape (16, 1, 8, 8) (allowed: a float32 (or wider "
+                     "float) array of shape (16, 1, 8, 8), as in model 'tanh-cnn')"),
+    "weights-float16": (lambda d, a: set_array(a, d["weights"][1], array(a, d["weights"][1]).astype(np.float16)),
+                        "weights[1] (conv1.bias) = float16 array of shape (16,) (allowed: a float32 (or wider "
+                        "float) array of shape (16,), as in model 'tanh-cnn')"),
+    "weights-nan": (lambda d, a: set_nan(a, d["weights"][2]),
+                    "weights[2] (conv2.weight) = float32 array of shape (32, 16, 4, 4) with 1 NaN or "
+                    "infinite values (allowed: finite values only)"),
+    "weights-shape": (lambda d, a: set_array(a, d["weights"][7], array(a, d["weights"][7])[:9]),
+                      "weights[7] (fc2.bias) = float32 array of shape (9,) (allowed: a float32 (or wider float) "
+                      "array of shape (10,), as in model 'tanh-cnn')"),
+    "weights-missing": (lambda d, a: d["weights"].pop(),
+                        "weights = a list of 7 items (allowed: a list of the 8 arrays of model 'tanh-cnn')"),
+    "weights-dangling": (lambda d, a: d["weights"].__setitem__(0, {"__array__": "a999"}),
+                         "a field refers to an array the file does not hold (KeyError: 'a999')"),
+    "history-dropped": (lambda d, a: d.update(history=[]),
+                        "history rounds = [] (allowed: [0], the rows recorded before round 1)"),
+    "history-renumbered": (lambda d, a: d["history"][0].update(round=5),
+                           "history rounds = [5] (allowed: [0], the rows recorded before round 1)"),
+    "row-round": (lambda d, a: d["row"].update(round=2), "row.round = 2 (allowed: 1, the round)"),
+    "accuracy": (lambda d, a: d["row"].update(centralized_accuracy=1.5),
+                 "row.centralized_accuracy = 1.5 (allowed: a number in [0, 1])"),
+    "format": (lambda d, a: d.update(format=1),
+               "format = 1 (allowed: 2; the file was written by another version of the app)"),
+    "field-missing": (lambda d, a: d.pop("rng"), "field 'rng' is missing (allowed: the fields round, weights"),
+    "field-unknown": (lambda d, a: d.update(extra=1), "field 'extra' is unknown (allowed: the fields round,"),
+    "config": (lambda d, a: d["config"].update({"num-server-rounds": 0}),
+               "config: num-server-rounds = 0 (allowed: an integer >= 1, or 'auto')"),
+    "wall-seconds": (lambda d, a: d.update(wall_seconds=float("nan")),
+                     "wall_seconds = nan (allowed: a finite number >= 0)"),
+    "num-nodes": (lambda d, a: d.update(num_nodes=0),
+                  "num_nodes = 0 (allowed: an integer >= min-available-clients = 2)"),
+    "rng-torch": (lambda d, a: set_array(a, d["rng"]["torch"], array(a, d["rng"]["torch"])[:10]),
+                  "rng.torch = uint8 array of shape (10,) (allowed: a generator state; RuntimeError: "),
+    "sampler-rng": (lambda d, a: d["sampler"]["rng"].update(bit_generator="MT19937"),
+                    "sampler.rng = {'bit_generator': 'MT19937', "),
+    "sigma-lowered": (lambda d, a: dp_state(d).update(noise_multiplier=0.001),
+                      "strategy.state_dict.noise_multiplier = 0.001 (allowed: 0.05, dp-noise-multiplier)"),
+    "accountant-reset": (lambda d, a: dp_state(d)["accountant"].update(history=[]),
+                         "strategy.state_dict.accountant.history = [] (allowed: [[sigma, q, steps]] = "
+                         "[[0.05, 0.5, 1]]: one step per round so far)"),
+    "accountant-q": (lambda d, a: dp_state(d)["accountant"].update(history=[[0.05, 0.01, 1]]),
+                     "strategy.state_dict.accountant.history = [[0.05, 0.01, 1]] (allowed:"),
+    "accountant-delta": (lambda d, a: dp_state(d)["accountant"].update(delta=0.1),
+                         "strategy.state_dict.accountant = {'accountant': 'rdp', 'delta': 0.1, "),
+    "population": (lambda d, a: dp_state(d).update(population=["a"]),
+                   "strategy.state_dict.population = ['a'] (allowed: at least dp-clients-per-round = 2 "
+                   "distinct client keys)"),
+    "momentum-nan": (lambda d, a: set_nan(a, dp_state(d)["server_optimizer"]["attributes"]["momentum_vector"][6]),
+                     "strategy.state_dict.server_optimizer.attributes.momentum_vector[6] (fc2.weight) = float32 "
+                     "array of shape (10, 32) with 1 NaN or infinite values"),
+}
+
+
+def test_an_intact_checkpoint_passes_every_check(interrupted, mnist_dir):
+    checkpoint = load_checkpoint(interrupted)
+    assert checkpoint.round == 1 and [r["round"] for r in checkpoint.history] == [0]
+    overrides = {"data-dir": mnist_dir, "resume-from": str(interrupted)} | SMALL | CENTRAL_DP
+    args = run_simulation.parse_args(["--num-clients", "4", "--run-config", " ".join(
+        f"{k}={run_simulation.toml_value(v)}" for k, v in overrides.items())])
+    assert run_simulation.resolve_run_config(args)["resume-from"] == str(interrupted)  # the pre-flight passes
+
+
+@pytest.mark.parametrize("case", EDITS)
+def test_an_edited_checkpoint_is_refused_with_one_line(interrupted, tmp_path, case):
+    edit, message = EDITS[case]
+    run_dir = edited_copy(interrupted, tmp_path / "run", edit)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(run_dir)
+    assert str(refused.value).startswith(f"Invalid checkpoint {run_dir / CHECKPOINT}: {message}")
+    assert "\n" not in str(refused.value)
+
+
+def damage(path: Path, how: str) -> None:
+    """Zero the file, cut it in half or flip one bit in its middle (in the weights)."""
+    data = bytearray(path.read_bytes())
+    if how == "zero-byte":
+        data = bytearray()
+    elif how == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how, detail", [
+    ("zero-byte", "BadZipFile: File is not a zip file"),
+    ("truncated", "BadZipFile: File is not a zip file"),
+    ("bit-flipped", "ValueError: bad CRC-32 for a"),
+])
+def test_a_damaged_checkpoint_is_refused_with_one_line(interrupted, tmp_path, capsys, mnist_dir, how, detail):
+    """Through run_simulation.py's pre-flight: one line on stderr, exit 2, nothing started."""
+    run_dir = shutil.copytree(interrupted, tmp_path / "run")
+    damage(run_dir / CHECKPOINT, how)
+    code = run_simulation.main(["--num-clients", "4", "--run-config",
+                                f"data-dir='{mnist_dir}' resume-from='{run_dir}'"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"run_simulation: Invalid checkpoint {run_dir / CHECKPOINT}: the file is unreadable "
+                          f"({detail}") and err.endswith("; it is truncated or corrupted\n")
+    assert err.count("\n") == 1
+
+
+def test_run_simulation_refuses_a_corrupted_checkpoint_before_starting(interrupted, tmp_path, mnist_dir):
+    """End to end: `python run_simulation.py` on a hand-edited checkpoint (round = 99) and
+    on a truncated one prints one line, no traceback, and exits 2."""
+    for case in ("round-99", "truncated"):
+        if case == "truncated":
+            run_dir = shutil.copytree(interrupted, tmp_path / case)
+            damage(run_dir / CHECKPOINT, case)
+            expected = "the file is unreadable (BadZipFile: File is not a zip file)"
+        else:
+            run_dir = edited_copy(interrupted, tmp_path / case, EDITS[case][0])
+            expected = EDITS[case][1]
+        result = subprocess.run(
+            [sys.executable, str(Path(run_simulation.__file__)), "--num-clients", "4", "--run-config",
+             f"data-dir='{mnist_dir}' resume-from='{run_dir}'"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"run_simulation: Invalid checkpoint {run_dir / CHECKPOINT}: {expected}")
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_symbolic_link_in_the_run_directory_is_refused_before_anything_runs(interrupted, tmp_path, capsys,
+                                                                               mnist_dir):
+    run_dir = shutil.copytree(interrupted, tmp_path / "run")
+    victim = tmp_path / "victim.json"
+    victim.write_text("precious")
+    (run_dir / "summary.json").symlink_to(victim)
+    code = run_simulation.main(["--num-clients", "4", "--run-config",
+                                f"data-dir='{mnist_dir}' resume-from='{run_dir}'"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"run_simulation: resume-from = '{run_dir}' cannot be resumed: {run_dir / 'summary.json'} is a "
+        f"symbolic link (to {victim}): nothing in a run directory is written through a link; replace it "
+        "with a regular file or remove it\n")
+    (run_dir / "summary.json").unlink()
+    (run_dir / "tensorboard").mkdir()
+    (run_dir / "tensorboard" / "events").symlink_to(victim)
+    with pytest.raises(CheckpointError, match=f"{run_dir / 'tensorboard' / 'events'} is a symbolic link"):
+        load_checkpoint(run_dir)
+    assert victim.read_text() == "precious"
+
+
+def test_the_run_directory_itself_may_be_a_link(interrupted, tmp_path):
+    """Links inside a run directory are refused, not a linked run directory or outputs folder."""
+    (tmp_path / "linked").symlink_to(interrupted)
+    assert load_checkpoint(tmp_path / "linked").round == 1

@@ -1,9 +1,13 @@
 import json
+import os
+from pathlib import Path
 
+import pytest
 import torch
 
+from fl_app.checkpoint import CHECKPOINT, Checkpoint, save_checkpoint
 from fl_app.model import Net, seeded_net
-from fl_app.outputs import HISTORY_FIELDS, RunRecorder, new_run_dir
+from fl_app.outputs import HISTORY_FIELDS, RunRecorder, SymlinkError, new_run_dir
 from fl_app.task import get_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,3 +48,78 @@ def test_run_directory_holds_every_output(tmp_path, caplog):
 def test_run_directories_never_collide(tmp_path):
     dirs = {new_run_dir(tmp_path, run_id=1) for _ in range(3)}
     assert len(dirs) == 3
+
+
+def resumed_run_dir(path: Path) -> Path:
+    """A run directory as an interrupted run leaves it: config.json and round 0's row."""
+    path.mkdir()
+    (path / "config.json").write_text('{"seed": 1}\n')
+    (path / "history.jsonl").write_text(json.dumps(row(0, 0.1)) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("name", ["summary.json", "model.pt", "curves.png", "history.jsonl", ".summary.json.tmp",
+                                  ".model.pt.tmp", ".curves.png.tmp", ".history.jsonl.tmp", "tensorboard"])
+def test_a_resumed_run_never_writes_through_a_link(tmp_path, name):
+    """Each file a resumed run writes (and its temporary name) refuses a symbolic link:
+    the link's target is left as it was."""
+    run_dir = resumed_run_dir(tmp_path / "run")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (run_dir / name).unlink(missing_ok=True)
+    (run_dir / name).symlink_to(victim)
+    with pytest.raises(SymlinkError) as refused:
+        recorder = RunRecorder(run_dir, {}, num_rounds=1, resumed_rows=[row(0, 0.1)],
+                               tensorboard=name == "tensorboard")
+        recorder.record(row(1, 0.5))
+        recorder.finish(get_weights(seeded_net(3)))
+    assert str(refused.value) == (f"{run_dir / name} is a symbolic link (to {victim}): nothing in a run "
+                                  "directory is written through a link; replace it with a regular file or remove it")
+    assert victim.read_text() == "precious" and (run_dir / name).is_symlink()
+
+
+def test_appending_to_a_history_replaced_by_a_link_is_refused(tmp_path):
+    run_dir = resumed_run_dir(tmp_path / "run")
+    recorder = RunRecorder(run_dir, {}, num_rounds=2, resumed_rows=[row(0, 0.1)])
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (run_dir / "history.jsonl").unlink()
+    (run_dir / "history.jsonl").symlink_to(victim)
+    with pytest.raises(SymlinkError, match="history.jsonl is a symbolic link"):
+        recorder.record(row(1, 0.5))
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("name", [CHECKPOINT, f".{CHECKPOINT}.tmp"])
+def test_a_checkpoint_is_never_written_through_a_link(tmp_path, name):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / name).symlink_to(victim)
+    checkpoint = Checkpoint(round=1, weights=[], history=[], row={}, strategy={}, sampler={}, rng={},
+                            config={}, wall_seconds=0.0, num_nodes=1)
+    with pytest.raises(SymlinkError, match=f"{name} is a symbolic link"):
+        save_checkpoint(tmp_path / "run", checkpoint)
+    assert victim.read_text() == "precious"
+
+
+def test_writes_replace_a_leftover_temporary_file_and_leave_none(tmp_path):
+    run_dir = resumed_run_dir(tmp_path / "run")
+    (run_dir / ".summary.json.tmp").write_text("left by a killed run")
+    recorder = RunRecorder(run_dir, {}, num_rounds=1, resumed_rows=[row(0, 0.1)])
+    recorder.record(row(1, 0.5))
+    recorder.finish(get_weights(seeded_net(3)))
+    assert sorted(os.listdir(run_dir)) == ["config.json", "curves.png", "history.jsonl", "model.pt", "summary.json"]
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 1
+
+
+def test_a_run_directory_reached_through_a_link_is_written(tmp_path):
+    """Only links inside a run directory are refused: the outputs folder may be a link."""
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "outputs").symlink_to(tmp_path / "disk")
+    recorder = RunRecorder(new_run_dir(tmp_path / "outputs", run_id=1), {"seed": 1}, num_rounds=1)
+    recorder.record(row(0, 0.1))
+    recorder.record(row(1, 0.5))
+    recorder.finish(get_weights(seeded_net(3)))
+    (run_dir,) = (tmp_path / "disk").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["final_accuracy"] == 0.5
