@@ -1,5 +1,6 @@
 # Set up a virtual environment, run the reference experiment, run the tests.
 #   make run    - the reference experiment: 10 clients x 6000 IID MNIST samples, 10 rounds
+#   make smoke  - a complete small run (5 clients, 3 rounds) in about 2 minutes
 #   make test   - the test suite (unit + end-to-end simulations)
 # Variables: DATA_DIR (holds MNIST/raw; default ~/.cache/fl-app/data), NUM_CLIENTS, ROUNDS, RUN_CONFIG, PYTHON, VENV.
 
@@ -17,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := $(abspath $(DATA_DIR))
 
-.PHONY: install data run test clean
+.PHONY: install data run smoke test clean
 
 install: $(STAMP)
 
@@ -37,6 +38,12 @@ run: data
 	$(BIN)/python run_simulation.py --num-clients $(NUM_CLIENTS) --rounds $(ROUNDS) \
 		--cpus-per-client $(CPUS_PER_CLIENT) --gpus-per-client $(GPUS_PER_CLIENT) \
 		--run-config "data-dir='$(DATA)' $(RUN_CONFIG)"
+
+# A complete small run (every output, plots included) in about 2 minutes on 2 CPU cores:
+# 5 clients x 1500 samples, 3 rounds, the reference CNN; ~96% test accuracy.
+smoke: data
+	$(BIN)/python run_simulation.py --num-clients 5 --rounds 3 \
+		--run-config "data-dir='$(DATA)' samples-per-client=1500 $(RUN_CONFIG)"
 
 # Unit tests on two workers (one test file each at a time); then the integration tests,
 # one at a time: they time federations of several processes.

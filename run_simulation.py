@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,11 @@ def run_status(link: LocalSuperLink, run_id: str) -> str:
 
 
 def simulate(args: argparse.Namespace, run_config: dict[str, Any], flwr_home: Path) -> int:
+    started = time.perf_counter()
+    print(f"run_simulation: starting a local SuperLink for {args.num_clients} simulated clients ...", flush=True)
     with LocalSuperLink(flwr_home, ray_address=args.ray_address) as link:
+        print(f"run_simulation: SuperLink up after {time.perf_counter() - started:.1f} s; submitting the run "
+              "(Ray and the client actors start next, then round 0 evaluates the initial model)", flush=True)
         write_connection(flwr_home, CONNECTION, link.address)
         federation = (
             f"num-supernodes={args.num_clients} "
