@@ -91,7 +91,7 @@ def setting(text: str) -> tuple[str, Any]:
 def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> Path:
     """One run_simulation.py run with `config` as its run-config (its `output-dir` must
     be `out_dir`); returns its summary.json."""
-    text = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in config.items())
+    text = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())  # TOML-like: true, "text", 1e-05
     command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(num_clients),
                "--run-config", text]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
