@@ -28,6 +28,7 @@ from data.mnist import DataUnavailableError, ensure_mnist
 from fl_app.checkpoint import CheckpointError, load_checkpoint
 from fl_app.config import AppConfig, ConfigError, check_partitioning, check_resumable, project_defaults
 from fl_app.local_superlink import LocalSuperLink, flower_executable, write_connection
+from fl_app.outputs import output_dir_problem
 from fl_app.server_app import MNIST_TRAIN_SIZE
 
 APP_DIR = Path(__file__).resolve().parent
@@ -91,6 +92,8 @@ def resolve_run_config(args: argparse.Namespace) -> dict[str, Any]:
     for key in PATH_KEYS:
         if merged[key]:
             merged[key] = str(Path(str(merged[key])).expanduser().resolve())
+    if not merged["resume-from"] and (problem := output_dir_problem(Path(merged["output-dir"]))):
+        raise ConfigError(f"Invalid run-config: output-dir = '{merged['output-dir']}' ({problem})")
     ensure_mnist(merged["data-dir"], cfg.data_download)
     if merged["resume-from"]:
         checkpoint = load_checkpoint(merged["resume-from"])

@@ -102,6 +102,19 @@ def resolve_output_dir(output_dir: str) -> Path:
     return Path(output_dir).expanduser().resolve()
 
 
+def output_dir_problem(output_dir: Path) -> str | None:
+    """Why run directories cannot be written under `output_dir` (it cannot be created or
+    written to), or None; checked before anything starts."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".fl-app-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        return f"not writable: {err.strerror or err}"
+    return None
+
+
 def new_run_dir(output_dir: Path, run_id: int) -> Path:
     """Create `<output_dir>/<YYYYmmdd-HHMMSS>-run<run_id>` (suffixed if it exists)."""
     stem = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-run{run_id}"

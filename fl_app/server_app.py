@@ -15,9 +15,9 @@ from flwr.server.strategy import Strategy
 from data.mnist import TensorDataset, ensure_mnist, load_mnist
 from fl_app.checkpoint import load_checkpoint
 from fl_app.client_manager import KeyedClientManager
-from fl_app.config import AppConfig, auto_settings, check_partitioning, check_resumable
+from fl_app.config import AppConfig, ConfigError, auto_settings, check_partitioning, check_resumable
 from fl_app.model import build_model, seeded_model
-from fl_app.outputs import RunRecorder, new_run_dir, resolve_output_dir
+from fl_app.outputs import RunRecorder, new_run_dir, output_dir_problem, resolve_output_dir
 from fl_app.release import ReleasePolicy
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
@@ -140,6 +140,8 @@ def main(grid: Grid, context: Context) -> None:
     (through SecAgg+ when `secure-aggregation = true`), or continue the run in
     `resume-from` after its last checkpoint."""
     cfg = AppConfig.from_run_config(context.run_config)
+    if not cfg.resume_from and (problem := output_dir_problem(resolve_output_dir(cfg.output_dir))):
+        raise ConfigError(f"Invalid run-config: output-dir = '{cfg.output_dir}' ({problem})")
     resume = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
     data_dir = ensure_mnist(cfg.data_dir, cfg.data_download)
     test_set = load_test_set(cfg, str(data_dir))

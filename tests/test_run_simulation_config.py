@@ -45,3 +45,24 @@ def test_unparseable_run_config_is_explained(capsys):
     code, err = run(capsys, "--run-config", "data-dir=../x")
     assert code == 2
     assert err.startswith("run_simulation: Invalid --run-config 'data-dir=../x'") and err.count("\n") == 1
+
+
+def test_values_that_used_to_fail_after_start_up_stop_with_one_line(capsys, mnist_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = [
+        (["--num-clients", "3"], "dp-mode='central' dp-clients-per-round=10 dp-noise-multiplier=1.0",
+         "Invalid run-config: dp-clients-per-round = 10 (allowed: at most the 3 clients of this federation)"),
+        ([], "dp-mode='central' dp-noise-multiplier=1e-300",
+         "Invalid run-config: dp-noise-multiplier = 1e-300 (allowed: 0 or a number in [1e-06, 1e+06])"),
+        ([], "dp-mode='central' dp-clipping-norm=1e308 dp-noise-multiplier=1.0",
+         "Invalid run-config: dp-clipping-norm = 1e+308 (allowed: a number in (0, 1e+06])"),
+        ([], "samples-per-client=2 validation-fraction=0.9",
+         "Invalid run-config: validation-fraction = 0.9 (allowed: a fraction that leaves at least one of "
+         "samples-per-client = 2 samples to train on)"),
+        ([], f"output-dir='{blocker}/outputs'",
+         f"Invalid run-config: output-dir = '{blocker}/outputs' (not writable: Not a directory)"),
+    ]
+    for argv, overrides, message in cases:
+        code, err = run(capsys, *argv, "--run-config", f"data-dir='{mnist_dir}' {overrides}")
+        assert (code, err) == (2, f"run_simulation: {message}\n")
