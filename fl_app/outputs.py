@@ -170,6 +170,12 @@ class RunRecorder:
             write_atomically(run_dir / "config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
         history = "".join(json.dumps(row) + "\n" for row in self.rows)
         write_atomically(run_dir / "history.jsonl", history.encode())
+        clients = run_dir / "clients.jsonl"
+        if resumed_rows is not None and clients.exists():  # cut back to the checkpoint's rounds
+            last = self.rows[-1]["round"] if self.rows else -1
+            kept = [line for line in clients.read_text().splitlines(keepends=True)
+                    if json.loads(line)["round"] <= last]
+            write_atomically(clients, "".join(kept).encode())
         self.writer = None
         if tensorboard:
             _refuse_symlink(run_dir / "tensorboard")
@@ -182,10 +188,14 @@ class RunRecorder:
     def wall_seconds(self) -> float:
         return time.perf_counter() - self.started
 
-    def record(self, row: dict[str, Any]) -> None:
+    def record(self, row: dict[str, Any], weights: list[np.ndarray] | None = None) -> None:
         """Append one round's row to history.jsonl (and TensorBoard) and log it on one
-        line with the estimated time to the end."""
+        line with the estimated time to the end; `weights`, the round's model, become
+        model_best.pt when its centralized accuracy beats every earlier round's."""
+        best = max((r["centralized_accuracy"] for r in self.rows), default=-math.inf)
         self.rows.append(row)
+        if weights is not None and row["centralized_accuracy"] > best:
+            self.save_model("model_best.pt", weights)
         append_text(self.run_dir / "history.jsonl", json.dumps(row) + "\n")
         if self.writer is not None:
             for field, tag in TENSORBOARD_SCALARS.items():
@@ -203,16 +213,30 @@ class RunRecorder:
             return ""
         return f" | ETA {format_duration(remaining * sum(timed) / len(timed))}"
 
-    def finish(self, weights: list[np.ndarray], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write model.pt, summary.json (with `extra`, e.g. the privacy statement) and
-        curves.png; return the summary."""
+    def save_model(self, name: str, weights: list[np.ndarray]) -> None:
+        """`weights` as the run model's state dict in `name` (loaded once to prove it fits)."""
         net = build_model(self.model)
         keys = list(net.state_dict().keys())
         state = OrderedDict((k, torch.from_numpy(np.array(w))) for k, w in zip(keys, weights))
-        net.load_state_dict(state)  # proves the file will load into the run's model
+        net.load_state_dict(state)
         model = io.BytesIO()
         torch.save(state, model)
-        write_atomically(self.run_dir / "model.pt", model.getvalue())
+        write_atomically(self.run_dir / name, model.getvalue())
+
+    def record_clients(self, rows: list[dict[str, Any]]) -> None:
+        """Append per-client figures of one round to clients.jsonl (created at the first)."""
+        path, text = self.run_dir / "clients.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
+        if not text:
+            return
+        if path.exists() or path.is_symlink():
+            append_text(path, text)
+        else:
+            write_atomically(path, text.encode())
+
+    def finish(self, weights: list[np.ndarray], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write model.pt, summary.json (with `extra`, e.g. the privacy statement) and
+        curves.png; return the summary."""
+        self.save_model("model.pt", weights)
         summary = summarize(self.rows, time.perf_counter() - self.started)
         summary.update(extra or {})
         summary["run_dir"] = str(self.run_dir)

@@ -14,6 +14,7 @@ from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures
 from fl_app.checkpoint import Checkpoint, global_rng_state, save_checkpoint, set_global_rng_state
 from fl_app.outputs import RunRecorder
 from fl_app.release import ReleasePolicy
+from strategies.client_reports import EVALUATE_METRICS, FIT_METRICS, is_finite_number
 from strategies.privacy_statement import LocalPrivacyLedger
 from strategies.state import load_strategy_state, strategy_state
 
@@ -131,7 +132,7 @@ class RecordingServer(Server):
         if server_round > 0 and self.release.client_figures:
             row.update(self._evaluate(server_round, timeout, history))
         row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - round_start
-        self.recorder.record(row)
+        self.recorder.record(row, parameters_to_ndarrays(self.parameters))
 
     def _save_checkpoint(self, server_round: int, row: dict[str, Any]) -> None:
         manager_state = getattr(self.client_manager(), "state_dict", dict)()
@@ -162,6 +163,21 @@ class RecordingServer(Server):
                 "differ from the interrupted run", checkpoint.num_nodes, self.num_nodes)
         return checkpoint.round + 1
 
+    def _record_clients(self, server_round: int, phase: str, results: list) -> None:
+        """Each reply's example count and finite numeric figures in clients.jsonl, when
+        the release policy lets client figures out (never by default under DP)."""
+        if not self.release.client_figures:
+            return
+        key = getattr(self.client_manager(), "key", lambda cid: cid)
+        known = FIT_METRICS if phase == "train" else ("loss", *EVALUATE_METRICS)
+        rows = []
+        for proxy, res in results:
+            figures = {"loss": getattr(res, "loss", None)} | dict(res.metrics)
+            rows.append({"round": server_round, "phase": phase, "client": key(proxy.cid),
+                         "num_examples": res.num_examples if isinstance(res.num_examples, int) else None}
+                        | {name: figures[name] for name in known if is_finite_number(figures.get(name))})
+        self.recorder.record_clients(rows)
+
     def _in_key_order(self, results: list) -> list:
         """`results` sorted by the client manager's stable client keys."""
         key = getattr(self.client_manager(), "key", None)
@@ -190,6 +206,7 @@ class RecordingServer(Server):
             for failure in failures:
                 log(WARNING, "round %s: a client failed: %s", server_round, failure_reason(failure))
         results = self._in_key_order(results)
+        self._record_clients(server_round, "train", results)
         if self.local_privacy is not None:
             key = getattr(self.client_manager(), "key", lambda cid: cid)
             for proxy, res in results:
@@ -211,6 +228,7 @@ class RecordingServer(Server):
             instructions, max_workers=self.max_workers, timeout=timeout, group_id=server_round,
         )
         results = self._in_key_order(results)
+        self._record_clients(server_round, "evaluate", results)
         loss, metrics = self.strategy.aggregate_evaluate(server_round, results, failures)
         return loss, metrics, (results, failures)
 

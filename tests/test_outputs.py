@@ -123,3 +123,41 @@ def test_a_run_directory_reached_through_a_link_is_written(tmp_path):
     recorder.finish(get_weights(seeded_net(3)))
     (run_dir,) = (tmp_path / "disk").iterdir()
     assert json.loads((run_dir / "summary.json").read_text())["final_accuracy"] == 0.5
+
+
+def test_the_best_rounds_model_is_saved_beside_the_final_one(tmp_path):
+    recorder = RunRecorder(tmp_path, {"seed": 1}, num_rounds=3)
+    models = [get_weights(seeded_net(s)) for s in range(4)]
+    for r, acc in enumerate([0.1, 0.8, 0.8, 0.7]):
+        recorder.record(row(r, acc), models[r])
+    summary = recorder.finish(models[3])
+    best, final = Net(), Net()
+    best.load_state_dict(torch.load(tmp_path / "model_best.pt"))
+    final.load_state_dict(torch.load(tmp_path / "model.pt"))
+    assert summary["best_round"] == 1  # the first of equally good rounds, as in summary.json
+    assert all((a == b).all() for a, b in zip(get_weights(best), models[1]))
+    assert all((a == b).all() for a, b in zip(get_weights(final), models[3]))
+
+
+@pytest.mark.parametrize("dp, written", [({}, True), ({"dp-mode": "central", "dp-noise-multiplier": 1.0,
+                                                        "dp-clients-per-round": 3}, False),
+                                          ({"dp-mode": "central", "dp-noise-multiplier": 1.0,
+                                            "dp-clients-per-round": 3, "dp-release-unprotected-metrics": True}, True)])
+def test_clients_jsonl_holds_each_clients_figures_where_the_release_policy_allows(
+        tmp_path, mnist_dir, default_run_config, dp, written):
+    from fl_app.in_process import run_federation
+
+    config = default_run_config | {"data-dir": mnist_dir, "samples-per-client": 100, "num-server-rounds": 2,
+                                   "local-epochs": 1, "eval-samples": 300, "min-available-clients": 3} | dp
+    run_federation(config, 3, mnist_dir, tmp_path / "run")
+    path = tmp_path / "run" / "clients.jsonl"
+    assert path.exists() == written
+    if not written:
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    train = [r for r in rows if r["phase"] == "train"]
+    assert [(r["round"], r["client"]) for r in train] == [(rnd, f"partition-{k:06d}") for rnd in (1, 2) for k in range(3)]
+    assert all(r["num_examples"] == 90 and 0 <= r["train_accuracy"] <= 1 and r["train_loss"] > 0 for r in train)
+    if not dp:
+        evaluate = [r for r in rows if r["phase"] == "evaluate"]
+        assert len(evaluate) == 6 and all(r["num_examples"] == 10 and 0 <= r["accuracy"] <= 1 for r in evaluate)
