@@ -24,12 +24,11 @@ from typing import Any
 import click
 from flwr.common.config import parse_config_args
 
-from data.mnist import DataUnavailableError, ensure_mnist
+from data.mnist import MNIST_TRAIN_SIZE, DataUnavailableError, ensure_mnist
 from fl_app.checkpoint import CheckpointError, load_checkpoint
 from fl_app.config import AppConfig, ConfigError, check_partitioning, check_resumable, project_defaults
 from fl_app.local_superlink import LocalSuperLink, flower_executable, write_connection
 from fl_app.outputs import output_dir_problem
-from fl_app.server_app import MNIST_TRAIN_SIZE
 
 APP_DIR = Path(__file__).resolve().parent
 CONNECTION = "run-simulation"

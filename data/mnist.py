@@ -13,6 +13,7 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+MNIST_TRAIN_SIZE = 60_000  # images in the training split
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 

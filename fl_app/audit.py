@@ -47,15 +47,14 @@ from flwr.common import (
 from flwr.common.config import parse_config_args
 from flwr.server.client_proxy import ClientProxy
 
-from fl_app.client_manager import CLIENT_KEY
 from fl_app.config import APP_DIR, AppConfig, ConfigError, project_defaults
 from fl_app.in_process import run_federation
 from fl_app.model import seeded_model
 from fl_app.server import RecordingServer
 from fl_app.task import get_weights
-from strategies.dp_fedavg import CLIENT_CLIP_KEY
 from strategies.dp_randomness import os_entropy_seed_sequence
 from strategies.privacy_audit import audit_one_run, one_shot_estimate, random_directions
+from strategies.wire import CLIENT_CLIP_NORM, CLIENT_KEY
 
 OK = Status(Code.OK, "")
 CANARY_LENGTH = 1e6  # an included canary's update: far beyond any clipping norm, clipped to S
@@ -88,8 +87,8 @@ class CanaryClient(ClientProxy):
 
     def fit(self, ins: FitIns, timeout, group_id) -> FitRes:
         weights = parameters_to_ndarrays(ins.parameters)
-        if CLIENT_CLIP_KEY in ins.config:
-            update = float(ins.config[CLIENT_CLIP_KEY]) * self.direction
+        if CLIENT_CLIP_NORM in ins.config:
+            update = float(ins.config[CLIENT_CLIP_NORM]) * self.direction
         else:
             update = flat(weights) + CANARY_LENGTH * self.direction
         return FitRes(OK, ndarrays_to_parameters(unflatten(update, weights)), 1, {})

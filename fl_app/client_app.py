@@ -22,9 +22,8 @@ from fl_app.attacks import attacked
 from fl_app.config import AppConfig
 from fl_app.model import build_model
 from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train
-from fl_app.client_manager import CLIENT_KEY
-from strategies.dp_fedavg import CLIENT_CLIP_KEY
 from strategies.dp_mechanism import clip_update, model_delta
+from strategies.wire import CLIENT_CLIP_NORM, CLIENT_KEY, LEARNING_RATE, SERVER_ROUND
 
 
 ACCOUNTANT_RECORD = "local-dp-accountant"
@@ -65,13 +64,13 @@ class FlowerClient(NumPyClient):
         client-side DP clipping, the update clipped to norm S), the example count and
         metrics."""
         set_weights(self.net, parameters)
-        server_round = int(config["server-round"])
+        server_round = int(config[SERVER_ROUND])
         seed = np.random.SeedSequence([self.cfg.seed, self.client_key, server_round])
         settings = TrainSettings(
             epochs=self.cfg.local_epochs,
             batch_size=self.cfg.batch_size,
             optimizer=self.cfg.optimizer,
-            learning_rate=float(config["learning-rate"]),
+            learning_rate=float(config[LEARNING_RATE]),
             momentum=self.cfg.momentum,
             seed=int(seed.generate_state(1)[0]),
             proximal_mu=self.cfg.proximal_mu,
@@ -86,8 +85,8 @@ class FlowerClient(NumPyClient):
             metrics.update(train_loss=loss, train_accuracy=accuracy)
         weights = get_weights(self.net)
         reference = parameters
-        if CLIENT_CLIP_KEY in config:
-            weights, _ = clip_update(model_delta(weights, parameters), float(config[CLIENT_CLIP_KEY]))
+        if CLIENT_CLIP_NORM in config:
+            weights, _ = clip_update(model_delta(weights, parameters), float(config[CLIENT_CLIP_NORM]))
             reference = [np.zeros_like(w) for w in weights]
         if self.attacker:
             rng = np.random.default_rng(seed.spawn(1)[0])

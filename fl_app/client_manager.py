@@ -15,8 +15,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 
 from strategies.sampling import fixed_size_sample
+from strategies.wire import CLIENT_KEY
 
-CLIENT_KEY = "client-key"  # in the client's get_properties reply
 KEY_TIMEOUT_S = 120.0
 
 

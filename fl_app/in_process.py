@@ -15,6 +15,7 @@ import numpy as np
 from flwr.common import Context, EvaluateIns, FitIns, GetPropertiesIns, RecordDict, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 
+from data.mnist import MNIST_TRAIN_SIZE
 from fl_app.checkpoint import load_checkpoint
 from fl_app.client_app import client_fn
 from fl_app.client_manager import KeyedClientManager
@@ -22,7 +23,8 @@ from fl_app.config import AppConfig, check_partitioning
 from fl_app.outputs import RunRecorder
 from fl_app.release import ReleasePolicy
 from fl_app.server import RecordingServer
-from fl_app.server_app import MNIST_TRAIN_SIZE, build_strategy, load_test_set, local_privacy_ledger
+from fl_app.server_app import build_strategy, load_test_set, local_privacy_ledger
+from strategies.wire import SERVER_ROUND
 
 
 def model_digest(parameters) -> str:
@@ -58,7 +60,7 @@ class InProcessProxy(ClientProxy):
 
     def _receive(self, kind: str, ins: FitIns | EvaluateIns) -> None:
         if self.received is not None:
-            self.received.append((kind, int(ins.config["server-round"]), model_digest(ins.parameters)))
+            self.received.append((kind, int(ins.config[SERVER_ROUND]), model_digest(ins.parameters)))
 
     def get_properties(self, ins: GetPropertiesIns, timeout, group_id):
         return client_fn(self.context).get_properties(ins)

@@ -12,7 +12,7 @@ from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 from flwr.server.strategy import Strategy
 
-from data.mnist import TensorDataset, ensure_mnist, load_mnist
+from data.mnist import MNIST_TRAIN_SIZE, TensorDataset, ensure_mnist, load_mnist
 from fl_app.checkpoint import load_checkpoint
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, auto_settings, check_partitioning, check_resumable
@@ -28,9 +28,7 @@ from strategies.dp_fedavg import DPFedAvg
 from strategies.dp_randomness import DPRandomness
 from strategies.privacy_statement import LocalPrivacyLedger
 from strategies.registry import StrategyArgs
-
-MNIST_TRAIN_SIZE = 60_000
-
+from strategies.wire import LEARNING_RATE, SERVER_ROUND
 
 def round_learning_rate(cfg: AppConfig, server_round: int) -> float:
     """The clients' learning rate in `server_round` (1-based): constant, or cosine-decayed
@@ -70,8 +68,8 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
         min_evaluate_clients=cfg.min_evaluate_clients,
         min_available_clients=cfg.min_available_clients,
         evaluate_fn=centralized_evaluator(test_set, cfg.model),
-        on_fit_config_fn=lambda r: {"server-round": r, "learning-rate": round_learning_rate(cfg, r)},
-        on_evaluate_config_fn=lambda r: {"server-round": r},
+        on_fit_config_fn=lambda r: {SERVER_ROUND: r, LEARNING_RATE: round_learning_rate(cfg, r)},
+        on_evaluate_config_fn=lambda r: {SERVER_ROUND: r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_model(cfg.model, cfg.seed))),
         max_failure_fraction=cfg.max_failure_fraction,
         max_examples_ratio=cfg.max_examples_ratio,

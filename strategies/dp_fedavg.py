@@ -45,9 +45,9 @@ from strategies.privacy_statement import central_privacy
 from strategies.sampling import poisson_sample
 from strategies.screening import Failures, Screened
 from strategies.state import load_strategy_state, strategy_state
+from strategies.wire import CLIENT_CLIP_NORM
 
 CLIPPING_MODES = ("server", "client", "adaptive")
-CLIENT_CLIP_KEY = "dp-clipping-norm"  # in FitIns.config: clip locally, send the clipped Δ
 NORM_SLACK = 1e-5  # float32 rounding allowed on client-clipped norms
 OK = Status(Code.OK, "")
 SECURE_NORM_SLACK = 1e-3  # plus SecAgg+'s quantization error on the securely summed mean
@@ -193,7 +193,7 @@ class DPFedAvg(FedAvg):
         self.global_weights = parameters_to_ndarrays(parameters)
         config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
         if self.clipping == "client":
-            config[CLIENT_CLIP_KEY] = self.clipping_norm
+            config[CLIENT_CLIP_NORM] = self.clipping_norm
         cohort = poisson_sample(self.population, self.sampling_rate, self.randomness.sampling)
         self.cohort_size = len(cohort)
         connected = clients_by_key(client_manager)

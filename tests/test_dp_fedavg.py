@@ -8,7 +8,8 @@ from flwr.server.client_proxy import ClientProxy
 from opacus.accountants import RDPAccountant
 
 from strategies.accounting import ClientLevelAccountant
-from strategies.dp_fedavg import CLIENT_CLIP_KEY, DPFedAvg
+from strategies.dp_fedavg import DPFedAvg
+from strategies.wire import CLIENT_CLIP_NORM
 from strategies.dp_mechanism import clip_update, model_delta
 from strategies.dp_randomness import DPRandomness
 from strategies.privacy_statement import round_up
@@ -82,7 +83,7 @@ def test_client_and_server_clipping_give_identical_aggregates():
     cm = manager(10)
     server.configure_fit(1, ndarrays_to_parameters(GLOBAL), cm)
     ins = client.configure_fit(1, ndarrays_to_parameters(GLOBAL), cm)
-    assert all(fit_ins.config[CLIENT_CLIP_KEY] == 1.0 for _, fit_ins in ins)
+    assert all(fit_ins.config[CLIENT_CLIP_NORM] == 1.0 for _, fit_ins in ins)
     server_params, server_metrics = server.aggregate_fit(
         1, [result(f"c{i}", u) for i, u in enumerate(updates)], [])
     client_sent = [clip_update(model_delta(u, GLOBAL), 1.0) for u in updates]

@@ -21,7 +21,7 @@ from flwr.common import (
 )
 from flwr.server.client_proxy import ClientProxy
 
-from fl_app.client_manager import CLIENT_KEY
+from strategies.wire import CLIENT_KEY
 from fl_app.in_process import run_federation
 
 OK = Status(Code.OK, "")

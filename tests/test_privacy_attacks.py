@@ -26,7 +26,7 @@ from fl_app.model import seeded_model, seeded_net
 from fl_app.release import ALWAYS_PRESENT, DP_RELEASED_FIELDS
 from fl_app.task import get_weights
 from strategies.accounting import ClientLevelAccountant
-from strategies.dp_fedavg import CLIENT_CLIP_KEY
+from strategies.wire import CLIENT_CLIP_NORM
 from strategies.dp_randomness import DPRandomness, secure_gaussian
 
 EXACT_CLIENT_FIGURES = ("train_loss", "train_accuracy", "update_norm", "clip_fraction",
@@ -191,7 +191,7 @@ def test_clients_send_no_update_norm_and_no_exact_figures_under_dp(central, mnis
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 3)
     client = FlowerClient(cfg, 0, train_set, val_set)
     weights, n, metrics = client.fit(get_weights(seeded_model(cfg.model, cfg.seed)),
-                                     {"server-round": 1, "learning-rate": 0.02, CLIENT_CLIP_KEY: 1.0})
+                                     {"server-round": 1, "learning-rate": 0.02, CLIENT_CLIP_NORM: 1.0})
     assert metrics == {} and n == len(train_set)
     assert np.linalg.norm(flat(weights)) <= 1.0 + 1e-5  # it sends its clipped Δ
     with pytest.raises(PermissionError, match="federated evaluation is withheld under DP"):
