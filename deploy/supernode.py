@@ -1,7 +1,8 @@
 """Start a SuperNode of a deployment, after checking what it needs: its authentication
 key, the CA certificate, its data, and a verified TLS connection to the SuperLink.
 
-A site with its own data (MNIST format, see data/site_data.py):
+A site with its own data (MNIST IDX files, class folders of images or a .npz; see
+data/site_data.py):
 
     python -m deploy.supernode --superlink superlink.example.org:8000 \
         --root-certificates ca.crt --private-key keys/site-a --data-dir /data/site-a
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9094,
                         help="local port of this node's ClientApp API; distinct per node on one host")
     parser.add_argument("--data-dir", type=Path, required=True,
-                        help="this site's data (MNIST/raw/train-*-ubyte), or MNIST in demo mode")
+                        help="this site's data (MNIST IDX dir, class folders or .npz), or MNIST in demo mode")
     parser.add_argument("--partition-id", type=int, help="demo mode: which partition of MNIST")
     parser.add_argument("--num-partitions", type=int, help="demo mode: how many partitions")
     parser.add_argument("--connect-wait", type=float, default=30.0,
