@@ -150,3 +150,57 @@ def test_values_that_used_to_fail_late_are_refused_up_front(default_run_config):
     with pytest.raises(ConfigError, match=r"validation-fraction = 0.9 \(allowed: a fraction that leaves at least "
                                           r"one of samples-per-client = 2 samples to train on"):
         check_partitioning(tiny, 10, 60_000)
+
+
+def _readme_config_rows() -> dict[str, list[str]]:
+    """key -> [default cells] of the README's `| key | default | allowed | meaning |` tables."""
+    import re
+    from pathlib import Path
+
+    rows: dict[str, list[str]] = {}
+    in_table = False
+    for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines():
+        if line.startswith("| key | default | allowed | meaning |"):
+            in_table = True
+            continue
+        if not line.startswith("|"):
+            in_table = False
+        if not in_table or set(line) <= set("|- "):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        keys = re.findall(r"`([a-z0-9-]+)`", cells[0])
+        defaults = cells[1].split(", ") if len(keys) > 1 else [cells[1]]
+        assert len(defaults) == len(keys), line
+        for key, default in zip(keys, defaults):
+            rows.setdefault(key, []).append(default)
+    return rows
+
+
+def _same(cell: str, value) -> bool:
+    cell = cell.strip("`'\"")
+    if isinstance(value, bool):
+        return cell == str(value).lower()
+    if isinstance(value, int | float):
+        return float(cell) == float(value)
+    return cell == value
+
+
+def test_the_readme_config_tables_match_the_declaration(default_run_config):
+    """Every key of [tool.flwr.app.config] is documented once, with its default (and, for
+    `auto`, the values of [tool.fl-app.auto]), and the README documents no other key."""
+    import re
+
+    from fl_app.config import auto_table
+
+    rows = _readme_config_rows()
+    assert set(rows) == set(default_run_config) == set(RULES)
+    auto = auto_table()
+    for key, (cell, *more) in rows.items():
+        assert not more, f"{key} is documented {1 + len(more)} times"
+        value = default_run_config[key]
+        if value == "auto":
+            m = re.fullmatch(r"`auto` \((.+); central DP: (.+)\)", cell)
+            assert m, f"{key}: {cell}"
+            assert _same(m.group(1), auto["plain"][key]) and _same(m.group(2), auto["central-dp"][key]), (key, cell)
+        else:
+            assert _same(cell, value), (key, cell, value)
