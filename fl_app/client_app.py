@@ -1,8 +1,9 @@
 """ClientApp: a NumPyClient that trains the run's `model` on this node's data.
 
 A node's data comes from its node-config: `data-dir` alone is the site's own dataset
-(MNIST format, used whole); `partition-id` and `num-partitions` carve MNIST (simulation
-and demo deployments, with `data-dir` from node-config or else run-config).
+(IDX files, image folders by class or a .npz; used whole); `partition-id` and
+`num-partitions` carve MNIST (simulation and demo deployments, with `data-dir` from
+node-config or else run-config).
 """
 
 import json
@@ -202,7 +203,7 @@ def node_data(
         return None, *load_site_split(cfg, str(node_config["data-dir"]))
     raise NodeConfigError(
         "node-config names no data: start the SuperNode with --node-config "
-        "\"data-dir='<dir holding MNIST/raw/train-*-ubyte>'\" (the site's own data) or "
+        "\"data-dir='<MNIST/raw IDX dir, image folders by class or .npz>'\" (the site's own data) or "
         "\"partition-id=<i> num-partitions=<n>\" (demo: a partition of MNIST)"
     )
 

@@ -56,7 +56,7 @@ def test_a_site_with_its_own_data_trains_on_all_of_it(default_run_config, mnist_
 
 @pytest.mark.parametrize("node_config, message", [
     ({}, "node-config names no data: start the SuperNode with --node-config "
-         "\"data-dir='<dir holding MNIST/raw/train-*-ubyte>'\""),
+         "\"data-dir='<MNIST/raw IDX dir, image folders by class or .npz>'\""),
     ({"partition-id": 1}, "node-config has partition-id but not num-partitions"),
     ({"num-partitions": 3}, "node-config has num-partitions but not partition-id"),
 ])
