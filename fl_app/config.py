@@ -356,8 +356,11 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any]) -> Non
         )
 
 
-def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) -> None:
-    """Refuse partition counts the training set or the minimum client counts rule out."""
+def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int, population: int | None = None) -> None:
+    """Refuse partition counts the training set or the minimum client counts rule out;
+    `population` (default: `num_partitions`) counts every client, e.g. also clients
+    without an MNIST partition."""
+    population = num_partitions if population is None else population
     if num_partitions < 1 or num_partitions > num_samples:
         raise ConfigError(
             f"Invalid federation: num-partitions = {num_partitions} "
@@ -373,10 +376,10 @@ def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int) ->
             f"Invalid run-config: num-attackers = {cfg.num_attackers} "
             f"(allowed: at most the {num_partitions} clients of this federation)"
         )
-    if cfg.dp_mode == "central" and cfg.dp_clients_per_round > num_partitions:
+    if cfg.dp_mode == "central" and cfg.dp_clients_per_round > population:
         raise ConfigError(
             f"Invalid run-config: dp-clients-per-round = {cfg.dp_clients_per_round:g} "
-            f"(allowed: at most the {num_partitions} clients of this federation)"
+            f"(allowed: at most the {population} clients of this federation)"
         )
     if cfg.samples_per_client and round(cfg.samples_per_client * cfg.validation_fraction) >= cfg.samples_per_client:
         raise ConfigError(

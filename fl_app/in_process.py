@@ -85,7 +85,7 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
     `server_class(**server_options, ...)` runs the rounds. With `resume-from` in
     `run_config`, the run continues there."""
     cfg = AppConfig.from_run_config(run_config)
-    check_partitioning(cfg, num_clients, MNIST_TRAIN_SIZE)
+    check_partitioning(cfg, num_clients, MNIST_TRAIN_SIZE, population=num_clients + len(extra_clients))
     manager = KeyedClientManager(cfg.seed)
     order, node_ids = list(range(num_clients)), list(range(num_clients))
     if node_seed is not None:
