@@ -30,9 +30,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # MNIST into DATA_DIR, downloaded once (11 MB) if it is not there: before any run or test,
-# so that nothing downloads during the tests.
+# so that nothing downloads during the tests. MNIST_MIRROR: a URL serving the *-ubyte.gz files.
 data: $(STAMP)
-	$(BIN)/python -m data.mnist "$(DATA)"
+	$(BIN)/python -m data.mnist "$(DATA)" $(if $(MNIST_MIRROR),--mirror "$(MNIST_MIRROR)")
 
 run: data
 	$(BIN)/python run_simulation.py --num-clients $(NUM_CLIENTS) --rounds $(ROUNDS) \

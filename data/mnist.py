@@ -1,5 +1,6 @@
 """Load MNIST once per process into normalised float tensors."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,50 @@ def missing_files(data_dir: str | Path) -> list[str]:
     return [name for name in MNIST_FILES if not (raw / name).is_file()]
 
 
-def ensure_mnist(data_dir: str | Path, download: bool) -> Path:
-    """Return the resolved `data_dir`, downloading MNIST into it if asked and needed.
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+MNIST_MD5 = {  # of the uncompressed files, so any mirror's gzip of them will do
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+def download_mnist(raw: Path, mirrors: Sequence[str] = MNIST_MIRRORS) -> None:
+    """Fetch each missing `<mirror><name>.gz` into `raw`, trying the mirrors in order;
+    a file is kept only if its uncompressed MD5 is MNIST's. Raises OSError naming
+    what failed."""
+    import gzip
+    import hashlib
+    import urllib.request
+
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in MNIST_FILES:
+        if (raw / name).is_file():
+            continue
+        errors = []
+        for mirror in mirrors:
+            url = f"{mirror.rstrip('/')}/{name}.gz"
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    data = gzip.decompress(response.read())
+            except (OSError, EOFError) as err:
+                errors.append(f"{url}: {err}")
+                continue
+            if hashlib.md5(data).hexdigest() != MNIST_MD5[name]:
+                errors.append(f"{url}: wrong MD5")
+                continue
+            partial = raw / f".{name}.part"
+            partial.write_bytes(data)
+            partial.replace(raw / name)
+            break
+        else:
+            raise OSError("; ".join(errors))
+
+
+def ensure_mnist(data_dir: str | Path, download: bool, mirrors: Sequence[str] = MNIST_MIRRORS) -> Path:
+    """Return the resolved `data_dir`, downloading MNIST into it (from `mirrors`) if
+    asked and needed.
 
     Raises `DataUnavailableError` naming the directory and the expected files when
     they are missing and cannot be downloaded.
@@ -54,12 +97,9 @@ def ensure_mnist(data_dir: str | Path, download: bool) -> Path:
         return root
     problem = "download disabled (data-download = false)"
     if download:
-        from torchvision.datasets import MNIST  # imported lazily: rarely needed
-
         try:
-            MNIST(str(root), train=True, download=True)
-            MNIST(str(root), train=False, download=True)
-        except Exception as err:  # network, disk or mirror failure: all mean "no data"
+            download_mnist(root / "MNIST" / "raw", mirrors)
+        except OSError as err:  # network, disk or mirror failure: all mean "no data"
             problem = "download failed: " + " ".join(str(err).split())
         if not missing_files(root):
             return root
@@ -86,16 +126,18 @@ def load_mnist(data_dir: str, train: bool) -> TensorDataset:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m data.mnist DATA_DIR`: make sure MNIST is in DATA_DIR (downloading it
-    once, checksummed by torchvision, if missing); one line either way."""
+    """`python -m data.mnist DATA_DIR [--mirror URL]`: make sure MNIST is in DATA_DIR
+    (downloading it once, MD5-checked, if missing); one line either way."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(description=main.__doc__.split(";")[0])
     parser.add_argument("data_dir", help="folder to hold MNIST/raw/*-ubyte")
+    parser.add_argument("--mirror", action="append", help="URL of a folder serving the four *-ubyte.gz files "
+                        "(repeatable; default: torchvision's MNIST mirrors)")
     args = parser.parse_args(argv)
     try:
-        root = ensure_mnist(args.data_dir, download=True)
+        root = ensure_mnist(args.data_dir, download=True, mirrors=args.mirror or MNIST_MIRRORS)
     except DataUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -122,49 +122,50 @@ def test_a_split_that_leaves_nothing_to_train_on_is_refused_with_its_numbers(tra
         client_split(train, np.arange(2), seed=0, max_samples=0, validation_fraction=0.9)
 
 
-def test_make_data_fetches_mnist_once_from_a_mirror(mnist_dir, tmp_path, monkeypatch, capsys):
-    """`python -m data.mnist DIR` (what `make data` runs) downloads into an empty folder,
-    served here from the local copy on loopback, and then finds it there."""
+def test_make_data_fetches_mnist_once_from_a_mirror(mnist_dir, tmp_path, capsys):
+    """`python -m data.mnist DIR --mirror URL` (what `make data MNIST_MIRROR=URL` runs)
+    downloads into an empty folder, served here from the local copy on loopback, checks
+    each file's MD5, and then finds it there; a mirror serving a wrong file is refused."""
     import gzip
-    import hashlib
     import http.server
     import threading
     from pathlib import Path
-
-    from torchvision.datasets import MNIST
 
     from data.mnist import main
 
     served = tmp_path / "mirror"
     served.mkdir()
-    resources = []
     for name in MNIST_FILES:
-        packed = gzip.compress((Path(mnist_dir) / "MNIST" / "raw" / name).read_bytes())
-        (served / f"{name}.gz").write_bytes(packed)
-        resources.append((f"{name}.gz", hashlib.md5(packed).hexdigest()))
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(served))  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        (served / f"{name}.gz").write_bytes(gzip.compress((Path(mnist_dir) / "MNIST" / "raw" / name).read_bytes()))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args):
+            super().__init__(*args, directory=str(served))
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
-    monkeypatch.setattr(MNIST, "resources", resources)
+    mirror = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
-        assert main([str(tmp_path / "cache")]) == 0
-        assert main([str(tmp_path / "cache")]) == 0
+        assert main([str(tmp_path / "cache"), "--mirror", mirror]) == 0
+        assert main([str(tmp_path / "cache")]) == 0  # already there: no download
+        (served / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"not mnist"))
+        assert main([str(tmp_path / "other"), "--mirror", mirror]) == 2
     finally:
         server.shutdown()
     for name in MNIST_FILES:
         assert (tmp_path / "cache" / "MNIST" / "raw" / name).read_bytes() == (Path(mnist_dir) / "MNIST" / "raw" / name).read_bytes()
-    out = capsys.readouterr().out.splitlines()
-    assert out == [f"MNIST is in {tmp_path / 'cache' / 'MNIST' / 'raw'}"] * 2
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [f"MNIST is in {tmp_path / 'cache' / 'MNIST' / 'raw'}"] * 2
+    assert out.err.count("\n") == 1 and "t10k-labels-idx1-ubyte.gz: wrong MD5" in out.err
+    assert not (tmp_path / "other" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists()
 
 
-def test_make_data_without_a_reachable_mirror_says_so_in_one_line(tmp_path, monkeypatch, capsys):
-    from torchvision.datasets import MNIST
-
+def test_make_data_without_a_reachable_mirror_says_so_in_one_line(tmp_path, capsys):
     from data.mnist import main
 
-    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
-    assert main([str(tmp_path / "cache")]) == 2
+    assert main([str(tmp_path / "cache"), "--mirror", "http://127.0.0.1:9/"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: MNIST not found in data-dir '{tmp_path / 'cache'}'")
     assert "download failed" in err
