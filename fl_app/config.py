@@ -27,6 +27,7 @@ LR_SCHEDULES = ("constant", "cosine")
 DP_MODES = ("off", "central", "local")
 MNIST_TEST_SIZE = 10_000
 ATTACKS = ("sign-flip", "scaled-noise", "nan")
+TRACKING = ("none", "mlflow")  # mlflow: an optional dependency (see fl_app.tracking)
 
 
 class ConfigError(ValueError):
@@ -163,11 +164,13 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "checkpoint-every": _int(0),
     "resume-from": _optional_text,
     "tensorboard": _bool,
+    "tracking": _choice(*TRACKING),
+    "tracking-uri": _optional_text,
 }
 
 # Keys a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = ("resume-from", "output-dir", "data-dir", "data-download", "round-timeout",
-                     "checkpoint-every", "tensorboard")
+                     "checkpoint-every", "tensorboard", "tracking", "tracking-uri")
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,8 @@ class AppConfig:
     checkpoint_every: int
     resume_from: str
     tensorboard: bool
+    tracking: str
+    tracking_uri: str
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "AppConfig":

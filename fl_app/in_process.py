@@ -101,18 +101,21 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = Path(cfg.resume_from)
-    server = server_class(
-        client_manager=manager,
-        strategy=build_strategy(cfg, load_test_set(cfg, data_dir)),
-        recorder=RunRecorder(run_dir, cfg.to_run_config(), cfg.num_server_rounds, tensorboard=cfg.tensorboard,
-                             model=cfg.model, resumed_rows=resume.history if resume else None),
-        checkpoint_every=cfg.checkpoint_every,
-        config=cfg.to_run_config(),
-        resume=resume,
-        release=ReleasePolicy(cfg.dp_mode, cfg.dp_release_unprotected_metrics),
-        local_privacy=local_privacy_ledger(cfg),
-        **(server_options or {}),
-    )
-    server.set_max_workers(1)  # one client at a time: dropout draws from torch's global RNG
-    server.fit(cfg.num_server_rounds, timeout=None)
+    recorder = RunRecorder(run_dir, cfg.to_run_config(), cfg.num_server_rounds, tensorboard=cfg.tensorboard,
+                           tracking=cfg.tracking, tracking_uri=cfg.tracking_uri, model=cfg.model,
+                           resumed_rows=resume.history if resume else None)
+    with recorder:
+        server = server_class(
+            client_manager=manager,
+            strategy=build_strategy(cfg, load_test_set(cfg, data_dir)),
+            recorder=recorder,
+            checkpoint_every=cfg.checkpoint_every,
+            config=cfg.to_run_config(),
+            resume=resume,
+            release=ReleasePolicy(cfg.dp_mode, cfg.dp_release_unprotected_metrics),
+            local_privacy=local_privacy_ledger(cfg),
+            **(server_options or {}),
+        )
+        server.set_max_workers(1)  # one client at a time: dropout draws from torch's global RNG
+        server.fit(cfg.num_server_rounds, timeout=None)
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]

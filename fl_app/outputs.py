@@ -1,5 +1,6 @@
 """The run directory: config.json, history.jsonl, summary.json, model.pt, curves.png,
-checkpoint.npz (see `checkpoint`) and, with `tensorboard = true`, tensorboard/.
+checkpoint.npz (see `checkpoint`) and, with `tensorboard = true`, tensorboard/; with
+`tracking = "mlflow"` the same figures and files also go to MLflow (see `tracking`).
 
 Files are written whole to a temporary name (created new, `O_EXCL | O_NOFOLLOW`) and
 renamed over their target; history.jsonl is appended to with `O_NOFOLLOW`. Nothing is
@@ -25,6 +26,7 @@ import torch
 from flwr.common import log
 
 from fl_app.model import build_model
+from fl_app.tracking import make_tracker
 
 HISTORY_FIELDS = (
     "round",
@@ -147,6 +149,11 @@ class RunRecorder:
 
     `resumed_rows` (from a checkpoint) continue a run in its existing directory:
     history.jsonl is cut back to them and the wall time carries on from `resumed_seconds`.
+
+    `tracking = "mlflow"` logs the run to MLflow at `tracking_uri` (empty: the file store
+    `<run dir's parent>/mlruns`); a resumed run is a new MLflow run of the same name
+    that logs the resumed rows again, so it holds the whole history. Used as a context
+    manager, a run that stops with an error ends its MLflow run as FAILED.
     """
 
     def __init__(
@@ -156,6 +163,8 @@ class RunRecorder:
         num_rounds: int,
         *,
         tensorboard: bool = False,
+        tracking: str = "none",
+        tracking_uri: str = "",
         model: str = "cnn",
         resumed_rows: list[dict[str, Any]] | None = None,
         resumed_seconds: float = 0.0,
@@ -166,6 +175,7 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = list(resumed_rows or [])
         self.started = time.perf_counter() - resumed_seconds
         self.resumed_rounds = len(self.rows)
+        self.tracker = make_tracker(tracking, tracking_uri, run_dir.parent)  # first: a missing mlflow writes nothing
         if resumed_rows is None:
             write_atomically(run_dir / "config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
         history = "".join(json.dumps(row) + "\n" for row in self.rows)
@@ -183,6 +193,16 @@ class RunRecorder:
 
             # a resumed run drops what the interrupted one logged after its checkpoint
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=len(self.rows) or None)
+        if self.tracker is not None:
+            self.tracker.start(run_dir.name, config, self.rows)
+
+    def __enter__(self) -> "RunRecorder":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        """A run that stops with an error ends its MLflow run as FAILED."""
+        if exc_type is not None and self.tracker is not None:
+            self.tracker.end("FAILED")
 
     @property
     def wall_seconds(self) -> float:
@@ -203,6 +223,8 @@ class RunRecorder:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(tag, value, global_step=row["round"])
             self.writer.flush()
+        if self.tracker is not None:
+            self.tracker.log_row(row)
         log(INFO, "%s", format_round(row, self.num_rounds) + self.eta(row["round"]))
 
     def eta(self, server_round: int) -> str:
@@ -235,7 +257,7 @@ class RunRecorder:
 
     def finish(self, weights: list[np.ndarray], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write model.pt, summary.json (with `extra`, e.g. the privacy statement) and
-        curves.png; return the summary."""
+        curves.png (and send them to MLflow); return the summary."""
         self.save_model("model.pt", weights)
         summary = summarize(self.rows, time.perf_counter() - self.started)
         summary.update(extra or {})
@@ -245,6 +267,8 @@ class RunRecorder:
         write_atomically(self.run_dir / "curves.png", plot_curves(self.rows))
         if self.writer is not None:
             self.writer.close()
+        if self.tracker is not None:
+            self.tracker.finish(self.run_dir, summary)
         for line in summary_table(summary):
             log(INFO, "%s", line)
         return summary

@@ -21,6 +21,7 @@ from fl_app.outputs import RunRecorder, new_run_dir, output_dir_problem, resolve
 from fl_app.release import ReleasePolicy
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
+from fl_app.tracking import check_tracking
 from fl_app.task import device, evaluate, get_weights, set_weights
 from strategies import registry
 from strategies.accounting import ClientLevelAccountant
@@ -136,8 +137,10 @@ def local_privacy_ledger(cfg: AppConfig) -> LocalPrivacyLedger | None:
 def main(grid: Grid, context: Context) -> None:
     """Validate the config, load the test set, build the strategy and run the rounds
     (through SecAgg+ when `secure-aggregation = true`), or continue the run in
-    `resume-from` after its last checkpoint."""
+    `resume-from` after its last checkpoint; with `tracking`, the run also goes to MLflow
+    (marked FAILED if it stops with an error)."""
     cfg = AppConfig.from_run_config(context.run_config)
+    check_tracking(cfg.tracking)
     if not cfg.resume_from and (problem := output_dir_problem(resolve_output_dir(cfg.output_dir))):
         raise ConfigError(f"Invalid run-config: output-dir = '{cfg.output_dir}' ({problem})")
     resume = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
@@ -153,43 +156,43 @@ def main(grid: Grid, context: Context) -> None:
     if resume is not None:
         check_resumable(resume.config, resolved)
     recorder = RunRecorder(
-        run_dir, resolved, cfg.num_server_rounds, tensorboard=cfg.tensorboard, model=cfg.model,
-        resumed_rows=resume.history if resume else None,
+        run_dir, resolved, cfg.num_server_rounds, tensorboard=cfg.tensorboard, tracking=cfg.tracking,
+        tracking_uri=cfg.tracking_uri, model=cfg.model, resumed_rows=resume.history if resume else None,
         resumed_seconds=resume.wall_seconds if resume else 0.0,
     )
-
-    timeout = cfg.round_timeout or None
-    automatic = auto_settings(context.run_config)
-    if automatic:
-        log(INFO, "auto settings%s: %s", " (the DP recipe)" if cfg.dp_mode == "central" else "",
-            ", ".join(f"{k} = {v!r}" for k, v in automatic.items()))
-    warn_if_reproducible_noise(cfg)
-    common = dict(
-        client_manager=KeyedClientManager(cfg.seed),
-        strategy=build_strategy(cfg, test_set),
-        recorder=recorder,
-        check_population=lambda n: check_partitioning(cfg, n, MNIST_TRAIN_SIZE),
-        quorum=cfg.min_available_clients,
-        checkpoint_every=cfg.checkpoint_every,
-        config=resolved,
-        resume=resume,
-        release=ReleasePolicy(cfg.dp_mode, cfg.dp_release_unprotected_metrics),
-        local_privacy=local_privacy_ledger(cfg),
-    )
-    if cfg.secure_aggregation:
-        server: RecordingServer = SecAggPlusServer(
-            grid=grid,
-            context=context,
-            num_shares=cfg.secagg_num_shares,
-            reconstruction_threshold=cfg.secagg_reconstruction_threshold,
-            clipping_range=cfg.dp_clipping_norm,
-            timeout=timeout,
-            **common,
+    with recorder:
+        timeout = cfg.round_timeout or None
+        automatic = auto_settings(context.run_config)
+        if automatic:
+            log(INFO, "auto settings%s: %s", " (the DP recipe)" if cfg.dp_mode == "central" else "",
+                ", ".join(f"{k} = {v!r}" for k, v in automatic.items()))
+        warn_if_reproducible_noise(cfg)
+        common = dict(
+            client_manager=KeyedClientManager(cfg.seed),
+            strategy=build_strategy(cfg, test_set),
+            recorder=recorder,
+            check_population=lambda n: check_partitioning(cfg, n, MNIST_TRAIN_SIZE),
+            quorum=cfg.min_available_clients,
+            checkpoint_every=cfg.checkpoint_every,
+            config=resolved,
+            resume=resume,
+            release=ReleasePolicy(cfg.dp_mode, cfg.dp_release_unprotected_metrics),
+            local_privacy=local_privacy_ledger(cfg),
         )
-    else:
-        server = RecordingServer(**common)
-    start_grid(grid=grid, server=server,
-               config=ServerConfig(num_rounds=cfg.num_server_rounds, round_timeout=timeout))
+        if cfg.secure_aggregation:
+            server: RecordingServer = SecAggPlusServer(
+                grid=grid,
+                context=context,
+                num_shares=cfg.secagg_num_shares,
+                reconstruction_threshold=cfg.secagg_reconstruction_threshold,
+                clipping_range=cfg.dp_clipping_norm,
+                timeout=timeout,
+                **common,
+            )
+        else:
+            server = RecordingServer(**common)
+        start_grid(grid=grid, server=server,
+                   config=ServerConfig(num_rounds=cfg.num_server_rounds, round_timeout=timeout))
 
 
 app = ServerApp()
