@@ -11,18 +11,20 @@ Update = Sequence[np.ndarray]
 
 
 def update_problem(
-    update: Update, expected_shapes: Sequence[tuple[int, ...]], expected_dtypes: Sequence[np.dtype]
+    update: Update, expected_shapes: Sequence[tuple[int, ...]], expected_dtypes: Sequence[np.dtype] | None
 ) -> str | None:
     """Why `update` cannot be aggregated (wrong tensor count, shape or dtype — the global
-    model's, so no client can change the model's type — or non-finite values), or None
-    when it can."""
+    model's, so no client can change the model's type; with `expected_dtypes` None any
+    float dtype — or non-finite values), or None when it can."""
     if len(update) != len(expected_shapes):
         return f"{len(update)} tensors, expected {len(expected_shapes)}"
-    for i, (array, shape, dtype) in enumerate(zip(update, expected_shapes, expected_dtypes)):
+    for i, (array, shape) in enumerate(zip(update, expected_shapes)):
         if tuple(array.shape) != tuple(shape):
             return f"tensor {i} has shape {tuple(array.shape)}, expected {tuple(shape)}"
-        if array.dtype != dtype:
-            return f"tensor {i} has dtype {array.dtype}, expected {np.dtype(dtype)}"
+        if expected_dtypes is None and not np.issubdtype(array.dtype, np.floating):
+            return f"tensor {i} has dtype {array.dtype}, expected a float dtype"
+        if expected_dtypes is not None and array.dtype != expected_dtypes[i]:
+            return f"tensor {i} has dtype {array.dtype}, expected {np.dtype(expected_dtypes[i])}"
         if not np.all(np.isfinite(array)):
             return f"tensor {i} has non-finite values"
     return None

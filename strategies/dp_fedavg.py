@@ -266,7 +266,7 @@ class DPFedAvg(FedAvg):
         unit-weighted updates; [] when there is none or the aggregate is malformed."""
         if not results:
             return []
-        mean = self.screen(server_round, results[:1], self._secure_mean_problem)
+        mean = self.screen(server_round, results[:1], self._secure_mean_problem, any_float=True)
         if not mean:
             return []
         return [[a.astype(np.float64) * len(results) for a in mean[0][2]]]

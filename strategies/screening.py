@@ -66,16 +66,19 @@ class ScreenedAggregation:
         server_round: int,
         results: list[tuple[ClientProxy, FitRes]],
         check: Callable[[list[np.ndarray], FitRes], str | None] = lambda arrays, res: None,
+        *,
+        any_float: bool = False,
     ) -> Screened:
         """(proxy, result, arrays) of every result with the expected tensors, all finite,
         a whole number of examples > 0, finite known metrics, that `check` finds no
         problem with, its metrics reduced to the known ones; the others are logged and
-        left out."""
+        left out. `any_float` accepts any float dtype instead of the model's (a result the
+        server computed itself, such as SecAgg+'s dequantized mean)."""
         accepted = []
         for proxy, res in results:
             arrays, problem = self._arrays(res)
             problem = (problem or example_count_problem(res.num_examples)
-                       or update_problem(arrays, self.expected_shapes, self.expected_dtypes)
+                       or update_problem(arrays, self.expected_shapes, None if any_float else self.expected_dtypes)
                        or metrics_problem(res.metrics, FIT_METRICS) or check(arrays, res))
             if problem is not None:
                 self._reject(server_round, proxy, problem)

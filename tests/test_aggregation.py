@@ -51,6 +51,12 @@ def test_update_problem_names_the_defect(update, reason):
     assert update_problem(update, SHAPES, DTYPES) == reason
 
 
+def test_update_problem_without_expected_dtypes_accepts_any_float_only():
+    assert update_problem([np.zeros((2, 3), np.float32), np.ones(4)], SHAPES, None) is None
+    assert update_problem([np.zeros((2, 3), np.int64), np.ones(4)], SHAPES, None) == (
+        "tensor 0 has dtype int64, expected a float dtype")
+
+
 def test_metric_means_are_example_weighted_and_skip_non_numeric():
     means = weighted_metric_means(
         [(10, {"acc": 0.5, "loss": 1.0, "name": "a"}), (30, {"acc": 0.9}), (60, {"loss": 2.0})]
