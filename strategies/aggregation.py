@@ -30,11 +30,6 @@ def update_problem(
     return None
 
 
-def change_norm(update: Update, reference: Update) -> float:
-    """‖update − reference‖₂ over all tensors, in float64."""
-    return float(np.sqrt(sum(np.sum((u.astype(np.float64) - r) ** 2) for u, r in zip(update, reference))))
-
-
 def weighted_average(updates: Sequence[Update], weights: Sequence[float]) -> list[np.ndarray]:
     """FedAvg: w = sum_k (n_k / n) w_k with n = sum_k n_k (McMahan et al. 2017).
 

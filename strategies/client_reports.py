@@ -10,8 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from strategies.privacy_statement import LOCAL_DP_METRICS
-
+LOCAL_DP_METRICS = ("epsilon", "dp_noise_multiplier", "dp_sample_rate", "dp_rounds")  # local DP's privacy report
 FIT_METRICS = ("train_loss", "train_accuracy", *LOCAL_DP_METRICS)
 EVALUATE_METRICS = ("accuracy",)
 

@@ -5,7 +5,7 @@ user can paste into a report."""
 import math
 from typing import Any
 
-LOCAL_DP_METRICS = ("epsilon", "dp_noise_multiplier", "dp_sample_rate", "dp_rounds")
+from strategies.client_reports import LOCAL_DP_METRICS, is_finite_number
 
 
 def round_up(value: float, digits: int = 3) -> float:
@@ -81,8 +81,7 @@ class LocalPrivacyLedger:
     def update(self, client: str, metrics: dict[str, Any]) -> None:
         """Keep `client`'s report if it holds every local-DP figure as a number."""
         values = {k: metrics.get(k) for k in LOCAL_DP_METRICS}
-        if all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-               for v in values.values()):
+        if all(is_finite_number(v) for v in values.values()):
             self.reports[client] = {k: float(v) for k, v in values.items()}
 
     def privacy(self, population: int) -> dict[str, Any]:

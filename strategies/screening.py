@@ -9,7 +9,7 @@ import numpy as np
 from flwr.common import EvaluateRes, FitRes, Parameters, Scalar, log, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 
-from strategies.aggregation import change_norm, update_problem, weighted_metric_means
+from strategies.aggregation import update_problem, weighted_metric_means
 from strategies.client_reports import (
     EVALUATE_METRICS,
     FIT_METRICS,
@@ -18,6 +18,7 @@ from strategies.client_reports import (
     known_metrics,
     metrics_problem,
 )
+from strategies.dp_mechanism import global_l2_norm, model_delta
 
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
 Screened = list[tuple[ClientProxy, FitRes, list[np.ndarray]]]
@@ -110,13 +111,13 @@ class ScreenedAggregation:
         if len(accepted) < 3:
             return accepted
         if self.max_update_norm_ratio:
-            norms = [change_norm(arrays, self.round_weights) for _, _, arrays in accepted]
-            limit = self.max_update_norm_ratio * float(np.median(norms))
+            norms = [global_l2_norm(model_delta(arrays, self.round_weights)) for _, _, arrays in accepted]
+            median = float(np.median(norms))
             kept = []
             for (proxy, res, arrays), norm in zip(accepted, norms):
-                if norm > limit:
+                if norm > self.max_update_norm_ratio * median:
                     self._reject(server_round, proxy, f"update changes the model by {norm:.3g}, more than "
-                                 f"max-update-norm-ratio = {self.max_update_norm_ratio:g} x the median {limit / self.max_update_norm_ratio:.3g}")
+                                 f"max-update-norm-ratio = {self.max_update_norm_ratio:g} x the median {median:.3g}")
                 else:
                     kept.append((proxy, res, arrays))
             accepted = kept
