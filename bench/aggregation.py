@@ -3,7 +3,7 @@ CNN to norm S, sum them, add Gaussian noise and divide by the expected cohort si
 
     python bench/aggregation.py [--clients 100] [--repeats 5] [--json aggregation.json]
 
-Measures the math alone (strategies.dp_mechanism on numpy arrays) and the whole
+Measures the math alone (strategies.privacy.mechanism on numpy arrays) and the whole
 DPFedAvg.aggregate_fit (deserialising the clients' parameters, screening, clipping,
 noise, accounting, serialising the new model). Prints the median and the fastest of the
 repeats in seconds per round (on a shared machine the fastest is the least disturbed).
@@ -20,9 +20,9 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
 from fl_app.model import Net
 from fl_app.task import get_weights
-from strategies.accounting import ClientLevelAccountant
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
-from strategies.dp_mechanism import clipped_deltas, noisy_mean
+from strategies.privacy.mechanism import clipped_deltas, noisy_mean
 
 from overhead import machine  # bench/overhead.py
 

@@ -52,8 +52,8 @@ from fl_app.in_process import run_federation
 from fl_app.model import seeded_model
 from fl_app.server import RecordingServer
 from fl_app.task import get_weights
-from strategies.dp_randomness import os_entropy_seed_sequence
-from strategies.privacy_audit import audit_one_run, one_shot_estimate, random_directions
+from strategies.privacy.randomness import os_entropy_seed_sequence
+from strategies.privacy.audit import audit_one_run, one_shot_estimate, random_directions
 from strategies.wire import CLIENT_CLIP_NORM, CLIENT_KEY
 
 OK = Status(Code.OK, "")

@@ -22,8 +22,8 @@ from data.site_data import load_site_data
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig
 from fl_app.model import build_model
-from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train
-from strategies.dp_mechanism import clip_update, model_delta
+from fl_app.task import TrainSettings, device, evaluate, get_weights, make_optimizer, set_weights, train
+from strategies.privacy.mechanism import clip_update, model_delta
 from strategies.wire import CLIENT_CLIP_NORM, CLIENT_KEY, LEARNING_RATE, SERVER_ROUND
 
 
@@ -112,7 +112,7 @@ class FlowerClient(NumPyClient):
         """DP-SGD, continuing this client's accountant across rounds; returns the train
         loss and accuracy and the privacy report (ε so far, σ, Poisson batch rate,
         rounds trained)."""
-        from fl_app.local_dp import (  # Opacus: slow import
+        from strategies.privacy.local_dp import (  # Opacus: slow import
             LocalDPSettings,
             batches_per_epoch,
             local_noise_multiplier,
@@ -134,7 +134,9 @@ class FlowerClient(NumPyClient):
         saved = self.state.config_records.get(ACCOUNTANT_RECORD)
         previous = json.loads(str(saved["state"])) if saved else None
         rounds = int(saved["rounds"]) + 1 if saved else 1
-        loss, accuracy, epsilon, state = train_private(self.net, self.train_set, settings, dp, previous)
+        loss, accuracy, epsilon, state = train_private(
+            self.net, self.train_set, dp, previous, epochs=settings.epochs, batch_size=settings.batch_size,
+            seed=settings.seed, make_optimizer=lambda net: make_optimizer(net, settings))
         self.state[ACCOUNTANT_RECORD] = ConfigRecord({"state": json.dumps(state), "rounds": rounds})
         privacy: dict[str, Scalar] = {
             "epsilon": epsilon, "dp_noise_multiplier": dp.noise_multiplier,

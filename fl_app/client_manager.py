@@ -14,7 +14,7 @@ from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 
-from strategies.sampling import fixed_size_sample
+from strategies.privacy.sampling import fixed_size_sample
 from strategies.wire import CLIENT_KEY
 
 KEY_TIMEOUT_S = 120.0

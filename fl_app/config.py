@@ -18,7 +18,7 @@ import tomllib
 
 from data.partition import PARTITIONERS
 from fl_app.model import MODELS
-from strategies.accounting import ACCOUNTANTS
+from strategies.privacy.accounting import ACCOUNTANTS
 from strategies.dp_fedavg import CLIPPING_MODES
 from strategies.registry import BUILT_IN, LINEAR, load_strategy_class
 

@@ -21,7 +21,7 @@ from fl_app.client_app import client_fn
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, check_partitioning
 from fl_app.outputs import RunRecorder
-from fl_app.release import ReleasePolicy
+from strategies.privacy.release import ReleasePolicy
 from fl_app.server import RecordingServer
 from fl_app.server_app import build_strategy, load_test_set, local_privacy_ledger
 from strategies.wire import SERVER_ROUND

@@ -13,9 +13,9 @@ from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures
 
 from fl_app.checkpoint import Checkpoint, global_rng_state, save_checkpoint, set_global_rng_state
 from fl_app.outputs import RunRecorder
-from fl_app.release import ReleasePolicy
+from strategies.privacy.release import ReleasePolicy
 from strategies.client_reports import EVALUATE_METRICS, FIT_METRICS, is_finite_number
-from strategies.privacy_statement import LocalPrivacyLedger
+from strategies.privacy.statement import LocalPrivacyLedger
 from strategies.state import load_strategy_state, strategy_state
 
 

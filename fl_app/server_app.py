@@ -18,16 +18,16 @@ from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, auto_settings, check_partitioning, check_resumable
 from fl_app.model import build_model, seeded_model
 from fl_app.outputs import RunRecorder, new_run_dir, output_dir_problem, resolve_output_dir
-from fl_app.release import ReleasePolicy
+from strategies.privacy.release import ReleasePolicy
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
 from fl_app.tracking import check_tracking
 from fl_app.task import device, evaluate, get_weights, set_weights
 from strategies import registry
-from strategies.accounting import ClientLevelAccountant
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
-from strategies.dp_randomness import DPRandomness
-from strategies.privacy_statement import LocalPrivacyLedger
+from strategies.privacy.randomness import DPRandomness
+from strategies.privacy.statement import LocalPrivacyLedger
 from strategies.registry import StrategyArgs
 from strategies.wire import LEARNING_RATE, SERVER_ROUND
 

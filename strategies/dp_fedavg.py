@@ -32,17 +32,17 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier, rounds_within_budget
-from strategies.adaptive_clipping import (
+from strategies.privacy.accounting import ClientLevelAccountant, calibrate_noise_multiplier, rounds_within_budget
+from strategies.privacy.adaptive_clipping import (
     next_clipping_norm,
     noised_unclipped_fraction,
     update_noise_multiplier,
 )
-from strategies.dp_mechanism import clipped_deltas, global_l2_norm, noisy_mean
-from strategies.dp_randomness import DPRandomness
+from strategies.privacy.mechanism import clipped_deltas, global_l2_norm, noisy_mean
+from strategies.privacy.randomness import DPRandomness
 from strategies.fedavg import FedAvg
-from strategies.privacy_statement import central_privacy
-from strategies.sampling import poisson_sample
+from strategies.privacy.statement import central_privacy
+from strategies.privacy.sampling import poisson_sample
 from strategies.screening import Failures, Screened
 from strategies.state import load_strategy_state, strategy_state
 from strategies.wire import CLIENT_CLIP_NORM

@@ -18,7 +18,7 @@ from strategies.client_reports import (
     known_metrics,
     metrics_problem,
 )
-from strategies.dp_mechanism import global_l2_norm, model_delta
+from strategies.privacy.mechanism import global_l2_norm, model_delta
 
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
 Screened = list[tuple[ClientProxy, FitRes, list[np.ndarray]]]

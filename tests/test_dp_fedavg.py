@@ -7,12 +7,12 @@ from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from opacus.accountants import RDPAccountant
 
-from strategies.accounting import ClientLevelAccountant
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
 from strategies.wire import CLIENT_CLIP_NORM
-from strategies.dp_mechanism import clip_update, model_delta
-from strategies.dp_randomness import DPRandomness
-from strategies.privacy_statement import round_up
+from strategies.privacy.mechanism import clip_update, model_delta
+from strategies.privacy.randomness import DPRandomness
+from strategies.privacy.statement import round_up
 
 OK = Status(code=Code.OK, message="")
 SHAPES = [(4, 3), (5,)]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from strategies.accounting import ClientLevelAccountant, calibrate_noise_multiplier
-from strategies.dp_mechanism import clip_update, clipped_deltas, global_l2_norm, model_delta, noisy_mean, sum_updates
-from strategies.sampling import poisson_sample
+from strategies.privacy.accounting import ClientLevelAccountant, calibrate_noise_multiplier
+from strategies.privacy.mechanism import clip_update, clipped_deltas, global_l2_norm, model_delta, noisy_mean, sum_updates
+from strategies.privacy.sampling import poisson_sample
 
 
 def random_update(seed: int, scale: float) -> list[np.ndarray]:
@@ -131,7 +131,7 @@ def test_state_dict_continues_the_budget():
 
 
 def test_adaptive_clip_norm_shrinks_when_most_updates_fit_and_grows_when_most_are_clipped():
-    from strategies.adaptive_clipping import next_clipping_norm, noised_unclipped_fraction
+    from strategies.privacy.adaptive_clipping import next_clipping_norm, noised_unclipped_fraction
 
     rng = np.random.default_rng(0)
     small, large = [0.1] * 20, [10.0] * 20
@@ -151,7 +151,7 @@ def test_adaptive_clip_norm_shrinks_when_most_updates_fit_and_grows_when_most_ar
 
 
 def test_adaptive_clipping_update_noise_keeps_the_accounted_sigma():
-    from strategies.adaptive_clipping import update_noise_multiplier
+    from strategies.privacy.adaptive_clipping import update_noise_multiplier
 
     sigma, sigma_b = 1.0, 5.0
     sigma_delta = update_noise_multiplier(sigma, sigma_b)

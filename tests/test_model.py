@@ -49,7 +49,7 @@ def test_weights_are_copies_not_views_of_the_model():
 
 def test_tanh_cnn_is_small_opacus_compatible_and_seeded():
     from fl_app.model import TanhCNN, build_model, seeded_model
-    from strategies.opacus_compat import ModuleValidator
+    from strategies.privacy.opacus_compat import ModuleValidator
 
     net = build_model("tanh-cnn")
     assert isinstance(net, TanhCNN) and sum(p.numel() for p in net.parameters()) == 26_010

@@ -17,17 +17,17 @@ import pytest
 import torch
 from flwr.common import RecordDict
 
-import strategies.dp_mechanism as dp_mechanism
+import strategies.privacy.mechanism as dp_mechanism
 from federation import CRASH_POINTS, Crash, run_federation
 from fl_app.client_app import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.in_process import model_digest
 from fl_app.model import seeded_model, seeded_net
-from fl_app.release import ALWAYS_PRESENT, DP_RELEASED_FIELDS
+from strategies.privacy.release import ALWAYS_PRESENT, DP_RELEASED_FIELDS
 from fl_app.task import get_weights
-from strategies.accounting import ClientLevelAccountant
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.wire import CLIENT_CLIP_NORM
-from strategies.dp_randomness import DPRandomness, secure_gaussian
+from strategies.privacy.randomness import DPRandomness, secure_gaussian
 
 EXACT_CLIENT_FIGURES = ("train_loss", "train_accuracy", "update_norm", "clip_fraction",
                         "median_update_norm", "num_rejected", "num_fit_failures")

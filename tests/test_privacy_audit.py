@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from strategies.privacy_audit import (
+from strategies.privacy.audit import (
     audit_one_run,
     epsilon_lower_bound,
     gdp_epsilon,

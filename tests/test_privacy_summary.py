@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from federation import run_federation
-from fl_app.local_dp import batches_per_epoch, local_noise_multiplier
+from strategies.privacy.local_dp import batches_per_epoch, local_noise_multiplier
 from fl_app.model import build_model
 from fl_app.outputs import summary_table
-from strategies.accounting import ClientLevelAccountant
-from strategies.opacus_compat import create_accountant
-from strategies.privacy_statement import round_up
+from strategies.privacy.accounting import ClientLevelAccountant
+from strategies.privacy.opacus_compat import create_accountant
+from strategies.privacy.statement import round_up
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from flwr.server.strategy import FedAvgM
 from federation import run_federation
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig, ConfigError, check_partitioning
-from strategies.accounting import ClientLevelAccountant
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
 from strategies.registry import BUILT_IN, NON_LINEAR, StrategyArgs, build
 

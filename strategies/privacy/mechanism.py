@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from strategies.dp_randomness import secure_gaussian
+from strategies.privacy.randomness import secure_gaussian
 
 Update = Sequence[np.ndarray]
 

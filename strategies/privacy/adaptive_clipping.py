@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from strategies.dp_randomness import secure_gaussian
+from strategies.privacy.randomness import secure_gaussian
 
 
 def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:

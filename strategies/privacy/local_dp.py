@@ -17,6 +17,7 @@ still takes a noised step, as the accountant assumes.
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -27,9 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset as TorchTensorDataset
 
 from data.mnist import TensorDataset
-from fl_app.task import TrainSettings, make_optimizer
-from strategies.dp_randomness import os_entropy_torch_generator, seeded_torch_generator
-from strategies.opacus_compat import ModuleValidator, PrivacyEngine, get_noise_multiplier
+from strategies.privacy.randomness import os_entropy_torch_generator, seeded_torch_generator
+from strategies.privacy.opacus_compat import ModuleValidator, PrivacyEngine, get_noise_multiplier
 
 
 @dataclass(frozen=True)
@@ -64,25 +64,32 @@ def local_noise_multiplier(
 def train_private(
     net: nn.Module,
     data: TensorDataset,
-    settings: TrainSettings,
     dp: LocalDPSettings,
     accountant_state: dict[str, Any] | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
 ) -> tuple[float, float, float, dict[str, Any]]:
-    """Train `net` with DP-SGD, continuing the accountant from `accountant_state`.
+    """Train `net` with DP-SGD for `epochs` epochs of Poisson batches of expected size
+    `batch_size`, continuing the accountant from `accountant_state`.
 
-    Opacus trains a copy (its hooks stay there); the result is loaded into `net`.
+    Opacus trains a copy (its hooks stay there) with `make_optimizer(copy)`; the result is
+    loaded into `net`. `seed` fixes dropout masks (public) and, with `dp.reproducible`,
+    the batches and the noise.
     Returns (mean train loss, train accuracy, ε so far at δ, new accountant state).
     """
     errors = ModuleValidator.validate(net, strict=False)
     if errors:
         raise ValueError(f"model is not compatible with Opacus: {errors}")
-    torch.manual_seed(settings.seed)  # dropout masks: public, as DP-SGD's analysis allows
+    torch.manual_seed(seed)  # dropout masks: public, as DP-SGD's analysis allows
     if dp.reproducible:
-        batches, noise = seeded_torch_generator(settings.seed), seeded_torch_generator(settings.seed + 1)
+        batches, noise = seeded_torch_generator(seed), seeded_torch_generator(seed + 1)
     else:
         batches, noise = os_entropy_torch_generator(), os_entropy_torch_generator()
     loader = DataLoader(TorchTensorDataset(data.images, data.labels),
-                        batch_size=settings.batch_size, generator=batches)
+                        batch_size=batch_size, generator=batches)
     private_net = copy.deepcopy(net)
     with warnings.catch_warnings():  # "Secure RNG turned off": our generators are OS entropy
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -90,7 +97,7 @@ def train_private(
     if accountant_state:
         engine.accountant.load_state_dict(accountant_state)
     model, optimizer, private_loader = engine.make_private(
-        module=private_net, optimizer=make_optimizer(private_net, settings), data_loader=loader,
+        module=private_net, optimizer=make_optimizer(private_net), data_loader=loader,
         noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True, noise_generator=noise,
     )
@@ -98,7 +105,7 @@ def train_private(
     dev = next(net.parameters()).device
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for _ in range(settings.epochs):
+    for _ in range(epochs):
         for x, y in private_loader:
             x, y = x.to(dev), y.to(dev)
             optimizer.zero_grad(set_to_none=True)

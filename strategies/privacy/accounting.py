@@ -26,7 +26,7 @@ class ClientLevelAccountant:
             raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
-        from strategies.opacus_compat import create_accountant
+        from strategies.privacy.opacus_compat import create_accountant
 
         self.kind = accountant
         self.delta = delta
@@ -76,7 +76,7 @@ def epsilon_after(noise_multiplier: float, sample_rate: float, rounds: int, delt
     """ε at δ after `rounds` rounds released with (σ, q) (0 for none)."""
     if rounds <= 0:
         return 0.0
-    from strategies.opacus_compat import create_accountant
+    from strategies.privacy.opacus_compat import create_accountant
 
     composed = create_accountant(mechanism=accountant)
     composed.history = [(noise_multiplier, sample_rate, rounds)]
@@ -104,7 +104,7 @@ def calibrate_noise_multiplier(
 ) -> float:
     """The σ for which `rounds` rounds at rate q spend at most `target_epsilon` at δ
     (Opacus' binary search, tolerance 0.01 in ε)."""
-    from strategies.opacus_compat import get_noise_multiplier
+    from strategies.privacy.opacus_compat import get_noise_multiplier
 
     return float(
         get_noise_multiplier(
