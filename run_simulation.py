@@ -93,7 +93,7 @@ def resolve_run_config(args: argparse.Namespace) -> dict[str, Any]:
             merged[key] = str(Path(str(merged[key])).expanduser().resolve())
     if not merged["resume-from"] and (problem := output_dir_problem(Path(merged["output-dir"]))):
         raise ConfigError(f"Invalid run-config: output-dir = '{merged['output-dir']}' ({problem})")
-    ensure_mnist(merged["data-dir"], cfg.data_download)
+    ensure_mnist(merged["data-dir"], cfg.data.data_download)
     if merged["resume-from"]:
         checkpoint = load_checkpoint(merged["resume-from"])
         check_resumable(checkpoint.config, merged)

@@ -51,11 +51,11 @@ def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str,
     start = time.perf_counter()
     clients = [load_client_data(cfg, data_dir, pid, num_clients)[0] for pid in range(num_clients)]
     test_set = load_test_set(cfg, data_dir)
-    net = seeded_net(cfg.seed).to(device())
+    net = seeded_net(cfg.run.seed).to(device())
     global_weights = get_weights(net)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.run.seed)
     rounds = []
-    for server_round in range(1, cfg.num_server_rounds + 1):
+    for server_round in range(1, cfg.run.num_server_rounds + 1):
         round_start = time.perf_counter()
         new, counts = [], []
         cohort = range(num_clients) if clients_per_round is None else \
@@ -63,9 +63,9 @@ def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str,
         for pid in cohort:
             data = clients[pid]
             set_weights(net, global_weights)
-            train(net, data, TrainSettings(cfg.local_epochs, cfg.batch_size, cfg.optimizer,
-                                           round_learning_rate(cfg, server_round), cfg.momentum,
-                                           seed=cfg.seed + pid + server_round))
+            train(net, data, TrainSettings(cfg.train.local_epochs, cfg.train.batch_size, cfg.train.optimizer,
+                                           round_learning_rate(cfg, server_round), cfg.train.momentum,
+                                           seed=cfg.run.seed + pid + server_round))
             new.append(get_weights(net))
             counts.append(len(data))
         total = sum(counts)

@@ -145,18 +145,18 @@ def run_audit(run_config: dict[str, Any], num_clients: int, canaries: int, run_d
     """Run the configured central-DP federation with `canaries` canary clients (each
     included with probability ½) and return the audit's figures (also in audit.json)."""
     cfg = AppConfig.from_run_config(run_config)
-    if cfg.dp_mode != "central":
-        raise ConfigError(f"Invalid run-config: dp-mode = '{cfg.dp_mode}' (allowed: 'central'; the audit "
+    if cfg.dp.mode != "central":
+        raise ConfigError(f"Invalid run-config: dp-mode = '{cfg.dp.mode}' (allowed: 'central'; the audit "
                           "measures client-level DP-FedAvg)")
     if canaries < 4:
         raise ValueError(f"--canaries = {canaries} (allowed: at least 4)")
     rng = rng or np.random.default_rng(os_entropy_seed_sequence())  # the auditor's secret
-    dimension = sum(w.size for w in get_weights(seeded_model(cfg.model, cfg.seed)))
+    dimension = sum(w.size for w in get_weights(seeded_model(cfg.train.model, cfg.run.seed)))
     directions = random_directions(canaries, dimension, rng)
     included = rng.random(canaries) < 0.5
     clients = [CanaryClient(i, directions[i]) for i in np.flatnonzero(included)]
     seen = Observations(directions)
-    run_federation(run_config, num_clients, cfg.data_dir, run_dir, extra_clients=clients,
+    run_federation(run_config, num_clients, cfg.data.data_dir, run_dir, extra_clients=clients,
                    server_class=ScoringServer, server_options={"observations": seen, "noise_scale": noise_scale})
     privacy = json.loads((run_dir / "summary.json").read_text())["privacy"]
     one_run = audit_one_run(seen.scores, included, privacy["delta"])
@@ -225,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     run_config = project_defaults(APP_DIR) | {"dp-mode": "central", "checkpoint-every": 0} | overrides
     try:
         cfg = AppConfig.from_run_config(run_config)
-        run_dir = Path(cfg.output_dir).expanduser().resolve() / "audit"
+        run_dir = Path(cfg.run.output_dir).expanduser().resolve() / "audit"
         suffix = 0
         while (run_dir.parent / f"{run_dir.name}-{suffix}").exists():
             suffix += 1
         run_dir = run_dir.parent / f"{run_dir.name}-{suffix}"
-        figures = run_audit(run_config | {"min-available-clients": min(cfg.min_available_clients, args.num_clients)},
+        figures = run_audit(run_config | {"min-available-clients": min(cfg.strategy.min_available_clients, args.num_clients)},
                             args.num_clients, args.canaries, run_dir, noise_scale=args.fault)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

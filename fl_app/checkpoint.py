@@ -204,23 +204,23 @@ class _Validator:
         except (KeyError, TypeError) as err:
             self.fail(f"a field refers to an array the file does not hold ({type(err).__name__}: {err})")
         self.cfg = self.config(checkpoint.config)
-        self.require(_is_int(checkpoint.round) and 1 <= checkpoint.round <= self.cfg.num_server_rounds,
+        self.require(_is_int(checkpoint.round) and 1 <= checkpoint.round <= self.cfg.run.num_server_rounds,
                      "round", checkpoint.round,
-                     f"an integer in [1, {self.cfg.num_server_rounds}], num-server-rounds of the run")
+                     f"an integer in [1, {self.cfg.run.num_server_rounds}], num-server-rounds of the run")
         self.model = [(name, tuple(t.shape), t.detach().numpy().dtype)
-                      for name, t in build_model(self.cfg.model).state_dict().items()]
+                      for name, t in build_model(self.cfg.train.model).state_dict().items()]
         self.weights("weights", checkpoint.weights)
         self.history(checkpoint.round, checkpoint.history, checkpoint.row)
         self.require(_finite(checkpoint.wall_seconds, 0.0), "wall_seconds", checkpoint.wall_seconds,
                      "a finite number >= 0")
-        self.require(_is_int(checkpoint.num_nodes) and checkpoint.num_nodes >= self.cfg.min_available_clients,
+        self.require(_is_int(checkpoint.num_nodes) and checkpoint.num_nodes >= self.cfg.strategy.min_available_clients,
                      "num_nodes", checkpoint.num_nodes,
-                     f"an integer >= min-available-clients = {self.cfg.min_available_clients}")
+                     f"an integer >= min-available-clients = {self.cfg.strategy.min_available_clients}")
         self.global_rng(checkpoint.rng)
         self.require(isinstance(checkpoint.sampler, dict), "sampler", checkpoint.sampler, "an object")
         if "rng" in checkpoint.sampler:
             self.generator("sampler.rng", checkpoint.sampler["rng"])
-        if self.cfg.dp_mode == "central":
+        if self.cfg.dp.mode == "central":
             state = checkpoint.strategy
             self.require(isinstance(state, dict) and set(state) == {"state_dict"}, "strategy", state,
                          "DP-FedAvg's state_dict (dp-mode = 'central')")
@@ -241,11 +241,11 @@ class _Validator:
         """One finite array per tensor of the model, of its shape and of its float dtype or
         a wider one (server optimizers such as FedAdam compute in float64)."""
         self.require(isinstance(weights, list) and len(weights) == len(self.model), field, weights,
-                     f"a list of the {len(self.model)} arrays of model '{self.cfg.model}'")
+                     f"a list of the {len(self.model)} arrays of model '{self.cfg.train.model}'")
         for i, (array, (name, shape, dtype)) in enumerate(zip(weights, self.model)):
             self.require(isinstance(array, np.ndarray) and array.shape == shape and array.dtype.kind == "f"
                          and np.can_cast(dtype, array.dtype, "safe"), f"{field}[{i}] ({name})", array,
-                         f"a {dtype} (or wider float) array of shape {shape}, as in model '{self.cfg.model}'")
+                         f"a {dtype} (or wider float) array of shape {shape}, as in model '{self.cfg.train.model}'")
             bad = int(np.count_nonzero(~np.isfinite(array)))
             if bad:
                 self.fail(f"{field}[{i}] ({name}) = {_show(array)} with {bad} NaN or infinite "
@@ -312,32 +312,32 @@ class _Validator:
         cfg, field = self.cfg, "strategy.state_dict"
         self.require(isinstance(state, dict) and all(k in state for k in DP_STATE_KEYS), field, state,
                      f"DP-FedAvg's state ({', '.join(DP_STATE_KEYS)})")
-        sigma, configured = state["noise_multiplier"], cfg.dp_noise_multiplier  # 0: calibrated to a target ε
+        sigma, configured = state["noise_multiplier"], cfg.dp.noise_multiplier  # 0: calibrated to a target ε
         self.require(_finite(sigma) and sigma > 0 and (not configured or sigma == configured),
                      f"{field}.noise_multiplier", sigma,
                      f"{configured!r}, dp-noise-multiplier" if configured else "a finite number > 0")
-        norm, adaptive = state["clipping_norm"], cfg.dp_clipping == "adaptive"
-        self.require(_finite(norm) and norm > 0 and (adaptive or norm == cfg.dp_clipping_norm),
+        norm, adaptive = state["clipping_norm"], cfg.dp.clipping == "adaptive"
+        self.require(_finite(norm) and norm > 0 and (adaptive or norm == cfg.dp.clipping_norm),
                      f"{field}.clipping_norm", norm,
-                     "a finite number > 0" if adaptive else f"{cfg.dp_clipping_norm!r}, dp-clipping-norm")
+                     "a finite number > 0" if adaptive else f"{cfg.dp.clipping_norm!r}, dp-clipping-norm")
         population = state["population"]
         self.require(isinstance(population, list) and all(isinstance(k, str) for k in population)
-                     and len(set(population)) == len(population) >= cfg.dp_clients_per_round,
+                     and len(set(population)) == len(population) >= cfg.dp.clients_per_round,
                      f"{field}.population", population,
-                     f"at least dp-clients-per-round = {cfg.dp_clients_per_round:g} distinct client keys")
+                     f"at least dp-clients-per-round = {cfg.dp.clients_per_round:g} distinct client keys")
         accountant = state["accountant"]
         self.require(isinstance(accountant, dict) and set(accountant) == {"accountant", "delta", "history"}
-                     and (accountant["accountant"], accountant["delta"]) == (cfg.dp_accountant, cfg.dp_delta),
+                     and (accountant["accountant"], accountant["delta"]) == (cfg.dp.accountant, cfg.dp.delta),
                      f"{field}.accountant", accountant,
-                     f"the {cfg.dp_accountant!r} accountant at dp-delta = {cfg.dp_delta!r}")
-        q, steps = cfg.dp_clients_per_round / len(population), accountant["history"]
+                     f"the {cfg.dp.accountant!r} accountant at dp-delta = {cfg.dp.delta!r}")
+        q, steps = cfg.dp.clients_per_round / len(population), accountant["history"]
         self.require(isinstance(steps, list) and all(
             isinstance(s, list) and len(s) == 3 and s[:2] == [sigma, q] and _is_int(s[2]) and s[2] >= 1
             for s in steps) and sum(s[2] for s in steps) == server_round,
             f"{field}.accountant.history", steps,
             f"[[sigma, q, steps]] = [[{sigma!r}, {q!r}, {server_round}]]: one step per round so far")
         randomness = state["randomness"]
-        if cfg.dp_reproducible_noise:
+        if cfg.dp.reproducible_noise:
             self.require(isinstance(randomness, dict) and set(randomness) == {"sampling", "noise"},
                          f"{field}.randomness", randomness, "the sampling and noise generators' states")
             for name, generator in randomness.items():

@@ -20,7 +20,7 @@ from data.mnist import TensorDataset, load_mnist
 from data.partition import PartitionSpec, client_split, partition_indices
 from data.site_data import load_site_data
 from fl_app.attacks import attacked
-from fl_app.config import AppConfig
+from fl_app.config import AppConfig, client_config
 from fl_app.model import build_model
 from fl_app.task import TrainSettings, device, evaluate, get_weights, make_optimizer, set_weights, train
 from strategies.privacy.mechanism import clip_update, model_delta
@@ -54,7 +54,7 @@ class FlowerClient(NumPyClient):
         self.state = state if state is not None else RecordDict()
         self.attacker = attacker
         self.key = key or f"partition-{client_key:06d}"
-        self.net = build_model(cfg.model).to(device())
+        self.net = build_model(cfg.train.model).to(device())
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """The key the server orders and samples clients by (stable across runs)."""
@@ -66,18 +66,18 @@ class FlowerClient(NumPyClient):
         metrics."""
         set_weights(self.net, parameters)
         server_round = int(config[SERVER_ROUND])
-        seed = np.random.SeedSequence([self.cfg.seed, self.client_key, server_round])
+        seed = np.random.SeedSequence([self.cfg.run.seed, self.client_key, server_round])
         settings = TrainSettings(
-            epochs=self.cfg.local_epochs,
-            batch_size=self.cfg.batch_size,
-            optimizer=self.cfg.optimizer,
+            epochs=self.cfg.train.local_epochs,
+            batch_size=self.cfg.train.batch_size,
+            optimizer=self.cfg.train.optimizer,
             learning_rate=float(config[LEARNING_RATE]),
-            momentum=self.cfg.momentum,
+            momentum=self.cfg.train.momentum,
             seed=int(seed.generate_state(1)[0]),
-            proximal_mu=self.cfg.proximal_mu,
+            proximal_mu=self.cfg.train.proximal_mu,
         )
         metrics: dict[str, Scalar] = {}
-        if self.cfg.dp_mode == "local":
+        if self.cfg.dp.mode == "local":
             loss, accuracy, privacy = self._train_private(settings)
             metrics.update(privacy)
         else:
@@ -91,14 +91,14 @@ class FlowerClient(NumPyClient):
             reference = [np.zeros_like(w) for w in weights]
         if self.attacker:
             rng = np.random.default_rng(seed.spawn(1)[0])
-            weights = attacked(self.cfg.attack, weights, reference, self.cfg.attack_scale, rng)
-        if self.cfg.secure_aggregation:
+            weights = attacked(self.cfg.attack.kind, weights, reference, self.cfg.attack.scale, rng)
+        if self.cfg.secagg.enabled:
             # The server cannot screen a masked update: a non-finite one must not leave the
             # client. Anything sent in the clear would escape the secure sum and the noise.
             if not all(np.isfinite(w).all() for w in weights):
                 raise ValueError("local training gave a non-finite update; not sent")
             return weights, 1, {}
-        if self.cfg.dp_mode == "local":  # the exact example count would reveal a sample's presence
+        if self.cfg.dp.mode == "local":  # the exact example count would reveal a sample's presence
             return weights, 1, metrics
         return weights, len(self.train_set), metrics
 
@@ -106,7 +106,7 @@ class FlowerClient(NumPyClient):
     def releases_own_figures(self) -> bool:
         """Whether this client reports exact figures of its data (train loss and accuracy,
         validation results): never under DP unless `dp-release-unprotected-metrics`."""
-        return self.cfg.dp_mode == "off" or self.cfg.dp_release_unprotected_metrics
+        return self.cfg.dp.mode == "off" or self.cfg.dp.release_unprotected_metrics
 
     def _train_private(self, settings: TrainSettings) -> tuple[float, float, dict[str, Scalar]]:
         """DP-SGD, continuing this client's accountant across rounds; returns the train
@@ -120,16 +120,16 @@ class FlowerClient(NumPyClient):
         )
 
         dp = LocalDPSettings(
-            max_grad_norm=self.cfg.dp_max_grad_norm,
+            max_grad_norm=self.cfg.dp.max_grad_norm,
             noise_multiplier=local_noise_multiplier(
-                target_epsilon=self.cfg.dp_target_epsilon, delta=self.cfg.dp_delta,
-                num_samples=len(self.train_set), batch_size=self.cfg.batch_size,
-                epochs=self.cfg.local_epochs, rounds=self.cfg.num_server_rounds,
-                accountant=self.cfg.dp_accountant,
+                target_epsilon=self.cfg.dp.target_epsilon, delta=self.cfg.dp.delta,
+                num_samples=len(self.train_set), batch_size=self.cfg.train.batch_size,
+                epochs=self.cfg.train.local_epochs, rounds=self.cfg.run.num_server_rounds,
+                accountant=self.cfg.dp.accountant,
             ),
-            delta=self.cfg.dp_delta,
-            accountant=self.cfg.dp_accountant,
-            reproducible=self.cfg.dp_reproducible_noise,
+            delta=self.cfg.dp.delta,
+            accountant=self.cfg.dp.accountant,
+            reproducible=self.cfg.dp.reproducible_noise,
         )
         saved = self.state.config_records.get(ACCOUNTANT_RECORD)
         previous = json.loads(str(saved["state"])) if saved else None
@@ -140,7 +140,7 @@ class FlowerClient(NumPyClient):
         self.state[ACCOUNTANT_RECORD] = ConfigRecord({"state": json.dumps(state), "rounds": rounds})
         privacy: dict[str, Scalar] = {
             "epsilon": epsilon, "dp_noise_multiplier": dp.noise_multiplier,
-            "dp_sample_rate": 1 / batches_per_epoch(len(self.train_set), self.cfg.batch_size),
+            "dp_sample_rate": 1 / batches_per_epoch(len(self.train_set), self.cfg.train.batch_size),
             "dp_rounds": rounds,
         }
         return loss, accuracy, privacy
@@ -165,19 +165,19 @@ def load_client_data(
     """This client's (train, validation) split, computed once per process."""
     full = load_mnist(data_dir, train=True)
     spec = PartitionSpec(
-        scheme=cfg.partitioner,
+        scheme=cfg.data.partitioner,
         num_partitions=num_partitions,
-        seed=cfg.seed,
-        dirichlet_alpha=cfg.dirichlet_alpha,
-        shards_per_client=cfg.shards_per_client,
+        seed=cfg.run.seed,
+        dirichlet_alpha=cfg.data.dirichlet_alpha,
+        shards_per_client=cfg.data.shards_per_client,
     )
     indices = partition_indices(full.labels, spec, partition_id)
     return client_split(
         full,
         indices,
-        seed=cfg.seed + partition_id,
-        max_samples=cfg.samples_per_client,
-        validation_fraction=cfg.validation_fraction,
+        seed=cfg.run.seed + partition_id,
+        max_samples=cfg.data.samples_per_client,
+        validation_fraction=cfg.data.validation_fraction,
     )
 
 
@@ -199,7 +199,7 @@ def node_data(
             )
         partition_id = int(node_config["partition-id"])
         num_partitions = int(node_config["num-partitions"])
-        data_dir = str(node_config.get("data-dir", cfg.data_dir))
+        data_dir = str(node_config.get("data-dir", cfg.data.data_dir))
         return partition_id, *load_client_data(cfg, data_dir, partition_id, num_partitions)
     if "data-dir" in node_config:
         return None, *load_site_split(cfg, str(node_config["data-dir"]))
@@ -214,18 +214,18 @@ def node_data(
 def load_site_split(cfg: AppConfig, data_dir: str) -> tuple[TensorDataset, TensorDataset]:
     """A site's whole dataset, split (seeded) into local train and validation sets."""
     data = load_site_data(data_dir)
-    return client_split(data, np.arange(len(data)), seed=cfg.seed, max_samples=0,
-                        validation_fraction=cfg.validation_fraction)
+    return client_split(data, np.arange(len(data)), seed=cfg.run.seed, max_samples=0,
+                        validation_fraction=cfg.data.validation_fraction)
 
 
 def client_fn(context: Context) -> Client:
     """Build the client for this node from its node-config and the run-config."""
-    cfg = AppConfig.from_run_config(context.run_config)
+    cfg = client_config(context.run_config)
     partition_id, train_set, val_set = node_data(cfg, context.node_config)
     if partition_id is None:
         return FlowerClient(cfg, context.node_id, train_set, val_set, context.state,
                             key=f"node-{context.node_id}").to_client()
-    attacker = partition_id < cfg.num_attackers
+    attacker = partition_id < cfg.attack.num_attackers
     return FlowerClient(cfg, partition_id, train_set, val_set, context.state, attacker).to_client()
 
 

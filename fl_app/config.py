@@ -9,7 +9,7 @@ otherwise; any other value is used as given.
 """
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -102,248 +102,269 @@ MAX_SCALE = 1e6
 AUTO = "auto"
 APP_DIR = Path(__file__).resolve().parents[1]
 
-# key -> rule; the dataclass below has one field per key (kebab-case -> snake_case).
-RULES: dict[str, Callable[[Any], str | None]] = {
-    "num-server-rounds": _int(1),
-    "seed": _int(0),
-    "model": _choice(*MODELS),
-    "data-dir": _text,
-    "data-download": _bool,
-    "output-dir": _text,
-    "partitioner": _choice(*PARTITIONERS),
-    "dirichlet-alpha": _float(0, INF, True, True),
-    "shards-per-client": _int(1),
-    "samples-per-client": _int(0),
-    "validation-fraction": _float(0, 1, False, True),
-    "eval-samples": _int(0, MNIST_TEST_SIZE),
-    "local-epochs": _int(1),
-    "batch-size": _int(1),
-    "optimizer": _choice(*OPTIMIZERS),
-    "learning-rate": _float(0, INF, True, True),
-    "momentum": _float(0, 1, False, True),
-    "lr-schedule": _choice(*LR_SCHEDULES),
-    "fraction-fit": _float(0, 1, True, False),
-    "fraction-evaluate": _float(0, 1, False, False),  # 0: no federated evaluation
-    "min-fit-clients": _int(1),
-    "min-evaluate-clients": _int(1),
-    "min-available-clients": _int(1),
-    "server-learning-rate": _float(0, INF, True, True),
-    "dp-mode": _choice(*DP_MODES),
-    "dp-clipping": _choice(*CLIPPING_MODES),
-    "dp-clipping-norm": _float(0, MAX_SCALE, True, False),
-    "dp-noise-multiplier": _off_or_within(MIN_NOISE_MULTIPLIER, MAX_SCALE),
-    "dp-target-epsilon": _float(0, INF, False, True),
-    "dp-delta": _float(0, 1, True, True),
-    "dp-clients-per-round": _float(0, INF, True, True),
-    "dp-accountant": _choice(*ACCOUNTANTS),
-    "dp-max-grad-norm": _float(0, MAX_SCALE, True, False),
-    "dp-target-quantile": _float(0, 1, True, True),
-    "dp-clip-learning-rate": _float(0, INF, True, True),
-    "dp-clipped-count-stddev": _float(0, INF, True, True),
-    "dp-reproducible-noise": _bool,
-    "dp-release-unprotected-metrics": _bool,
-    "strategy": _text,
-    "max-failure-fraction": _float(0, 1, False, False),
-    "max-examples-ratio": _off_or_at_least(1),
-    "max-update-norm-ratio": _off_or_at_least(1),
-    "round-timeout": _float(0, INF, False, True),
-    "proximal-mu": _float(0, INF, False, True),
-    "server-momentum": _float(0, 1, False, True),
-    "server-beta-1": _float(0, 1, False, True),
-    "server-beta-2": _float(0, 1, False, True),
-    "server-tau": _float(0, INF, True, True),
-    "trim-fraction": _float(0, 0.5, False, True),
-    "num-malicious-clients": _int(0),
-    "qfedavg-q": _float(0, INF, False, True),
-    "num-attackers": _int(0),
-    "attack": _choice(*ATTACKS),
-    "attack-scale": _float(0, INF, True, True),
-    "secure-aggregation": _bool,
-    "secagg-num-shares": _float(0, 1, True, False),
-    "secagg-reconstruction-threshold": _float(0, 1, True, False),
-    "checkpoint-every": _int(0),
-    "resume-from": _optional_text,
-    "tensorboard": _bool,
-    "tracking": _choice(*TRACKING),
-    "tracking-uri": _optional_text,
-}
-
 # Keys a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = ("resume-from", "output-dir", "data-dir", "data-download", "round-timeout",
                      "checkpoint-every", "tensorboard", "tracking", "tracking-uri")
+# Keys that do not apply under central DP, where every round releases a noised model
+# whatever replies arrive (a skip that depends on the replies would itself be a release):
+# they must stay `auto` (or its resolved value), which the `central-dp` column sets to "never skip".
+NOT_UNDER_CENTRAL_DP = ("min-fit-clients", "max-failure-fraction")
+
+
+def setting(key: str, rule: Callable[[Any], str | None]) -> Any:
+    """A config field: its run-config `key` and the `rule` that returns what is allowed
+    when a value is refused (None when accepted). The default lives in pyproject only."""
+    return field(metadata={"key": key, "rule": rule})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How long the run is, where its outputs go and what records it."""
+
+    num_server_rounds: int = setting("num-server-rounds", _int(1))
+    seed: int = setting("seed", _int(0))
+    output_dir: str = setting("output-dir", _text)
+    checkpoint_every: int = setting("checkpoint-every", _int(0))
+    resume_from: str = setting("resume-from", _optional_text)
+    round_timeout: float = setting("round-timeout", _float(0, INF, False, True))
+    tensorboard: bool = setting("tensorboard", _bool)
+    tracking: str = setting("tracking", _choice(*TRACKING))
+    tracking_uri: str = setting("tracking-uri", _optional_text)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where MNIST comes from and how it is split over the clients."""
+
+    data_dir: str = setting("data-dir", _text)
+    data_download: bool = setting("data-download", _bool)
+    partitioner: str = setting("partitioner", _choice(*PARTITIONERS))
+    dirichlet_alpha: float = setting("dirichlet-alpha", _float(0, INF, True, True))
+    shards_per_client: int = setting("shards-per-client", _int(1))
+    samples_per_client: int = setting("samples-per-client", _int(0))
+    validation_fraction: float = setting("validation-fraction", _float(0, 1, False, True))
+    eval_samples: int = setting("eval-samples", _int(0, MNIST_TEST_SIZE))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The model and each client's local training."""
+
+    model: str = setting("model", _choice(*MODELS))
+    local_epochs: int = setting("local-epochs", _int(1))
+    batch_size: int = setting("batch-size", _int(1))
+    optimizer: str = setting("optimizer", _choice(*OPTIMIZERS))
+    learning_rate: float = setting("learning-rate", _float(0, INF, True, True))
+    momentum: float = setting("momentum", _float(0, 1, False, True))
+    lr_schedule: str = setting("lr-schedule", _choice(*LR_SCHEDULES))
+    proximal_mu: float = setting("proximal-mu", _float(0, INF, False, True))
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """The aggregation strategy, its client counts, its screen and its hyperparameters."""
+
+    name: str = setting("strategy", _text)
+    fraction_fit: float = setting("fraction-fit", _float(0, 1, True, False))
+    fraction_evaluate: float = setting("fraction-evaluate", _float(0, 1, False, False))  # 0: none
+    min_fit_clients: int = setting("min-fit-clients", _int(1))
+    min_evaluate_clients: int = setting("min-evaluate-clients", _int(1))
+    min_available_clients: int = setting("min-available-clients", _int(1))
+    max_failure_fraction: float = setting("max-failure-fraction", _float(0, 1, False, False))
+    max_examples_ratio: float = setting("max-examples-ratio", _off_or_at_least(1))
+    max_update_norm_ratio: float = setting("max-update-norm-ratio", _off_or_at_least(1))
+    server_learning_rate: float = setting("server-learning-rate", _float(0, INF, True, True))
+    server_momentum: float = setting("server-momentum", _float(0, 1, False, True))
+    server_beta_1: float = setting("server-beta-1", _float(0, 1, False, True))
+    server_beta_2: float = setting("server-beta-2", _float(0, 1, False, True))
+    server_tau: float = setting("server-tau", _float(0, INF, True, True))
+    trim_fraction: float = setting("trim-fraction", _float(0, 0.5, False, True))
+    num_malicious_clients: int = setting("num-malicious-clients", _int(0))
+    qfedavg_q: float = setting("qfedavg-q", _float(0, INF, False, True))
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Differential privacy: central (client-level, on the server) or local (DP-SGD)."""
+
+    mode: str = setting("dp-mode", _choice(*DP_MODES))
+    clipping: str = setting("dp-clipping", _choice(*CLIPPING_MODES))
+    clipping_norm: float = setting("dp-clipping-norm", _float(0, MAX_SCALE, True, False))
+    noise_multiplier: float = setting("dp-noise-multiplier", _off_or_within(MIN_NOISE_MULTIPLIER, MAX_SCALE))
+    target_epsilon: float = setting("dp-target-epsilon", _float(0, INF, False, True))
+    delta: float = setting("dp-delta", _float(0, 1, True, True))
+    clients_per_round: float = setting("dp-clients-per-round", _float(0, INF, True, True))
+    accountant: str = setting("dp-accountant", _choice(*ACCOUNTANTS))
+    max_grad_norm: float = setting("dp-max-grad-norm", _float(0, MAX_SCALE, True, False))
+    target_quantile: float = setting("dp-target-quantile", _float(0, 1, True, True))
+    clip_learning_rate: float = setting("dp-clip-learning-rate", _float(0, INF, True, True))
+    clipped_count_stddev: float = setting("dp-clipped-count-stddev", _float(0, INF, True, True))
+    reproducible_noise: bool = setting("dp-reproducible-noise", _bool)
+    release_unprotected_metrics: bool = setting("dp-release-unprotected-metrics", _bool)
+
+    @property
+    def central(self) -> bool:
+        """Whether the server clips, noises and accounts (dp-mode = "central")."""
+        return self.mode == "central"
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation (SecAgg+) of the clients' clipped updates."""
+
+    enabled: bool = setting("secure-aggregation", _bool)
+    num_shares: float = setting("secagg-num-shares", _float(0, 1, True, False))
+    reconstruction_threshold: float = setting("secagg-reconstruction-threshold", _float(0, 1, True, False))
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated attackers among the clients (the robustness experiments)."""
+
+    num_attackers: int = setting("num-attackers", _int(0))
+    kind: str = setting("attack", _choice(*ATTACKS))
+    scale: float = setting("attack-scale", _float(0, INF, True, True))
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunConfig, "data": DataConfig, "train": TrainConfig, "strategy": StrategyConfig,
+    "dp": DPConfig, "secagg": SecAggConfig, "attack": AttackConfig,
+}
+# key -> (section, field name, rule): derived from the sections' fields, declared nowhere else.
+DECLARED: dict[str, tuple[str, str, Callable[[Any], str | None]]] = {
+    f.metadata["key"]: (section, f.name, f.metadata["rule"])
+    for section, cls in SECTIONS.items() for f in fields(cls)
+}
+RULES: dict[str, Callable[[Any], str | None]] = {key: rule for key, (_, _, rule) in DECLARED.items()}
+
+
+def refuse(key: str, value: Any, allowed: str) -> ConfigError:
+    """The one-line error for `key = value`."""
+    return ConfigError(f"Invalid run-config: {key} = {value!r} (allowed: {allowed})")
 
 
 @dataclass(frozen=True)
 class AppConfig:
-    """The validated run configuration (see README's config reference)."""
+    """The validated run configuration, by section (README "Configuration")."""
 
-    num_server_rounds: int
-    seed: int
-    model: str
-    data_dir: str
-    data_download: bool
-    output_dir: str
-    partitioner: str
-    dirichlet_alpha: float
-    shards_per_client: int
-    samples_per_client: int
-    validation_fraction: float
-    eval_samples: int
-    local_epochs: int
-    batch_size: int
-    optimizer: str
-    learning_rate: float
-    momentum: float
-    lr_schedule: str
-    fraction_fit: float
-    fraction_evaluate: float
-    min_fit_clients: int
-    min_evaluate_clients: int
-    min_available_clients: int
-    server_learning_rate: float
-    dp_mode: str
-    dp_clipping: str
-    dp_clipping_norm: float
-    dp_noise_multiplier: float
-    dp_target_epsilon: float
-    dp_delta: float
-    dp_clients_per_round: float
-    dp_accountant: str
-    dp_max_grad_norm: float
-    dp_target_quantile: float
-    dp_clip_learning_rate: float
-    dp_clipped_count_stddev: float
-    dp_reproducible_noise: bool
-    dp_release_unprotected_metrics: bool
-    strategy: str
-    max_failure_fraction: float
-    max_examples_ratio: float
-    max_update_norm_ratio: float
-    round_timeout: float
-    proximal_mu: float
-    server_momentum: float
-    server_beta_1: float
-    server_beta_2: float
-    server_tau: float
-    trim_fraction: float
-    num_malicious_clients: int
-    qfedavg_q: float
-    num_attackers: int
-    attack: str
-    attack_scale: float
-    secure_aggregation: bool
-    secagg_num_shares: float
-    secagg_reconstruction_threshold: float
-    checkpoint_every: int
-    resume_from: str
-    tensorboard: bool
-    tracking: str
-    tracking_uri: str
+    run: RunConfig
+    data: DataConfig
+    train: TrainConfig
+    strategy: StrategyConfig
+    dp: DPConfig
+    secagg: SecAggConfig
+    attack: AttackConfig
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> "AppConfig":
-        """Validate `run_config`; raise `ConfigError` on the first bad or missing key."""
-        unknown = sorted(set(run_config) - set(RULES))
+    def from_run_config(cls, run_config: Mapping[str, Any], *, load_strategy: bool = True) -> "AppConfig":
+        """Validate `run_config`; raise `ConfigError` on the first bad or missing key.
+        `load_strategy=False` skips importing a user's strategy module (the clients do
+        not run it; the server checks it)."""
+        unknown = sorted(set(run_config) - set(DECLARED))
         if unknown:
             raise ConfigError(
                 f"Invalid run-config: unknown key '{unknown[0]}' "
-                f"(allowed keys: {', '.join(RULES)})"
+                f"(allowed keys: {', '.join(DECLARED)})"
             )
-        missing = [key for key in RULES if key not in run_config]
+        missing = [key for key in DECLARED if key not in run_config]
         if missing:
             raise ConfigError(f"Invalid run-config: missing key '{missing[0]}'")
+        if run_config["dp-mode"] == "central":
+            for key in NOT_UNDER_CENTRAL_DP:
+                never_skip = auto_table()["central-dp"][key]
+                if run_config[key] not in (AUTO, never_skip):
+                    raise refuse(key, run_config[key], f"'{AUTO}' (= {never_skip}) with dp-mode = 'central': "
+                                 "every round releases a noised model whatever replies arrive, so no round "
+                                 "is skipped")
         automatic = auto_settings(run_config)
-        values = {}
-        for key, rule in RULES.items():
+        values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+        for key, (section, name, rule) in DECLARED.items():
             value = automatic.get(key, run_config[key])
             allowed = rule(value)
             if allowed is not None:
                 if key in auto_table()["plain"]:
                     allowed += f", or '{AUTO}'"
-                raise ConfigError(
-                    f"Invalid run-config: {key} = {value!r} (allowed: {allowed})"
-                )
-            values[key.replace("-", "_")] = value
-        if values["min_fit_clients"] > values["min_available_clients"]:
+                raise refuse(key, value, allowed)
+            values[section][name] = value
+        cfg = cls(**{section: SECTIONS[section](**kwargs) for section, kwargs in values.items()})
+        cfg.check(load_strategy=load_strategy)
+        return cfg
+
+    def check(self, *, load_strategy: bool) -> None:
+        """The rules that tie keys of several sections together."""
+        s, dp = self.strategy, self.dp
+        if s.min_fit_clients > s.min_available_clients:
             raise ConfigError(
-                f"Invalid run-config: min-fit-clients = {values['min_fit_clients']} "
-                f"(allowed: at most min-available-clients = {values['min_available_clients']})"
+                f"Invalid run-config: min-fit-clients = {s.min_fit_clients} "
+                f"(allowed: at most min-available-clients = {s.min_available_clients})"
             )
-        if values["dp_mode"] == "central" and not (
-            values["dp_noise_multiplier"] > 0 or values["dp_target_epsilon"] > 0
+        if dp.central and not (dp.noise_multiplier > 0 or dp.target_epsilon > 0):
+            raise refuse("dp-noise-multiplier", dp.noise_multiplier,
+                         "> 0, or 0 with dp-target-epsilon > 0 to calibrate it")
+        if dp.mode == "local" and not dp.target_epsilon > 0:
+            raise refuse("dp-target-epsilon", dp.target_epsilon,
+                         "> 0 with dp-mode = 'local', the per-client budget")
+        if dp.central and dp.clipping == "adaptive" and dp.noise_multiplier > 0 and not (
+            2 * dp.clipped_count_stddev > dp.noise_multiplier
         ):
-            raise ConfigError(
-                f"Invalid run-config: dp-noise-multiplier = {values['dp_noise_multiplier']!r} "
-                "(allowed: > 0, or 0 with dp-target-epsilon > 0 to calibrate it)"
-            )
-        if values["dp_mode"] == "local" and not values["dp_target_epsilon"] > 0:
-            raise ConfigError(
-                f"Invalid run-config: dp-target-epsilon = {values['dp_target_epsilon']!r} "
-                "(allowed: > 0 with dp-mode = 'local', the per-client budget)"
-            )
-        if (
-            values["dp_mode"] == "central"
-            and values["dp_clipping"] == "adaptive"
-            and values["dp_noise_multiplier"] > 0
-            and not 2 * values["dp_clipped_count_stddev"] > values["dp_noise_multiplier"]
-        ):
-            raise ConfigError(
-                f"Invalid run-config: dp-clipped-count-stddev = {values['dp_clipped_count_stddev']!r} "
-                f"(allowed: > dp-noise-multiplier / 2 = {values['dp_noise_multiplier'] / 2:g} "
-                "with adaptive clipping)"
-            )
-        if values["dp_mode"] == "central" and values["checkpoint_every"] > 1:
-            raise ConfigError(
-                f"Invalid run-config: checkpoint-every = {values['checkpoint_every']!r} (allowed: "
-                "0 or 1 with dp-mode = 'central': each released round is checkpointed before it "
-                "leaves the server, so a resumed run never computes a released round again)"
-            )
-        check_strategy(values)
-        if values["resume_from"] and values["dp_mode"] == "local":
-            raise ConfigError(
-                f"Invalid run-config: resume-from = {values['resume_from']!r} (allowed: only "
-                "with dp-mode 'off' or 'central'; with 'local' the privacy accountants live on "
-                "the clients and a new run would start them from zero)"
-            )
-        if values["secure_aggregation"] and (
-            values["dp_mode"] != "central" or values["dp_clipping"] != "client"
-        ):
+            raise refuse("dp-clipped-count-stddev", dp.clipped_count_stddev,
+                         f"> dp-noise-multiplier / 2 = {dp.noise_multiplier / 2:g} with adaptive clipping")
+        if dp.central and self.run.checkpoint_every > 1:
+            raise refuse("checkpoint-every", self.run.checkpoint_every,
+                         "0 or 1 with dp-mode = 'central': each released round is checkpointed before it "
+                         "leaves the server, so a resumed run never computes a released round again")
+        check_strategy(self, load_strategy=load_strategy)
+        if self.run.resume_from and dp.mode == "local":
+            raise refuse("resume-from", self.run.resume_from,
+                         "only with dp-mode 'off' or 'central'; with 'local' the privacy accountants live "
+                         "on the clients and a new run would start them from zero")
+        if self.secagg.enabled and (not dp.central or dp.clipping != "client"):
             raise ConfigError(
                 "Invalid run-config: secure-aggregation = true (allowed: only with "
                 "dp-mode = 'central' and dp-clipping = 'client', where clients clip and the "
-                f"server needs only the sum; got dp-mode = '{values['dp_mode']}', "
-                f"dp-clipping = '{values['dp_clipping']}')"
+                f"server needs only the sum; got dp-mode = '{dp.mode}', "
+                f"dp-clipping = '{dp.clipping}')"
             )
-        return cls(**values)
 
     def to_run_config(self) -> dict[str, Any]:
         """The kebab-case mapping this config was built from."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+        return {key: getattr(getattr(self, section), name) for key, (section, name, _) in DECLARED.items()}
 
 
-def check_strategy(values: Mapping[str, Any]) -> None:
+@lru_cache(maxsize=8)
+def _client_config(items: tuple[tuple[str, Any], ...]) -> AppConfig:
+    return AppConfig.from_run_config(dict(items), load_strategy=False)
+
+
+def client_config(run_config: Mapping[str, Any]) -> AppConfig:
+    """`AppConfig` for a ClientApp call: validated once per process and run-config,
+    without importing a user's strategy module."""
+    return _client_config(tuple(sorted(run_config.items())))
+
+
+def check_strategy(cfg: AppConfig, *, load_strategy: bool = True) -> None:
     """The strategy exists, composes with the DP mode, and gets only keys it uses."""
-    name = values["strategy"]
-    if name not in BUILT_IN:
+    name, dp_mode = cfg.strategy.name, cfg.dp.mode
+    if name not in BUILT_IN and load_strategy:
         try:
             load_strategy_class(name)
         except ValueError as err:
             raise ConfigError(f"Invalid run-config: {err}") from None
-    if values["dp_mode"] == "central" and name not in LINEAR:
+    if dp_mode == "central" and name not in LINEAR:
         raise ConfigError(
             f"Invalid run-config: strategy = {name!r} (allowed with dp-mode = 'central': "
             f"{', '.join(repr(n) for n in LINEAR)}; the noise is calibrated to a sum of clipped "
             "updates, which a median, trimmed mean, Krum, Bulyan, q-FedAvg or an unknown "
             "strategy does not compute)"
         )
-    if values["proximal_mu"] > 0 and name != "fedprox":
-        raise ConfigError(f"Invalid run-config: proximal-mu = {values['proximal_mu']!r} "
+    if cfg.train.proximal_mu > 0 and name != "fedprox":
+        raise ConfigError(f"Invalid run-config: proximal-mu = {cfg.train.proximal_mu!r} "
                           f"(allowed: 0 unless strategy = 'fedprox'; strategy is {name!r})")
-    if name == "fedprox" and values["dp_mode"] == "local":
+    if name == "fedprox" and dp_mode == "local":
         raise ConfigError("Invalid run-config: strategy = 'fedprox' (allowed: with dp-mode "
                           "'off' or 'central'; DP-SGD clips per-sample gradients of the plain loss)")
-    if values["server_momentum"] > 0 and name != "fedavgm":
-        raise ConfigError(f"Invalid run-config: server-momentum = {values['server_momentum']!r} "
+    if cfg.strategy.server_momentum > 0 and name != "fedavgm":
+        raise ConfigError(f"Invalid run-config: server-momentum = {cfg.strategy.server_momentum!r} "
                           f"(allowed: 0 unless strategy = 'fedavgm'; strategy is {name!r})")
 
 
@@ -371,38 +392,38 @@ def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int, po
             f"Invalid federation: num-partitions = {num_partitions} "
             f"(allowed: 1 to {num_samples}, the number of training samples)"
         )
-    if num_partitions < cfg.min_available_clients:
+    if num_partitions < cfg.strategy.min_available_clients:
         raise ConfigError(
-            f"Invalid run-config: min-available-clients = {cfg.min_available_clients} "
+            f"Invalid run-config: min-available-clients = {cfg.strategy.min_available_clients} "
             f"(allowed: at most the {num_partitions} clients of this federation)"
         )
-    if cfg.num_attackers > num_partitions:
+    if cfg.attack.num_attackers > num_partitions:
         raise ConfigError(
-            f"Invalid run-config: num-attackers = {cfg.num_attackers} "
+            f"Invalid run-config: num-attackers = {cfg.attack.num_attackers} "
             f"(allowed: at most the {num_partitions} clients of this federation)"
         )
-    if cfg.dp_mode == "central" and cfg.dp_clients_per_round > population:
+    if cfg.dp.mode == "central" and cfg.dp.clients_per_round > population:
         raise ConfigError(
-            f"Invalid run-config: dp-clients-per-round = {cfg.dp_clients_per_round:g} "
+            f"Invalid run-config: dp-clients-per-round = {cfg.dp.clients_per_round:g} "
             f"(allowed: at most the {population} clients of this federation)"
         )
-    if cfg.samples_per_client and round(cfg.samples_per_client * cfg.validation_fraction) >= cfg.samples_per_client:
+    if cfg.data.samples_per_client and round(cfg.data.samples_per_client * cfg.data.validation_fraction) >= cfg.data.samples_per_client:
         raise ConfigError(
-            f"Invalid run-config: validation-fraction = {cfg.validation_fraction} (allowed: a "
-            f"fraction that leaves at least one of samples-per-client = {cfg.samples_per_client} "
+            f"Invalid run-config: validation-fraction = {cfg.data.validation_fraction} (allowed: a "
+            f"fraction that leaves at least one of samples-per-client = {cfg.data.samples_per_client} "
             "samples to train on)"
         )
-    cohort = max(int(num_partitions * cfg.fraction_fit), cfg.min_fit_clients)
-    f = cfg.num_malicious_clients
-    needed = {"krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(cfg.strategy, 0)
+    cohort = max(int(num_partitions * cfg.strategy.fraction_fit), cfg.strategy.min_fit_clients)
+    f = cfg.strategy.num_malicious_clients
+    needed = {"krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(cfg.strategy.name, 0)
     if cohort < needed:
         raise ConfigError(
-            f"Invalid run-config: num-malicious-clients = {f} (allowed: {cfg.strategy} needs "
+            f"Invalid run-config: num-malicious-clients = {f} (allowed: {cfg.strategy.name} needs "
             f"at least {needed} clients per round, this federation samples {cohort})"
         )
-    if cfg.partitioner == "shards" and num_partitions * cfg.shards_per_client > num_samples:
+    if cfg.data.partitioner == "shards" and num_partitions * cfg.data.shards_per_client > num_samples:
         raise ConfigError(
-            f"Invalid run-config: shards-per-client = {cfg.shards_per_client} "
+            f"Invalid run-config: shards-per-client = {cfg.data.shards_per_client} "
             f"(allowed: at most {num_samples // num_partitions} with {num_partitions} "
             f"partitions of {num_samples} samples)"
         )

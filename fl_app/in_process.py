@@ -86,7 +86,7 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
     `run_config`, the run continues there."""
     cfg = AppConfig.from_run_config(run_config)
     check_partitioning(cfg, num_clients, MNIST_TRAIN_SIZE, population=num_clients + len(extra_clients))
-    manager = KeyedClientManager(cfg.seed)
+    manager = KeyedClientManager(cfg.run.seed)
     order, node_ids = list(range(num_clients)), list(range(num_clients))
     if node_seed is not None:
         rng = np.random.default_rng(node_seed)
@@ -96,26 +96,26 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
         manager.register(InProcessProxy(int(pid), num_clients, run_config, data_dir, node_ids[pid], received))
     for proxy in extra_clients:
         manager.register(proxy)
-    resume = load_checkpoint(cfg.resume_from) if cfg.resume_from else None
+    resume = load_checkpoint(cfg.run.resume_from) if cfg.run.resume_from else None
     if resume is None:
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
-        run_dir = Path(cfg.resume_from)
-    recorder = RunRecorder(run_dir, cfg.to_run_config(), cfg.num_server_rounds, tensorboard=cfg.tensorboard,
-                           tracking=cfg.tracking, tracking_uri=cfg.tracking_uri, model=cfg.model,
+        run_dir = Path(cfg.run.resume_from)
+    recorder = RunRecorder(run_dir, cfg.to_run_config(), cfg.run.num_server_rounds, tensorboard=cfg.run.tensorboard,
+                           tracking=cfg.run.tracking, tracking_uri=cfg.run.tracking_uri, model=cfg.train.model,
                            resumed_rows=resume.history if resume else None)
     with recorder:
         server = server_class(
             client_manager=manager,
             strategy=build_strategy(cfg, load_test_set(cfg, data_dir)),
             recorder=recorder,
-            checkpoint_every=cfg.checkpoint_every,
+            checkpoint_every=cfg.run.checkpoint_every,
             config=cfg.to_run_config(),
             resume=resume,
-            release=ReleasePolicy(cfg.dp_mode, cfg.dp_release_unprotected_metrics),
+            release=ReleasePolicy(cfg.dp.mode, cfg.dp.release_unprotected_metrics),
             local_privacy=local_privacy_ledger(cfg),
             **(server_options or {}),
         )
         server.set_max_workers(1)  # one client at a time: dropout draws from torch's global RNG
-        server.fit(cfg.num_server_rounds, timeout=None)
+        server.fit(cfg.run.num_server_rounds, timeout=None)
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]

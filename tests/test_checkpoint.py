@@ -27,7 +27,7 @@ TIMING = ("seconds",)
 SMALL = {"samples-per-client": 150, "eval-samples": 500, "local-epochs": 1, "num-server-rounds": 3,
          "fraction-fit": 0.5, "fraction-evaluate": 0.5, "min-fit-clients": 2, "min-available-clients": 2,
          "min-evaluate-clients": 2}
-CENTRAL_DP = {"dp-mode": "central", "dp-noise-multiplier": 0.05, "dp-clients-per-round": 2.0,
+CENTRAL_DP = {"dp-mode": "central", "min-fit-clients": "auto", "dp-noise-multiplier": 0.05, "dp-clients-per-round": 2.0,
               "dp-clipping": "adaptive", "dp-clipped-count-stddev": 1.0, "dp-clipping-norm": 1.0,
               "strategy": "fedavgm", "server-momentum": 0.5, "dp-reproducible-noise": True}
 

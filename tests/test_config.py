@@ -58,7 +58,7 @@ def test_unknown_and_missing_keys_are_named(default_run_config):
 
 
 def test_integers_are_accepted_for_float_keys(default_run_config):
-    assert AppConfig.from_run_config(default_run_config | {"learning-rate": 1}).learning_rate == 1
+    assert AppConfig.from_run_config(default_run_config | {"learning-rate": 1}).train.learning_rate == 1
 
 
 def test_more_partitions_than_samples_is_refused(default_run_config):
@@ -102,7 +102,7 @@ def test_central_dp_needs_a_noise_multiplier_or_a_target(default_run_config):
     no_noise = default_run_config | {"dp-mode": "central", "dp-noise-multiplier": 0.0}
     with pytest.raises(ConfigError, match=r"dp-noise-multiplier = 0.0 \(allowed: > 0, or 0 with dp-target-epsilon > 0"):
         AppConfig.from_run_config(no_noise)
-    assert AppConfig.from_run_config(no_noise | {"dp-target-epsilon": 3.0}).dp_target_epsilon == 3.0
+    assert AppConfig.from_run_config(no_noise | {"dp-target-epsilon": 3.0}).dp.target_epsilon == 3.0
 
 
 def test_adaptive_clipping_needs_enough_count_noise(default_run_config):
@@ -126,9 +126,9 @@ def test_auto_keys_follow_the_dp_mode_and_explicit_values_win(default_run_config
     assert auto_settings(default_run_config) == auto_table()["plain"]
     assert auto_settings(central_config) == auto_table()["central-dp"]
     for key, value in auto_table()["central-dp"].items():
-        assert getattr(central, key.replace("-", "_")) == value
-    assert (plain.model, central.model) == ("cnn", "tanh-cnn")
-    assert AppConfig.from_run_config(central_config | {"model": "cnn"}).model == "cnn"
+        assert central.to_run_config()[key] == value
+    assert (plain.train.model, central.train.model) == ("cnn", "tanh-cnn")
+    assert AppConfig.from_run_config(central_config | {"model": "cnn"}).train.model == "cnn"
     assert central.to_run_config()["model"] == "tanh-cnn"  # config.json holds what ran
     with pytest.raises(ConfigError, match=r"^Invalid run-config: seed = 'auto' \(allowed: an integer >= 0\)$"):
         AppConfig.from_run_config(default_run_config | {"seed": "auto"})
@@ -204,3 +204,37 @@ def test_the_readme_config_tables_match_the_declaration(default_run_config):
             assert _same(m.group(1), auto["plain"][key]) and _same(m.group(2), auto["central-dp"][key]), (key, cell)
         else:
             assert _same(cell, value), (key, cell, value)
+
+
+@pytest.mark.parametrize("key, value", [("min-fit-clients", 2), ("max-failure-fraction", 0.5)])
+def test_round_skips_are_refused_under_central_dp(default_run_config, key, value):
+    central = default_run_config | {"dp-mode": "central", "dp-noise-multiplier": 1.0}
+    never_skip = AppConfig.from_run_config(central)
+    assert (never_skip.strategy.min_fit_clients, never_skip.strategy.max_failure_fraction) == (1, 1.0)
+    with pytest.raises(ConfigError) as err:
+        AppConfig.from_run_config(central | {key: value})
+    assert str(err.value).startswith(f"Invalid run-config: {key} = {value} (allowed: 'auto' (= ")
+    assert AppConfig.from_run_config(default_run_config | {key: value}).to_run_config()[key] == value
+
+
+def test_each_key_is_declared_once_with_its_rule_beside_its_field():
+    from dataclasses import MISSING, fields
+
+    from fl_app.config import DECLARED, SECTIONS
+
+    keys = [f.metadata["key"] for cls in SECTIONS.values() for f in fields(cls)]
+    assert len(keys) == len(set(keys)) == len(DECLARED) == len(RULES)
+    assert all(f.default is MISSING and f.default_factory is MISSING for cls in SECTIONS.values() for f in fields(cls))
+
+
+def test_clients_validate_a_run_config_once_and_never_import_the_strategy_module(default_run_config):
+    import sys
+
+    from fl_app.config import client_config
+
+    run_config = default_run_config | {"strategy": "not_a_module_anywhere:Strategy"}
+    with pytest.raises(ConfigError, match="cannot import module 'not_a_module_anywhere'"):
+        AppConfig.from_run_config(run_config)
+    cfg = client_config(run_config)
+    assert client_config(dict(reversed(list(run_config.items())))) is cfg
+    assert cfg.strategy.name == "not_a_module_anywhere:Strategy" and "not_a_module_anywhere" not in sys.modules

@@ -93,7 +93,7 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
     config = (FAST.format(rounds=2, mnist=mnist_dir) + f" min-available-clients=2 "
               f"output-dir='{out}' dp-mode='central' dp-noise-multiplier={sigma} "
               "dp-clients-per-round=4 dp-clipping-norm=1.0 round-timeout=150 "
-              "max-failure-fraction=0.6 dp-release-unprotected-metrics=true")
+              "dp-release-unprotected-metrics=true")
     run_id = federation.submit(config)
     # The server first asks every node for its client key (a ClientApp process each); the
     # second ClientApp process of site-2 in this run is its training in round 1.

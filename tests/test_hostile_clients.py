@@ -27,7 +27,7 @@ from fl_app.in_process import run_federation
 OK = Status(Code.OK, "")
 SMALL = {"samples-per-client": 200, "num-server-rounds": 1, "local-epochs": 1, "eval-samples": 1000,
          "fraction-evaluate": 1.0, "min-fit-clients": 2}
-DP = {"dp-mode": "central", "dp-clipping": "server", "dp-clipping-norm": 5.0, "dp-noise-multiplier": 0.01,
+DP = {"dp-mode": "central", "min-fit-clients": "auto", "dp-clipping": "server", "dp-clipping-norm": 5.0, "dp-noise-multiplier": 0.01,
       "dp-clients-per-round": 5, "model": "cnn", "strategy": "fedavg", "learning-rate": 0.02,
       "local-epochs": 1, "batch-size": 32, "momentum": 0.9, "server-momentum": 0.0,
       "server-learning-rate": 1.0, "dp-reproducible-noise": True}

@@ -52,4 +52,4 @@ def test_cosine_schedule_decays_from_learning_rate(default_run_config):
     expected = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert rates == pytest.approx(expected) and rates[0] == 0.1
     constant = AppConfig.from_run_config(default_run_config | {"lr-schedule": "constant"})
-    assert round_learning_rate(constant, 7) == constant.learning_rate
+    assert round_learning_rate(constant, 7) == constant.train.learning_rate
