@@ -23,13 +23,19 @@ PARTITIONERS = ("iid", "dirichlet", "shards")
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """How to carve a labelled dataset into `num_partitions` client datasets."""
+    """How to carve a labelled dataset into `num_partitions` client datasets; the
+    Dirichlet α and the shards per client are given for the schemes that use them."""
 
     scheme: str  # one of PARTITIONERS
     num_partitions: int
     seed: int
-    dirichlet_alpha: float = 0.5
-    shards_per_client: int = 2
+    dirichlet_alpha: float | None = None
+    shards_per_client: int | None = None
+
+    def __post_init__(self) -> None:
+        needed = {"dirichlet": "dirichlet_alpha", "shards": "shards_per_client"}.get(self.scheme)
+        if needed and getattr(self, needed) is None:
+            raise ValueError(f"partitioner '{self.scheme}' needs {needed}")
 
 
 def _make_partitioner(spec: PartitionSpec) -> Partitioner:

@@ -70,9 +70,10 @@ def test_shards_give_each_client_about_two_labels(train):
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shards"])
 def test_partitions_are_deterministic_given_seed(train, scheme):
-    a = all_partitions(train.labels, scheme, seed=1)
-    b = all_partitions(train.labels, scheme, seed=1)
-    c = all_partitions(train.labels, scheme, seed=2)
+    kw = {"dirichlet_alpha": 0.5, "shards_per_client": 2}
+    a = all_partitions(train.labels, scheme, seed=1, **kw)
+    b = all_partitions(train.labels, scheme, seed=1, **kw)
+    c = all_partitions(train.labels, scheme, seed=2, **kw)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, z) for x, z in zip(a, c))
 
@@ -85,6 +86,11 @@ def test_client_split_caps_and_splits_deterministically(train):
     assert torch.equal(trn.labels, again.labels) and torch.equal(trn.images, again.images)
     whole, none = client_split(train, indices, seed=3, max_samples=0, validation_fraction=0.0)
     assert (len(whole), len(none)) == (1000, 0)
+
+
+def test_a_scheme_without_its_parameter_is_refused():
+    with pytest.raises(ValueError, match="partitioner 'dirichlet' needs dirichlet_alpha"):
+        PartitionSpec("dirichlet", 10, 0)
 
 
 def test_partition_id_out_of_range_is_refused(train):
