@@ -18,7 +18,6 @@ writes into DIR (default: `<first run dir>/report`):
 """
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -29,6 +28,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fl_app.run_dir import RunDir  # noqa: E402
+
 
 class NotARunError(ValueError):
     """A directory that is not a run directory."""
@@ -38,17 +39,15 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
     """(config, history rows, summary or {}) of a run directory."""
     if not run_dir.is_dir():
         raise NotARunError(f"'{run_dir}' is not a directory")
-    missing = [name for name in ("config.json", "history.jsonl") if not (run_dir / name).is_file()]
+    run = RunDir(run_dir)
+    missing = [path.name for path in (run.config, run.history) if not path.is_file()]
     if missing:
         raise NotARunError(f"'{run_dir}' is not a run directory (no {' or '.join(missing)}); "
                            "give the directories that runs write under output-dir")
-    config = json.loads((run_dir / "config.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
+    rows = run.read_history()
     if not rows:
         raise NotARunError(f"'{run_dir}' has no recorded round yet")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return config, rows, summary
+    return run.read_config(), rows, run.read_summary() if run.summary.is_file() else {}
 
 
 def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write the PNGs (default: <first run>/report)")
     args = parser.parse_args(argv)
     try:
-        written = write_report(args.run_dirs, args.out or args.run_dirs[0] / "report")
+        written = write_report(args.run_dirs, args.out or RunDir(args.run_dirs[0]).report)
     except NotARunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
