@@ -18,6 +18,7 @@ import torch
 from flwr.common import log
 
 from fl_app.model import build_model
+from fl_app.report import plot_curves
 from fl_app.run_dir import RunDir, refuse_symlink, write_atomically
 from fl_app.tracking import make_tracker
 
@@ -241,36 +242,3 @@ def summarize(rows: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]
         "best_round": best["round"],
         "wall_seconds": wall_seconds,
     }
-
-def plot_curves(rows: list[dict[str, Any]]) -> bytes:
-    """Accuracy and loss per round, centralized (test set) and federated (clients), as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogFormatter
-
-    rounds = [r["round"] for r in rows]
-
-    def series(key: str, scale: float = 1.0) -> list[float]:
-        values = [r.get(key) for r in rows]
-        return [scale * v if v is not None and math.isfinite(v) else math.nan for v in values]
-
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    acc_ax.plot(rounds, series("centralized_accuracy", 100), "o-", label="centralized (test set)")
-    acc_ax.plot(rounds, series("federated_accuracy", 100), "s--", label="federated (client validation)")
-    acc_ax.set(xlabel="round", ylabel="accuracy (%)", title="Accuracy")
-    loss_ax.plot(rounds, series("centralized_loss"), "o-", label="centralized (test set)")
-    loss_ax.plot(rounds, series("federated_loss"), "s--", label="federated (client validation)")
-    loss_ax.set(xlabel="round", ylabel="NLL loss", title="Loss", yscale="log")
-    for ax in (acc_ax, loss_ax):
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    loss_ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    loss_ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    return png.getvalue()
