@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 
+from fl_app.run_dir import RunDir  # noqa: E402
 from overhead import machine  # noqa: E402
 
 HOLDOUT_TRAIN = 50_000
@@ -88,9 +89,9 @@ def setting(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> Path:
+def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> RunDir:
     """One run_simulation.py run with `config` as its run-config (its `output-dir` must
-    be `out_dir`); returns its summary.json."""
+    be `out_dir`); returns its run directory."""
     text = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())  # TOML-like: true, "text", 1e-05
     command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(num_clients),
                "--run-config", text]
@@ -98,18 +99,18 @@ def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> Path:
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         raise SystemExit(f"run failed ({done.returncode}): {config}")
-    (summary_path,) = out_dir.glob("*/summary.json")
-    return summary_path
+    (run,) = RunDir.finished_under(out_dir)
+    return run
 
 
 def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """One federation; returns its summary.json with the wall time and history."""
+    """One federation; returns its summary.json with the wall time, history and model."""
     from fl_app.config import project_defaults
 
     config = project_defaults(ROOT) | run_config(args, epsilon, data_dir, out_dir)
     started = time.perf_counter()
     if args.simulation:
-        summary_path = simulate(args.num_clients, config, out_dir)
+        run = simulate(args.num_clients, config, out_dir)
     else:
         import torch
 
@@ -117,10 +118,11 @@ def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: 
 
         torch.set_num_threads(1)
         run_federation(config, args.num_clients, str(data_dir), out_dir / "run")
-        summary_path = out_dir / "run" / "summary.json"
-    summary = json.loads(summary_path.read_text())
+        run = RunDir(out_dir / "run")
+    summary = run.read_summary()
     summary["bench_seconds"] = time.perf_counter() - started
-    summary["history"] = [json.loads(line) for line in (summary_path.parent / "history.jsonl").read_text().splitlines()]
+    summary["history"] = run.read_history()
+    summary["model"] = run.read_config()["model"]
     return summary
 
 
@@ -188,11 +190,9 @@ def main() -> None:
         outs = [Path(tmp) / f"run{i}" for i in range(len(args.epsilon))]
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             summaries = list(pool.map(run_once, [args] * len(outs), args.epsilon, [data_dir] * len(outs), outs))
-        models = [json.loads((next(out.rglob("config.json"))).read_text())["model"] for out in outs]
     runs = []
-    for epsilon, summary, model in zip(args.epsilon, summaries, models):
-        summary["model"] = model
-        runs.append({"target_epsilon": epsilon, "privacy": summary["privacy"], "model": model,
+    for epsilon, summary in zip(args.epsilon, summaries):
+        runs.append({"target_epsilon": epsilon, "privacy": summary["privacy"], "model": summary["model"],
                      "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"],
                      "seconds": round(summary["bench_seconds"], 1),
                      "accuracy_per_round": [r["centralized_accuracy"] for r in summary["history"]]})

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from fl_app.client_app import load_client_data  # noqa: E402
 from fl_app.config import AppConfig, project_defaults  # noqa: E402
 from fl_app.model import seeded_net  # noqa: E402
+from fl_app.run_dir import RunDir  # noqa: E402
 from fl_app.server_app import load_test_set, round_learning_rate  # noqa: E402
 from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train  # noqa: E402
 
@@ -124,7 +125,7 @@ def simulation(args: argparse.Namespace, run_config: str, out: Path) -> tuple[fl
     if proc.returncode != 0:
         raise RuntimeError(output[-6000:])
     (run_dir,) = out.iterdir()
-    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    rows = RunDir(run_dir).read_history()
     return total, [r["seconds"] for r in rows if r["round"] > 0], memory.peak_bytes
 
 

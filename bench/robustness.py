@@ -46,7 +46,7 @@ def main() -> None:
                       "samples-per-client": args.samples_per_client, "local-epochs": args.local_epochs,
                       "fraction-evaluate": 0.2, "num-server-rounds": args.rounds} | overrides
             started = time.perf_counter()
-            summary = json.loads(simulate(args.num_clients, config, out).read_text())
+            summary = simulate(args.num_clients, config, out).read_summary()
             row = {"strategy": name, "attackers": k, "final_accuracy": summary["final_accuracy"],
                    "seconds": round(time.perf_counter() - started, 1)}
             runs.append(row)

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 
+from fl_app.run_dir import RunDir  # noqa: E402
 from overhead import machine  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def run(partitioner: str, rounds: int, args: argparse.Namespace, out: Path) -> d
     if done.returncode != 0:
         raise SystemExit(f"{partitioner} run failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
     (run_dir,) = out.iterdir()
-    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    rows = RunDir(run_dir).read_history()
     reached = next((r for r in rows if r["round"] > 0 and r["centralized_accuracy"] >= args.target), None)
     training = [r["seconds"] for r in rows if r["round"] > 0]
     return {

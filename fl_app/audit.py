@@ -26,7 +26,6 @@ exactly S. Canaries exist only here, never in a deployment. After the run:
 """
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from flwr.server.client_proxy import ClientProxy
 from fl_app.config import APP_DIR, AppConfig, ConfigError, project_defaults
 from fl_app.in_process import run_federation
 from fl_app.model import seeded_model
+from fl_app.run_dir import RunDir
 from fl_app.server import RecordingServer
 from fl_app.task import get_weights
 from strategies.privacy.randomness import os_entropy_seed_sequence
@@ -158,7 +158,8 @@ def run_audit(run_config: dict[str, Any], num_clients: int, canaries: int, run_d
     seen = Observations(directions)
     run_federation(run_config, num_clients, cfg.data.data_dir, run_dir, extra_clients=clients,
                    server_class=ScoringServer, server_options={"observations": seen, "noise_scale": noise_scale})
-    privacy = json.loads((run_dir / "summary.json").read_text())["privacy"]
+    run = RunDir(run_dir)
+    privacy = run.read_summary()["privacy"]
     one_run = audit_one_run(seen.scores, included, privacy["delta"])
     change = seen.final_change
     cosines = directions @ change / max(float(np.linalg.norm(change)), 1e-30)
@@ -170,10 +171,9 @@ def run_audit(run_config: dict[str, Any], num_clients: int, canaries: int, run_d
         "guesses": one_run.guesses, "correct_guesses": one_run.correct,
         "one_shot_mu": estimate.mu, "noise_scale": noise_scale,
         "population": privacy["population"], "rounds": privacy["rounds_accounted"],
-        "noise_multiplier": privacy["noise_multiplier"], "model": json.loads(
-            (run_dir / "config.json").read_text())["model"],
+        "noise_multiplier": privacy["noise_multiplier"], "model": run.read_config()["model"],
     }
-    (run_dir / "audit.json").write_text(json.dumps(figures, indent=2) + "\n")
+    run.write_audit(figures)
     return figures
 
 

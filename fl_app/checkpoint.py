@@ -35,10 +35,9 @@ import torch
 
 from fl_app.config import AppConfig, ConfigError
 from fl_app.model import build_model
-from fl_app.outputs import find_symlink, symlink_message, write_atomically
+from fl_app.run_dir import RunDir, find_symlink, symlink_message, write_atomically
 from strategies.state import FLOWER_STATE_ATTRIBUTES
 
-CHECKPOINT = "checkpoint.npz"
 FORMAT = 2
 DP_STATE_KEYS = ("accountant", "noise_multiplier", "clipping_norm", "population", "randomness",
                  "server_optimizer")
@@ -107,12 +106,12 @@ def _join(value: Any, arrays: Any) -> Any:
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
-    """Write `checkpoint` atomically and durably to `<run_dir>/checkpoint.npz` (mode 0600)."""
+    """Write `checkpoint` atomically and durably to `RunDir(run_dir).checkpoint` (mode 0600)."""
     arrays: dict[str, np.ndarray] = {}
     document = _split({"format": FORMAT, **checkpoint.__dict__}, arrays)
     buffer = io.BytesIO()
     np.savez(buffer, __document__=np.frombuffer(json.dumps(document).encode(), dtype=np.uint8), **arrays)
-    path = run_dir / CHECKPOINT
+    path = RunDir(run_dir).checkpoint
     write_atomically(path, buffer.getvalue(), mode=0o600, durable=True)
     return path
 
@@ -121,16 +120,16 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     """The checkpoint of the run in `run_dir`, every field checked against its run-config
     and model; `CheckpointError` (one line) if there is none or it is not valid."""
     run_dir = Path(run_dir).expanduser()
-    path = run_dir / CHECKPOINT
-    if not (run_dir / "config.json").is_file():
-        raise CheckpointError(f"resume-from = '{run_dir}' is not a run directory (no config.json)")
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise CheckpointError(f"resume-from = '{run_dir}' is not a run directory (no {run.config.name})")
     link = find_symlink(run_dir)
     if link is not None:
         raise CheckpointError(f"resume-from = '{run_dir}' cannot be resumed: {symlink_message(link)}")
-    if not path.is_file():
-        raise CheckpointError(f"resume-from = '{run_dir}' has no {CHECKPOINT}: the run ended "
+    if not run.checkpoint.is_file():
+        raise CheckpointError(f"resume-from = '{run_dir}' has no {run.checkpoint.name}: the run ended "
                               "before its first checkpoint, or checkpoint-every is 0")
-    return _Validator(path).checkpoint(*_read(path))
+    return _Validator(run.checkpoint).checkpoint(*_read(run.checkpoint))
 
 
 def _read(path: Path) -> tuple[Any, dict[str, np.ndarray]]:

@@ -6,7 +6,6 @@ the tests, the benchmarks and the privacy audit (`fl_app.audit`), whose canary c
 exist only here."""
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from fl_app.client_app import client_fn
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, check_partitioning
 from fl_app.outputs import RunRecorder
+from fl_app.run_dir import RunDir
 from strategies.privacy.release import ReleasePolicy
 from fl_app.server import RecordingServer
 from fl_app.server_app import build_strategy, load_test_set, local_privacy_ledger
@@ -118,4 +118,4 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
         )
         server.set_max_workers(1)  # one client at a time: dropout draws from torch's global RNG
         server.fit(cfg.run.num_server_rounds, timeout=None)
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return RunDir(run_dir).read_history()

@@ -1,22 +1,14 @@
-"""The run directory: config.json, history.jsonl, summary.json, model.pt, curves.png,
-checkpoint.npz (see `checkpoint`) and, with `tensorboard = true`, tensorboard/; with
-`tracking = "mlflow"` the same figures and files also go to MLflow (see `tracking`).
-
-Files are written whole to a temporary name (created new, `O_EXCL | O_NOFOLLOW`) and
-renamed over their target; history.jsonl is appended to with `O_NOFOLLOW`. Nothing is
-written through a symbolic link in a run directory: a link at a target or temporary
-name is refused with `SymlinkError` (the run directory itself, or a folder above it,
-may be a link).
+"""Recording a run as it goes into its run directory (`run_dir`): a history row per
+round, the models, the summary and the curves, and with `tensorboard = true` TensorBoard
+scalars; with `tracking = "mlflow"` the same figures and files also go to MLflow (see
+`tracking`). The per-round log line and the end-of-run summary table.
 """
 
-import errno
 import io
-import json
 import math
 import os
 import time
 from collections import OrderedDict
-from datetime import datetime
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -26,6 +18,8 @@ import torch
 from flwr.common import log
 
 from fl_app.model import build_model
+from fl_app.report import plot_curves
+from fl_app.run_dir import RunDir, refuse_symlink, write_atomically
 from fl_app.tracking import make_tracker
 
 HISTORY_FIELDS = (
@@ -37,65 +31,6 @@ HISTORY_FIELDS = (
     "num_fit_clients",
     "seconds",
 )
-
-
-class SymlinkError(OSError):
-    """A symbolic link where the app writes into a run directory."""
-
-
-def symlink_message(path: Path) -> str:
-    """Why the link at `path` stops a run, on one line."""
-    return (f"{path} is a symbolic link (to {os.readlink(path)}): nothing in a run directory "
-            "is written through a link; replace it with a regular file or remove it")
-
-
-def find_symlink(run_dir: Path) -> Path | None:
-    """The first symbolic link in `run_dir` or below it, if any."""
-    for folder, subfolders, files in os.walk(run_dir):
-        for name in sorted(subfolders + files):
-            if os.path.islink(os.path.join(folder, name)):
-                return Path(folder) / name
-    return None
-
-
-def _refuse_symlink(path: Path) -> None:
-    if path.is_symlink():
-        raise SymlinkError(symlink_message(path))
-
-
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o666, durable: bool = False) -> None:
-    """Write `data` to `path` through a new temporary file `.<name>.tmp` beside it and a
-    rename, refusing a symbolic link at either name (a leftover regular temporary file
-    is replaced). `durable`: the file and the directory are synced to disk first."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    _refuse_symlink(path)
-    _refuse_symlink(temporary)
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(descriptor, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(temporary, path)
-    if durable:
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
-def append_text(path: Path, text: str) -> None:
-    """Append `text` to the existing regular file `path`, never through a symbolic link."""
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise SymlinkError(symlink_message(path)) from None
-        raise
-    with os.fdopen(descriptor, "a") as f:
-        f.write(text)
 
 
 def resolve_output_dir(output_dir: str) -> Path:
@@ -115,19 +50,6 @@ def output_dir_problem(output_dir: Path) -> str | None:
     except OSError as err:
         return f"not writable: {err.strerror or err}"
     return None
-
-
-def new_run_dir(output_dir: Path, run_id: int) -> Path:
-    """Create `<output_dir>/<YYYYmmdd-HHMMSS>-run<run_id>` (suffixed if it exists)."""
-    stem = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-run{run_id}"
-    for attempt in range(1000):
-        path = output_dir / (stem if attempt == 0 else f"{stem}-{attempt}")
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a new run directory under {output_dir}")
 
 
 TENSORBOARD_SCALARS = {  # history field -> TensorBoard tag
@@ -169,7 +91,7 @@ class RunRecorder:
         resumed_rows: list[dict[str, Any]] | None = None,
         resumed_seconds: float = 0.0,
     ) -> None:
-        self.run_dir = run_dir
+        self.run_dir = RunDir(run_dir)
         self.num_rounds = num_rounds
         self.model = model
         self.rows: list[dict[str, Any]] = list(resumed_rows or [])
@@ -177,22 +99,18 @@ class RunRecorder:
         self.resumed_rounds = len(self.rows)
         self.tracker = make_tracker(tracking, tracking_uri, run_dir.parent)  # first: a missing mlflow writes nothing
         if resumed_rows is None:
-            write_atomically(run_dir / "config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
-        history = "".join(json.dumps(row) + "\n" for row in self.rows)
-        write_atomically(run_dir / "history.jsonl", history.encode())
-        clients = run_dir / "clients.jsonl"
-        if resumed_rows is not None and clients.exists():  # cut back to the checkpoint's rounds
+            self.run_dir.write_config(config)
+        self.run_dir.write_history(self.rows)
+        if resumed_rows is not None and self.run_dir.clients.exists():  # cut back to the checkpoint's rounds
             last = self.rows[-1]["round"] if self.rows else -1
-            kept = [line for line in clients.read_text().splitlines(keepends=True)
-                    if json.loads(line)["round"] <= last]
-            write_atomically(clients, "".join(kept).encode())
+            self.run_dir.write_clients([r for r in self.run_dir.read_clients() if r["round"] <= last])
         self.writer = None
         if tensorboard:
-            _refuse_symlink(run_dir / "tensorboard")
+            refuse_symlink(self.run_dir.tensorboard)
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run drops what the interrupted one logged after its checkpoint
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=len(self.rows) or None)
+            self.writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=len(self.rows) or None)
         if self.tracker is not None:
             self.tracker.start(run_dir.name, config, self.rows)
 
@@ -215,8 +133,8 @@ class RunRecorder:
         best = max((r["centralized_accuracy"] for r in self.rows), default=-math.inf)
         self.rows.append(row)
         if weights is not None and row["centralized_accuracy"] > best:
-            self.save_model("model_best.pt", weights)
-        append_text(self.run_dir / "history.jsonl", json.dumps(row) + "\n")
+            self.save_model(self.run_dir.best_model, weights)
+        self.run_dir.append_history(row)
         if self.writer is not None:
             for field, tag in TENSORBOARD_SCALARS.items():
                 value = row.get(field)
@@ -235,36 +153,29 @@ class RunRecorder:
             return ""
         return f" | ETA {format_duration(remaining * sum(timed) / len(timed))}"
 
-    def save_model(self, name: str, weights: list[np.ndarray]) -> None:
-        """`weights` as the run model's state dict in `name` (loaded once to prove it fits)."""
+    def save_model(self, path: Path, weights: list[np.ndarray]) -> None:
+        """`weights` as the run model's state dict in `path` (loaded once to prove it fits)."""
         net = build_model(self.model)
         keys = list(net.state_dict().keys())
         state = OrderedDict((k, torch.from_numpy(np.array(w))) for k, w in zip(keys, weights))
         net.load_state_dict(state)
         model = io.BytesIO()
         torch.save(state, model)
-        write_atomically(self.run_dir / name, model.getvalue())
+        write_atomically(path, model.getvalue())
 
     def record_clients(self, rows: list[dict[str, Any]]) -> None:
         """Append per-client figures of one round to clients.jsonl (created at the first)."""
-        path, text = self.run_dir / "clients.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
-        if not text:
-            return
-        if path.exists() or path.is_symlink():
-            append_text(path, text)
-        else:
-            write_atomically(path, text.encode())
+        self.run_dir.append_clients(rows)
 
     def finish(self, weights: list[np.ndarray], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write model.pt, summary.json (with `extra`, e.g. the privacy statement) and
         curves.png (and send them to MLflow); return the summary."""
-        self.save_model("model.pt", weights)
+        self.save_model(self.run_dir.model, weights)
         summary = summarize(self.rows, time.perf_counter() - self.started)
         summary.update(extra or {})
-        summary["run_dir"] = str(self.run_dir)
-        write_atomically(self.run_dir / "summary.json",
-                         (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        write_atomically(self.run_dir / "curves.png", plot_curves(self.rows))
+        summary["run_dir"] = str(self.run_dir.path)
+        self.run_dir.write_summary(summary)
+        write_atomically(self.run_dir.curves, plot_curves(self.rows))
         if self.writer is not None:
             self.writer.close()
         if self.tracker is not None:
@@ -331,37 +242,3 @@ def summarize(rows: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]
         "best_round": best["round"],
         "wall_seconds": wall_seconds,
     }
-
-
-def plot_curves(rows: list[dict[str, Any]]) -> bytes:
-    """Accuracy and loss per round, centralized (test set) and federated (clients), as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogFormatter
-
-    rounds = [r["round"] for r in rows]
-
-    def series(key: str, scale: float = 1.0) -> list[float]:
-        values = [r.get(key) for r in rows]
-        return [scale * v if v is not None and math.isfinite(v) else math.nan for v in values]
-
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    acc_ax.plot(rounds, series("centralized_accuracy", 100), "o-", label="centralized (test set)")
-    acc_ax.plot(rounds, series("federated_accuracy", 100), "s--", label="federated (client validation)")
-    acc_ax.set(xlabel="round", ylabel="accuracy (%)", title="Accuracy")
-    loss_ax.plot(rounds, series("centralized_loss"), "o-", label="centralized (test set)")
-    loss_ax.plot(rounds, series("federated_loss"), "s--", label="federated (client validation)")
-    loss_ax.set(xlabel="round", ylabel="NLL loss", title="Loss", yscale="log")
-    for ax in (acc_ax, loss_ax):
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    loss_ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    loss_ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    return png.getvalue()

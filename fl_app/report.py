@@ -15,19 +15,30 @@ writes into DIR (default: `<first run dir>/report`):
 - label_distribution.png  labels per client of the first run's MNIST partitioning
                 (flwr-datasets' plot), when the run carved MNIST into partitions and
                 MNIST is in its data-dir on this machine.
+
+`plot_curves` draws the same accuracy and loss curves for a single run: the curves.png
+that every run writes at its end. matplotlib is imported when a plot is drawn.
 """
 
+from __future__ import annotations
+
 import argparse
-import json
+import io
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from fl_app.run_dir import RunDir
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Runs = dict[str, list[dict[str, Any]]]  # run name -> history rows
+METRICS = (("accuracy", "accuracy (%)", 100.0, False), ("loss", "NLL loss", 1.0, True))  # name, label, scale, log
+EPSILON_FIELDS = ("epsilon", "client_epsilon_max")  # central DP, local DP (largest client)
 
 
 class NotARunError(ValueError):
@@ -38,27 +49,36 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
     """(config, history rows, summary or {}) of a run directory."""
     if not run_dir.is_dir():
         raise NotARunError(f"'{run_dir}' is not a directory")
-    missing = [name for name in ("config.json", "history.jsonl") if not (run_dir / name).is_file()]
+    run = RunDir(run_dir)
+    missing = [path.name for path in (run.config, run.history) if not path.is_file()]
     if missing:
         raise NotARunError(f"'{run_dir}' is not a run directory (no {' or '.join(missing)}); "
                            "give the directories that runs write under output-dir")
-    config = json.loads((run_dir / "config.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
+    rows = run.read_history()
     if not rows:
         raise NotARunError(f"'{run_dir}' has no recorded round yet")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return config, rows, summary
+    return run.read_config(), rows, run.read_summary() if run.summary.is_file() else {}
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+    """(rounds, `scale` × values) of the rows whose `key` is a finite number."""
     points = [(r["round"], r.get(key)) for r in rows]
     kept = [(x, scale * y) for x, y in points if isinstance(y, (int, float)) and math.isfinite(y)]
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, ylabel: str,
-            legend_below: bool = False) -> Path:
+def _style(ax: Axes, title: str, ylabel: str, legend_below: bool = False) -> None:
+    """Labels, whole rounds on the x axis, a light grid and the legend."""
     ax.set(xlabel="round", ylabel=ylabel, title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
@@ -66,29 +86,50 @@ def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, ylabel: str,
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.15), frameon=False)
     else:
         ax.legend(fontsize="small")
+
+
+def _save(fig: Figure, target: Path | io.BytesIO, dpi: int) -> None:
+    """`fig` as a PNG into `target`, then closed."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.savefig(target, format="png", dpi=dpi)
+    _pyplot().close(fig)
 
 
-def plot_metric(runs: dict[str, list[dict]], out: Path, metric: str, ylabel: str,
-                scale: float = 1.0, log_scale: bool = False) -> Path:
-    """`metric` per round (centralized solid, federated dashed), one colour per run."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def _draw_metric(ax: Axes, runs: Runs, metric: str, ylabel: str, scale: float, log_scale: bool) -> None:
+    """`metric` per round on `ax`: centralized solid, federated dashed, a colour per (named) run."""
+    from matplotlib.ticker import LogFormatter
+
     for i, (name, rows) in enumerate(runs.items()):
-        colour = f"C{i % 10}"
+        colour, prefix = f"C{i % 10}", f"{name}: " if name else ""
         ax.plot(*_series(rows, f"centralized_{metric}", scale), "o-", color=colour, ms=3,
-                label=f"{name}: test set")
+                label=f"{prefix}test set")
         federated = _series(rows, f"federated_{metric}", scale)
         if federated[0]:
-            ax.plot(*federated, "s--", color=colour, ms=3, alpha=0.7, label=f"{name}: clients")
+            ax.plot(*federated, "s--", color=colour, ms=3, alpha=0.7, label=f"{prefix}client validation")
     if log_scale:
         ax.set_yscale("log")
-    return _finish(fig, ax, out / f"{metric}.png", f"{metric.capitalize()} per round", ylabel)
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    _style(ax, f"{metric.capitalize()} per round", ylabel)
 
 
-EPSILON_FIELDS = ("epsilon", "client_epsilon_max")  # central DP, local DP (largest client)
+def plot_curves(rows: list[dict[str, Any]]) -> bytes:
+    """One run's accuracy and loss per round, side by side, as PNG (the run's curves.png)."""
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, METRICS):
+        _draw_metric(ax, {"": rows}, *metric)
+    png = io.BytesIO()
+    _save(fig, png, dpi=100)
+    return png.getvalue()
+
+
+def plot_metric(runs: Runs, out: Path, metric: str, ylabel: str, scale: float, log_scale: bool) -> Path:
+    """`metric` per round of every run into `<out>/<metric>.png`."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    _draw_metric(ax, runs, metric, ylabel, scale, log_scale)
+    path = out / f"{metric}.png"
+    _save(fig, path, dpi=110)
+    return path
 
 
 def privacy_statement(summary: dict[str, Any]) -> str | None:
@@ -97,7 +138,7 @@ def privacy_statement(summary: dict[str, Any]) -> str | None:
     return privacy.get("statement") if isinstance(privacy, dict) else None
 
 
-def plot_epsilon(runs: dict[str, list[dict]], summaries: dict[str, dict], out: Path) -> Path | None:
+def plot_epsilon(runs: Runs, summaries: dict[str, dict], out: Path) -> Path | None:
     """ε per round for DP runs, each labelled with its privacy statement (printed too);
     None when no run has one."""
     dp_runs = {}
@@ -107,19 +148,22 @@ def plot_epsilon(runs: dict[str, list[dict]], summaries: dict[str, dict], out: P
             dp_runs[name] = (rows, field)
     if not dp_runs:
         return None
-    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.45 * len(dp_runs)))
+    fig, ax = _pyplot().subplots(figsize=(9, 4.5 + 0.45 * len(dp_runs)))
     for name, (rows, field) in dp_runs.items():
         statement = privacy_statement(summaries[name])
         if statement:
             print(f"{name}: {statement}")
         label = f"{name}\n{statement}" if statement else name
         ax.plot(*_series(rows, field), "o-", ms=3, label=label)
-    return _finish(fig, ax, out / "epsilon.png", "Privacy spent", "ε", legend_below=True)
+    _style(ax, "Privacy spent", "ε", legend_below=True)
+    path = out / "epsilon.png"
+    _save(fig, path, dpi=110)
+    return path
 
 
-def plot_clients(runs: dict[str, list[dict]], out: Path) -> Path:
+def plot_clients(runs: Runs, out: Path) -> Path:
     """Clients aggregated per round (solid) and failed (dotted)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for i, (name, rows) in enumerate(runs.items()):
         trained = [r for r in rows if r["round"] > 0]
         aggregated = _series(trained, "num_fit_clients")
@@ -131,7 +175,10 @@ def plot_clients(runs: dict[str, list[dict]], out: Path) -> Path:
         failures = _series(trained, "num_fit_failures")
         if any(failures[1]):
             ax.plot(*failures, "x:", color=f"C{i % 10}", label=f"{name}: failed")
-    return _finish(fig, ax, out / "clients.png", "Clients per round", "clients")
+    _style(ax, "Clients per round", "clients")
+    path = out / "clients.png"
+    _save(fig, path, dpi=110)
+    return path
 
 
 def plot_label_distribution(config: dict[str, Any], summary: dict[str, Any], out: Path) -> Path | None:
@@ -139,13 +186,15 @@ def plot_label_distribution(config: dict[str, Any], summary: dict[str, Any], out
     (with the reason printed) when it cannot be rebuilt here."""
     from data.mnist import load_mnist, missing_files
 
+    path = out / "label_distribution.png"
     num_nodes = summary.get("num_nodes")
     if not num_nodes:
-        print("label_distribution.png skipped: the run has no summary with its number of clients")
+        print(f"{path.name} skipped: the run has no summary with its number of clients")
         return None
     if missing_files(config["data-dir"]):
-        print(f"label_distribution.png skipped: MNIST not found in the run's data-dir {config['data-dir']}")
+        print(f"{path.name} skipped: MNIST not found in the run's data-dir {config['data-dir']}")
         return None
+    _pyplot()  # the Agg backend, before flwr-datasets imports pyplot
     from flwr_datasets.visualization import plot_label_distributions
 
     from data.partition import PartitionSpec, partitioner
@@ -159,10 +208,7 @@ def plot_label_distribution(config: dict[str, Any], summary: dict[str, Any], out
         title=f"MNIST labels per client ({config['partitioner']} partitioning, {num_nodes} clients)",
     )
     ax.set(xlabel="client (partition id)", ylabel="training samples")
-    fig.tight_layout()
-    path = out / "label_distribution.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
     return path
 
 
@@ -177,8 +223,7 @@ def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
     summaries = {name: summary for name, (_, _, summary) in loaded.items()}
     first_config, _, first_summary = next(iter(loaded.values()))
     written = [
-        plot_metric(runs, out, "accuracy", "accuracy (%)", scale=100),
-        plot_metric(runs, out, "loss", "NLL loss", log_scale=True),
+        *(plot_metric(runs, out, *metric) for metric in METRICS),
         plot_epsilon(runs, summaries, out),
         plot_clients(runs, out),
         plot_label_distribution(first_config, first_summary, out),
@@ -193,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write the PNGs (default: <first run>/report)")
     args = parser.parse_args(argv)
     try:
-        written = write_report(args.run_dirs, args.out or args.run_dirs[0] / "report")
+        written = write_report(args.run_dirs, args.out or RunDir(args.run_dirs[0]).report)
     except NotARunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -136,7 +136,7 @@ class RecordingServer(Server):
 
     def _save_checkpoint(self, server_round: int, row: dict[str, Any]) -> None:
         manager_state = getattr(self.client_manager(), "state_dict", dict)()
-        save_checkpoint(self.recorder.run_dir, Checkpoint(
+        save_checkpoint(self.recorder.run_dir.path, Checkpoint(
             round=server_round,
             weights=parameters_to_ndarrays(self.parameters),
             history=self.recorder.rows,
@@ -157,7 +157,7 @@ class RecordingServer(Server):
         if load is not None:
             load(checkpoint.sampler)
         set_global_rng_state(checkpoint.rng)
-        log(INFO, "Resuming after round %s of %s", checkpoint.round, self.recorder.run_dir)
+        log(INFO, "Resuming after round %s of %s", checkpoint.round, self.recorder.run_dir.path)
         if checkpoint.num_nodes != self.num_nodes:
             log(WARNING, "The run started with %s nodes, %s are connected now: clients and data "
                 "differ from the interrupted run", checkpoint.num_nodes, self.num_nodes)

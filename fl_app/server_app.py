@@ -17,8 +17,9 @@ from fl_app.checkpoint import load_checkpoint
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, auto_settings, check_partitioning, check_resumable
 from fl_app.model import build_model, seeded_model
-from fl_app.outputs import RunRecorder, new_run_dir, output_dir_problem, resolve_output_dir
+from fl_app.outputs import RunRecorder, output_dir_problem, resolve_output_dir
 from strategies.privacy.release import ReleasePolicy
+from fl_app.run_dir import new_run_dir
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
 from fl_app.tracking import check_tracking

@@ -1,7 +1,7 @@
 """Experiment tracking with MLflow (`tracking = "mlflow"`, the optional dependency
 `pip install '.[mlflow]'`): one MLflow run per run directory with the resolved config as
 params, every numeric history field as a metric per round (step = round), the summary's
-figures as metrics and the run directory's files (not checkpoint.npz) as artifacts.
+figures as metrics and the run directory's files (not its checkpoint) as artifacts.
 
 `RunRecorder` drives it, so MLflow receives exactly what the run directory holds: under
 DP only what the release policy lets out. mlflow is imported only when chosen.
@@ -20,10 +20,10 @@ from urllib.parse import urlparse
 from flwr.common import log
 
 from fl_app.config import ConfigError
+from fl_app.run_dir import RunDir
 
 MISSING_MLFLOW = "tracking = 'mlflow' needs the optional dependency: pip install '.[mlflow]'"
 EXPERIMENT = "fl-app"  # unless MLFLOW_EXPERIMENT_NAME names another
-SKIPPED_ARTIFACTS = ("checkpoint.npz",)  # the operator's alone: the exact training state
 MAX_PARAMS, MAX_METRICS = 100, 1000  # per log_batch call (MLflow's limits)
 
 
@@ -86,16 +86,17 @@ class MlflowTracker:
         """One history row's numeric fields as metrics at step = its round."""
         self._log_metrics(self._metrics(row, row["round"]))
 
-    def finish(self, run_dir: Path, summary: dict[str, Any]) -> None:
+    def finish(self, run_dir: RunDir, summary: dict[str, Any]) -> None:
         """Log the summary's figures (the privacy object's as `privacy_<name>`) and the run
-        directory's files, then end the run as FINISHED."""
+        directory's files but its checkpoint (the operator's alone: the exact training
+        state), then end the run as FINISHED."""
         figures = dict(summary) | {f"privacy_{k}": v for k, v in (summary.get("privacy") or {}).items()}
         self._log_metrics(self._metrics(figures, 0))
-        for folder, _, files in os.walk(run_dir):  # does not descend into linked folders
-            relative = Path(folder).relative_to(run_dir).as_posix()
+        for folder, _, files in os.walk(run_dir.path):  # does not descend into linked folders
+            relative = Path(folder).relative_to(run_dir.path).as_posix()
             for name in sorted(files):
                 path = Path(folder) / name
-                if name.startswith(".") or path.is_symlink() or (relative == "." and name in SKIPPED_ARTIFACTS):
+                if name.startswith(".") or path.is_symlink() or path == run_dir.checkpoint:
                     continue
                 self.client.log_artifact(self.run_id, str(path), None if relative == "." else relative)
         self.end("FINISHED")

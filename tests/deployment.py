@@ -17,6 +17,7 @@ import psutil
 from deploy.credentials import make_ca, make_node_keys, make_server_certificate
 from deploy.preflight import PreflightError, check_superlink_connection
 from fl_app.local_superlink import free_port, stop_process_tree
+from fl_app.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(sys.executable).parent
@@ -146,12 +147,12 @@ class Federation:
         summary.json and asks the SuperLink only every 15 s: each `flwr` call costs a
         second of CPU that the federation's processes need."""
         deadline = time.monotonic() + timeout
-        while not list(output_dir.glob("*/summary.json")):
+        while not RunDir.finished_under(output_dir):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s")
             for _ in range(15):
                 time.sleep(1)
-                if list(output_dir.glob("*/summary.json")):
+                if RunDir.finished_under(output_dir):
                     break
             else:
                 if self.status(run_id).startswith("finished"):
@@ -191,6 +192,5 @@ class Federation:
 def history(output_dir: Path) -> tuple[list[dict], dict]:
     """(history rows, summary) of the only run directory under `output_dir`."""
     (run_dir,) = output_dir.iterdir()
-    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    summary_path = run_dir / "summary.json"
-    return rows, json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    run = RunDir(run_dir)
+    return run.read_history(), run.read_summary() if run.summary.exists() else {}

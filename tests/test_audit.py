@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fl_app.audit import main, run_audit
+from fl_app.run_dir import RunDir
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def audited(default_run_config, mnist_dir) -> dict:
 def test_the_audit_flags_a_broken_mechanism_and_only_that(audited, tmp_path, noise_scale):
     figures = run_audit(audited, 10, 500, tmp_path, noise_scale=noise_scale, rng=np.random.default_rng(5))
     assert figures["epsilon_reported"] == pytest.approx(1.0, abs=0.02)
-    assert json.loads((tmp_path / "audit.json").read_text()) == figures
+    assert json.loads(RunDir(tmp_path).audit.read_text()) == figures
     if noise_scale == 1.0:
         assert figures["epsilon_lower_95"] <= figures["epsilon_reported"]
     else:

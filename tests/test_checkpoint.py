@@ -17,10 +17,11 @@ import torch
 
 import run_simulation
 from federation import Crash, run_federation
-from fl_app.checkpoint import CHECKPOINT, Checkpoint, CheckpointError, global_rng_state, load_checkpoint, save_checkpoint
+from fl_app.checkpoint import Checkpoint, CheckpointError, global_rng_state, load_checkpoint, save_checkpoint
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, check_resumable
 from fl_app.model import seeded_model
+from fl_app.run_dir import RunDir
 from fl_app.task import get_weights
 
 TIMING = ("seconds",)
@@ -44,7 +45,7 @@ def config(default_run_config, mnist_dir):
 
 
 def test_checkpoint_round_trip_and_atomic_write(tmp_path, default_run_config):
-    (tmp_path / "config.json").write_text("{}")
+    RunDir(tmp_path).write_config({})
     rng = np.random.default_rng(3)
     weights = get_weights(seeded_model("cnn", 1))
     ckpt = Checkpoint(
@@ -58,8 +59,8 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path, default_run_config):
         wall_seconds=12.5, num_nodes=4,
     )
     save_checkpoint(tmp_path, ckpt)
-    assert sorted(os.listdir(tmp_path)) == [CHECKPOINT, "config.json"]  # no temporary left
-    assert (tmp_path / CHECKPOINT).stat().st_mode & 0o777 == 0o600  # the operator's alone
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "config.json"]  # no temporary left
+    assert RunDir(tmp_path).checkpoint.stat().st_mode & 0o777 == 0o600  # the operator's alone
     loaded = load_checkpoint(tmp_path)
     assert loaded.round == 1 and loaded.row == ckpt.row and loaded.wall_seconds == 12.5 and loaded.config == ckpt.config
     assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded.weights, ckpt.weights))
@@ -71,10 +72,10 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path, default_run_config):
 def test_resume_from_a_directory_that_cannot_be_resumed(tmp_path):
     with pytest.raises(CheckpointError, match="is not a run directory"):
         load_checkpoint(tmp_path)
-    (tmp_path / "config.json").write_text("{}")
+    RunDir(tmp_path).write_config({})
     with pytest.raises(CheckpointError, match="has no checkpoint.npz"):
         load_checkpoint(tmp_path)
-    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    RunDir(tmp_path).checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="the file is unreadable .BadZipFile: File is not a zip file."):
         load_checkpoint(tmp_path)
 
@@ -119,17 +120,17 @@ def test_same_seed_gives_the_same_history_whatever_the_node_ids(config, mnist_di
     b = run_federation(config | {"tensorboard": True}, 4, mnist_dir, tmp_path / "b", node_seed=2)
     assert comparable(a) == comparable(b)
     assert a[-1]["centralized_accuracy"] > 0.3
-    wa, wb = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")
+    wa, wb = torch.load(RunDir(tmp_path / "a").model), torch.load(RunDir(tmp_path / "b").model)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "b" / "tensorboard"))
+    events = EventAccumulator(str(RunDir(tmp_path / "b").tensorboard))
     events.Reload()
     accuracy = [(e.step, e.value) for e in events.Scalars("accuracy/centralized")]
     assert accuracy == [(r["round"], pytest.approx(r["centralized_accuracy"])) for r in b]
     assert [e.value for e in events.Scalars("clients/cohort_size")] == [r["num_fit_clients"] for r in b]
-    assert not (tmp_path / "a" / "tensorboard").exists()
+    assert not RunDir(tmp_path / "a").tensorboard.exists()
 
 
 @pytest.mark.parametrize("extra", [{"strategy": "fedadam", "server-learning-rate": 0.01}, CENTRAL_DP],
@@ -146,12 +147,12 @@ def test_resumed_run_equals_the_uninterrupted_one(config, mnist_dir, tmp_path, e
     resumed = run_federation(cfg | {"resume-from": str(tmp_path / "crashed")}, 4, mnist_dir,
                              tmp_path / "unused", node_seed=3)
     assert comparable(resumed) == comparable(full)
-    wf, wr = torch.load(tmp_path / "full" / "model.pt"), torch.load(tmp_path / "crashed" / "model.pt")
+    wf, wr = torch.load(RunDir(tmp_path / "full").model), torch.load(RunDir(tmp_path / "crashed").model)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
     if "dp-mode" in extra:
         epsilons = [row["epsilon"] for row in resumed[1:]]
         assert epsilons == sorted(epsilons) and len(set(epsilons)) == 3  # never reset
-        summary = json.loads((tmp_path / "crashed" / "summary.json").read_text())
+        summary = RunDir(tmp_path / "crashed").read_summary()
         assert summary["privacy"]["epsilon"] == epsilons[-1]
         assert summary["privacy"]["rounds_accounted"] == 3 and not summary["privacy"]["valid_claim"]
 
@@ -174,7 +175,7 @@ def edited_copy(source: Path, target: Path, edit: Edit) -> Path:
     """A copy of run directory `source` whose checkpoint's JSON document and arrays were
     changed by `edit(document, arrays)` and written back as the app writes them."""
     shutil.copytree(source, target)
-    path = target / CHECKPOINT
+    path = RunDir(target).checkpoint
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
     document = json.loads(arrays.pop("__document__").tobytes())
@@ -277,7 +278,7 @@ def test_an_edited_checkpoint_is_refused_with_one_line(interrupted, tmp_path, ca
     run_dir = edited_copy(interrupted, tmp_path / "run", edit)
     with pytest.raises(CheckpointError) as refused:
         load_checkpoint(run_dir)
-    assert str(refused.value).startswith(f"Invalid checkpoint {run_dir / CHECKPOINT}: {message}")
+    assert str(refused.value).startswith(f"Invalid checkpoint {RunDir(run_dir).checkpoint}: {message}")
     assert "\n" not in str(refused.value)
 
 
@@ -301,12 +302,12 @@ def damage(path: Path, how: str) -> None:
 def test_a_damaged_checkpoint_is_refused_with_one_line(interrupted, tmp_path, capsys, mnist_dir, how, detail):
     """Through run_simulation.py's pre-flight: one line on stderr, exit 2, nothing started."""
     run_dir = shutil.copytree(interrupted, tmp_path / "run")
-    damage(run_dir / CHECKPOINT, how)
+    damage(RunDir(run_dir).checkpoint, how)
     code = run_simulation.main(["--num-clients", "4", "--run-config",
                                 f"data-dir='{mnist_dir}' resume-from='{run_dir}'"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith(f"run_simulation: Invalid checkpoint {run_dir / CHECKPOINT}: the file is unreadable "
+    assert err.startswith(f"run_simulation: Invalid checkpoint {RunDir(run_dir).checkpoint}: the file is unreadable "
                           f"({detail}") and err.endswith("; it is truncated or corrupted\n")
     assert err.count("\n") == 1
 
@@ -317,7 +318,7 @@ def test_run_simulation_refuses_a_corrupted_checkpoint_before_starting(interrupt
     for case in ("round-99", "truncated"):
         if case == "truncated":
             run_dir = shutil.copytree(interrupted, tmp_path / case)
-            damage(run_dir / CHECKPOINT, case)
+            damage(RunDir(run_dir).checkpoint, case)
             expected = "the file is unreadable (BadZipFile: File is not a zip file)"
         else:
             run_dir = edited_copy(interrupted, tmp_path / case, EDITS[case][0])
@@ -327,7 +328,7 @@ def test_run_simulation_refuses_a_corrupted_checkpoint_before_starting(interrupt
              f"data-dir='{mnist_dir}' resume-from='{run_dir}'"],
             capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
-        assert result.stderr.startswith(f"run_simulation: Invalid checkpoint {run_dir / CHECKPOINT}: {expected}")
+        assert result.stderr.startswith(f"run_simulation: Invalid checkpoint {RunDir(run_dir).checkpoint}: {expected}")
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stdout + result.stderr
 
 
@@ -336,18 +337,19 @@ def test_a_symbolic_link_in_the_run_directory_is_refused_before_anything_runs(in
     run_dir = shutil.copytree(interrupted, tmp_path / "run")
     victim = tmp_path / "victim.json"
     victim.write_text("precious")
-    (run_dir / "summary.json").symlink_to(victim)
+    run = RunDir(run_dir)
+    run.summary.symlink_to(victim)
     code = run_simulation.main(["--num-clients", "4", "--run-config",
                                 f"data-dir='{mnist_dir}' resume-from='{run_dir}'"])
     assert code == 2
     assert capsys.readouterr().err == (
-        f"run_simulation: resume-from = '{run_dir}' cannot be resumed: {run_dir / 'summary.json'} is a "
+        f"run_simulation: resume-from = '{run_dir}' cannot be resumed: {run.summary} is a "
         f"symbolic link (to {victim}): nothing in a run directory is written through a link; replace it "
         "with a regular file or remove it\n")
-    (run_dir / "summary.json").unlink()
-    (run_dir / "tensorboard").mkdir()
-    (run_dir / "tensorboard" / "events").symlink_to(victim)
-    with pytest.raises(CheckpointError, match=f"{run_dir / 'tensorboard' / 'events'} is a symbolic link"):
+    run.summary.unlink()
+    run.tensorboard.mkdir()
+    (run.tensorboard / "events").symlink_to(victim)
+    with pytest.raises(CheckpointError, match=f"{run.tensorboard / 'events'} is a symbolic link"):
         load_checkpoint(run_dir)
     assert victim.read_text() == "precious"
 

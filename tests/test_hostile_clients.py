@@ -4,8 +4,6 @@ server fields, a rejected update with extreme figures), the round goes on, the g
 model keeps its dtype, shapes and finite values, and history.jsonl keeps the server's
 own figures."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -23,6 +21,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from strategies.wire import CLIENT_KEY
 from fl_app.in_process import run_federation
+from fl_app.run_dir import RunDir
 
 OK = Status(Code.OK, "")
 SMALL = {"samples-per-client": 200, "num-server-rounds": 1, "local-epochs": 1, "eval-samples": 1000,
@@ -81,8 +80,8 @@ class HostileProxy(ClientProxy):
 def run_with(tmp_path, mnist_dir, default_run_config, overrides, proxy):
     config = default_run_config | SMALL | {"data-dir": mnist_dir} | overrides
     rows = run_federation(config, 4, mnist_dir, tmp_path / "run", extra_clients=[proxy])
-    model = torch.load(tmp_path / "run" / "model.pt")
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    model = torch.load(RunDir(tmp_path / "run").model)
+    summary = RunDir(tmp_path / "run").read_summary()
     return rows, model, summary
 
 

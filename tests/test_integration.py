@@ -23,6 +23,7 @@ from federation import run_federation
 from fl_app.config import project_defaults
 from fl_app.local_superlink import free_port, stop_process_tree
 from fl_app.outputs import HISTORY_FIELDS
+from fl_app.run_dir import RunDir
 
 pytestmark = pytest.mark.integration
 
@@ -35,11 +36,11 @@ def assert_complete_run_dir(output_dir: Path, rounds: int) -> dict:
     (run_dir,) = output_dir.iterdir()
     for name in ("config.json", "history.jsonl", "summary.json", "model.pt", "curves.png"):
         assert (run_dir / name).is_file(), name
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    history = RunDir(run_dir).read_history()
     assert [h["round"] for h in history] == list(range(rounds + 1))
     assert all(set(HISTORY_FIELDS) <= set(h) for h in history)
     assert all(h["num_fit_clients"] == 3 for h in history[1:])
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunDir(run_dir).read_summary()
     assert summary["rounds"] == rounds
     assert 0.0 <= summary["final_accuracy"] <= 1.0
     return summary
@@ -123,7 +124,7 @@ def test_flwr_run_on_the_local_connection_with_local_dp(tmp_path, mnist_dir, loc
     # relative output-dir: under the directory the local SuperLink was started from
     assert_complete_run_dir(workdir / "outputs", rounds=2)
     (run_dir,) = (workdir / "outputs").iterdir()
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    history = RunDir(run_dir).read_history()
     maxima = [h["client_epsilon_max"] for h in history[1:]]
     assert 0 < maxima[0] < maxima[1] <= 8.0
     assert all(h["client_epsilon_mean"] <= h["client_epsilon_max"] * (1 + 1e-12) for h in history[1:])
@@ -150,8 +151,8 @@ def test_secure_aggregation_releases_the_same_model_as_plain_client_clipping(tmp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("Secure aggregation completed") == 1
     (run_dir,) = out.iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    run = RunDir(run_dir)
+    summary, history = run.read_summary(), run.read_history()
     privacy = summary["privacy"]
     assert (privacy["delta"], privacy["accountant"], privacy["sampling_rate"]) == (1e-3, "rdp", 1.0)
     assert privacy["epsilon"] == pytest.approx(history[-1]["epsilon"])
@@ -161,7 +162,7 @@ def test_secure_aggregation_releases_the_same_model_as_plain_client_clipping(tmp
     one_round = QUICK.replace("rounds=2", "rounds=1")
     plain = in_process_reference(f"{one_round} {dp} data-dir='{mnist_dir}'", 3, tmp_path / "plain")
     assert plain[-1]["epsilon"] == history[-1]["epsilon"]
-    secure_model, plain_model = torch.load(run_dir / "model.pt"), torch.load(tmp_path / "plain" / "model.pt")
+    secure_model, plain_model = torch.load(run.model), torch.load(RunDir(tmp_path / "plain").model)
     difference = max(float((secure_model[k] - plain_model[k]).abs().max()) for k in plain_model)
     assert 0 < difference < 1e-5
 
@@ -250,7 +251,7 @@ def test_sigkilled_simulation_resumes_on_a_ray_cluster_to_the_same_result(tmp_pa
             pass
     psutil.wait_procs(tree, timeout=30)
     (run_dir,) = killed_out.iterdir()
-    assert not (run_dir / "summary.json").exists()
+    assert not RunDir(run_dir).summary.exists()
     assert flower_processes() <= before
 
     with ray_head(tmp_path / "ray-head.log") as (address, ray_tmp):
@@ -270,10 +271,9 @@ def test_sigkilled_simulation_resumes_on_a_ray_cluster_to_the_same_result(tmp_pa
     assert flower_processes() <= before
 
     reference = in_process_reference(config + " num-server-rounds=2", 3, tmp_path / "reference")
-    lines = (run_dir / "history.jsonl").read_text().splitlines()
     drop_seconds = [{k: v for k, v in row.items() if k != "seconds"} for row in reference]
-    assert [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines] == drop_seconds
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in RunDir(run_dir).read_history()] == drop_seconds
     assert [r["num_fit_clients"] for r in reference[1:]] == [2, 2]
     assert reference[-1]["centralized_accuracy"] > 0.5
-    a, b = torch.load(tmp_path / "reference" / "model.pt"), torch.load(run_dir / "model.pt")
+    a, b = torch.load(RunDir(tmp_path / "reference").model), torch.load(RunDir(run_dir).model)
     assert all(torch.equal(a[k], b[k]) for k in a)

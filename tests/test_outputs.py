@@ -1,13 +1,13 @@
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from fl_app.checkpoint import CHECKPOINT, Checkpoint, save_checkpoint
+from fl_app.checkpoint import Checkpoint, save_checkpoint
 from fl_app.model import Net, seeded_net
-from fl_app.outputs import HISTORY_FIELDS, RunRecorder, SymlinkError, new_run_dir
+from fl_app.outputs import HISTORY_FIELDS, RunRecorder
+from fl_app.run_dir import RunDir, SymlinkError, new_run_dir
 from fl_app.task import get_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,18 +28,19 @@ def test_run_directory_holds_every_output(tmp_path, caplog):
     weights = get_weights(seeded_net(3))
     summary = recorder.finish(weights)
 
-    assert json.loads((run_dir / "config.json").read_text()) == {"seed": 1}
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    run = RunDir(run_dir)
+    assert run.read_config() == {"seed": 1}
+    history = run.read_history()
     assert [h["round"] for h in history] == [0, 1, 2]
     assert all(set(HISTORY_FIELDS) <= set(h) for h in history)
-    saved = json.loads((run_dir / "summary.json").read_text())
+    saved = run.read_summary()
     assert saved == summary
     assert (saved["rounds"], saved["final_accuracy"], saved["best_accuracy"], saved["best_round"]) == (2, 0.7, 0.8, 1)
     assert saved["wall_seconds"] >= 0
     net = Net()
-    net.load_state_dict(torch.load(run_dir / "model.pt"))
+    net.load_state_dict(torch.load(run.model))
     assert all((a == b).all() for a, b in zip(get_weights(net), weights))
-    png = (run_dir / "curves.png").read_bytes()
+    png = run.curves.read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     assert "round 1/2 | test acc 80.00% loss 0.5000 | clients 3 | 1.5 s" in caplog.text
     assert str(run_dir) in caplog.text
@@ -53,8 +54,8 @@ def test_run_directories_never_collide(tmp_path):
 def resumed_run_dir(path: Path) -> Path:
     """A run directory as an interrupted run leaves it: config.json and round 0's row."""
     path.mkdir()
-    (path / "config.json").write_text('{"seed": 1}\n')
-    (path / "history.jsonl").write_text(json.dumps(row(0, 0.1)) + "\n")
+    RunDir(path).write_config({"seed": 1})
+    RunDir(path).write_history([row(0, 0.1)])
     return path
 
 
@@ -83,14 +84,14 @@ def test_appending_to_a_history_replaced_by_a_link_is_refused(tmp_path):
     recorder = RunRecorder(run_dir, {}, num_rounds=2, resumed_rows=[row(0, 0.1)])
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    (run_dir / "history.jsonl").unlink()
-    (run_dir / "history.jsonl").symlink_to(victim)
+    RunDir(run_dir).history.unlink()
+    RunDir(run_dir).history.symlink_to(victim)
     with pytest.raises(SymlinkError, match="history.jsonl is a symbolic link"):
         recorder.record(row(1, 0.5))
     assert victim.read_text() == "precious"
 
 
-@pytest.mark.parametrize("name", [CHECKPOINT, f".{CHECKPOINT}.tmp"])
+@pytest.mark.parametrize("name", ["checkpoint.npz", ".checkpoint.npz.tmp"])
 def test_a_checkpoint_is_never_written_through_a_link(tmp_path, name):
     victim = tmp_path / "victim"
     victim.write_text("precious")
@@ -110,7 +111,7 @@ def test_writes_replace_a_leftover_temporary_file_and_leave_none(tmp_path):
     recorder.record(row(1, 0.5))
     recorder.finish(get_weights(seeded_net(3)))
     assert sorted(os.listdir(run_dir)) == ["config.json", "curves.png", "history.jsonl", "model.pt", "summary.json"]
-    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 1
+    assert RunDir(run_dir).read_summary()["rounds"] == 1
 
 
 def test_a_run_directory_reached_through_a_link_is_written(tmp_path):
@@ -122,7 +123,7 @@ def test_a_run_directory_reached_through_a_link_is_written(tmp_path):
     recorder.record(row(1, 0.5))
     recorder.finish(get_weights(seeded_net(3)))
     (run_dir,) = (tmp_path / "disk").iterdir()
-    assert json.loads((run_dir / "summary.json").read_text())["final_accuracy"] == 0.5
+    assert RunDir(run_dir).read_summary()["final_accuracy"] == 0.5
 
 
 def test_the_best_rounds_model_is_saved_beside_the_final_one(tmp_path):
@@ -132,8 +133,8 @@ def test_the_best_rounds_model_is_saved_beside_the_final_one(tmp_path):
         recorder.record(row(r, acc), models[r])
     summary = recorder.finish(models[3])
     best, final = Net(), Net()
-    best.load_state_dict(torch.load(tmp_path / "model_best.pt"))
-    final.load_state_dict(torch.load(tmp_path / "model.pt"))
+    best.load_state_dict(torch.load(RunDir(tmp_path).best_model))
+    final.load_state_dict(torch.load(RunDir(tmp_path).model))
     assert summary["best_round"] == 1  # the first of equally good rounds, as in summary.json
     assert all((a == b).all() for a, b in zip(get_weights(best), models[1]))
     assert all((a == b).all() for a, b in zip(get_weights(final), models[3]))
@@ -150,11 +151,11 @@ def test_clients_jsonl_holds_each_clients_figures_where_the_release_policy_allow
     config = default_run_config | {"data-dir": mnist_dir, "samples-per-client": 100, "num-server-rounds": 2,
                                    "local-epochs": 1, "eval-samples": 300, "min-available-clients": 3} | dp
     run_federation(config, 3, mnist_dir, tmp_path / "run")
-    path = tmp_path / "run" / "clients.jsonl"
-    assert path.exists() == written
+    run = RunDir(tmp_path / "run")
+    assert run.clients.exists() == written
     if not written:
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = run.read_clients()
     train = [r for r in rows if r["phase"] == "train"]
     assert [(r["round"], r["client"]) for r in train] == [(rnd, f"partition-{k:06d}") for rnd in (1, 2) for k in range(3)]
     assert all(r["num_examples"] == 90 and 0 <= r["train_accuracy"] <= 1 and r["train_loss"] > 0 for r in train)

@@ -9,7 +9,6 @@ Each attack also runs against `dp-reproducible-noise = true`, where it must succ
 that is what shows the attack is real and the test able to fail.
 """
 
-import json
 from collections import defaultdict
 
 import numpy as np
@@ -23,6 +22,7 @@ from fl_app.client_app import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.in_process import model_digest
 from fl_app.model import seeded_model, seeded_net
+from fl_app.run_dir import RunDir
 from strategies.privacy.release import ALWAYS_PRESENT, DP_RELEASED_FIELDS
 from fl_app.task import get_weights
 from strategies.privacy.accounting import ClientLevelAccountant
@@ -66,10 +66,10 @@ def rebuild_sum_from_public_seed(run_dir) -> tuple[np.ndarray, float]:
     """Attack 1 with config.json, summary.json and the released models only: the initial
     model follows from `seed`, the noise from the seed's generator; returns the recovered
     clipped sum and the noise norm σS√d."""
-    config = json.loads((run_dir / "config.json").read_text())
-    privacy = json.loads((run_dir / "summary.json").read_text())["privacy"]
+    run = RunDir(run_dir)
+    config, privacy = run.read_config(), run.read_summary()["privacy"]
     before = get_weights(seeded_model(config["model"], config["seed"]))
-    after = [t.numpy() for t in torch.load(run_dir / "model.pt").values()]
+    after = [t.numpy() for t in torch.load(run.model).values()]
     std = privacy["noise_multiplier"] * privacy["clipping_norm"]
     noise_rng = DPRandomness(config["seed"], reproducible=True).noise
     noise = flat([secure_gaussian(noise_rng, std, a.shape) for a in before])
@@ -86,14 +86,14 @@ def test_central_noise_cannot_be_rebuilt_from_the_public_seed(central, mnist_dir
     seeded_sum = run_and_spy(central | {"dp-reproducible-noise": True}, mnist_dir, tmp_path / "seeded", monkeypatch)
     recovered, noise_norm = rebuild_sum_from_public_seed(tmp_path / "seeded")
     assert np.linalg.norm(recovered - seeded_sum) < 1e-4 * noise_norm  # the attack, where it works
-    summary = json.loads((tmp_path / "seeded" / "summary.json").read_text())
+    summary = RunDir(tmp_path / "seeded").read_summary()
     assert summary["privacy"]["valid_claim"] is False and "NOT A VALID CLAIM" in summary["privacy"]["statement"]
 
 
 def test_same_seed_and_config_release_different_models_under_central_dp(central, mnist_dir, tmp_path):
     for name in ("a", "b"):
         run_federation(central, 3, mnist_dir, tmp_path / name)
-    a, b = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")
+    a, b = torch.load(RunDir(tmp_path / "a").model), torch.load(RunDir(tmp_path / "b").model)
     assert not any(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -142,10 +142,10 @@ def test_crash_and_resume_release_each_round_once_and_account_it_once(central, m
     versions = defaultdict(set)  # round -> digests of its model that left the server
     for kind, server_round, digest in received:
         versions[server_round if kind == "evaluate" else server_round - 1].add(digest)
-    final = torch.load(tmp_path / "run" / "model.pt")
+    final = torch.load(RunDir(tmp_path / "run").model)
     versions[3].add(model_digest_of_state(final))
     assert {r: len(v) for r, v in versions.items() if r > 0} == {1: 1, 2: 1, 3: 1}
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = RunDir(tmp_path / "run").read_summary()
     assert summary["privacy"]["rounds_accounted"] == 3
     assert [row["round"] for row in resumed] == [0, 1, 2, 3]
     epsilons = [row["epsilon"] for row in resumed[1:]]
@@ -176,13 +176,13 @@ def test_default_central_dp_outputs_hold_no_exact_client_figure(central, mnist_d
     assert all(row["cohort_size"] == 3 and row["epsilon"] > 0 for row in rows[1:])
     if clipping == "adaptive":  # the noised count is released, the exact one is not
         assert all(np.isfinite(row["noised_unclipped_fraction"]) for row in rows[1:])
-    summary = json.loads((tmp_path / "default" / "summary.json").read_text())
+    summary = RunDir(tmp_path / "default").read_summary()
     assert summary["privacy"]["unprotected_metrics_released"] is False
 
     opted_in = run_federation(config | {"dp-release-unprotected-metrics": True}, 3, mnist_dir, tmp_path / "opt-in")
     assert {"clip_fraction", "median_update_norm", "train_loss", "federated_accuracy"} <= set(opted_in[-1])
     assert opted_in[-1]["num_fit_clients"] == 3
-    summary = json.loads((tmp_path / "opt-in" / "summary.json").read_text())
+    summary = RunDir(tmp_path / "opt-in").read_summary()
     assert summary["privacy"]["unprotected_metrics_released"] is True
 
 

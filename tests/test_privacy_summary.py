@@ -1,8 +1,6 @@
 """summary.json states every DP run's guarantee in one `privacy` object, equal to the
 accountants' figures, with a sentence to paste; a plain run says `"privacy": null`."""
 
-import json
-
 import pytest
 import torch
 
@@ -10,6 +8,7 @@ from federation import run_federation
 from strategies.privacy.local_dp import batches_per_epoch, local_noise_multiplier
 from fl_app.model import build_model
 from fl_app.outputs import summary_table
+from fl_app.run_dir import RunDir
 from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.privacy.opacus_compat import create_accountant
 from strategies.privacy.statement import round_up
@@ -24,7 +23,7 @@ def small(default_run_config, mnist_dir) -> dict:
 
 
 def summary_of(run_dir) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+    return RunDir(run_dir).read_summary()
 
 
 def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, tmp_path):
@@ -48,9 +47,8 @@ def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, t
     sentence = f"(ε = {round_up(privacy['epsilon']):g}, δ = 0.001) client-level DP for 3 clients over 2 rounds, RDP accountant"
     assert privacy["statement"] == sentence
     assert f"privacy         {sentence}" in summary_table(summary_of(tmp_path))
-    config_json = json.loads((tmp_path / "config.json").read_text())
-    assert config_json["model"] == "tanh-cnn"  # auto: the DP recipe's model
-    build_model("tanh-cnn").load_state_dict(torch.load(tmp_path / "model.pt"))
+    assert RunDir(tmp_path).read_config()["model"] == "tanh-cnn"  # auto: the DP recipe's model
+    build_model("tanh-cnn").load_state_dict(torch.load(RunDir(tmp_path).model))
 
 
 def test_local_dp_summary_states_each_clients_guarantee(small, mnist_dir, tmp_path):

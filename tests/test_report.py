@@ -1,7 +1,6 @@
 """`python -m fl_app.report`: valid PNGs of sensible size from run directories, and a
 clear refusal of a directory that is not a run."""
 
-import json
 import struct
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 
 from fl_app.report import main
+from fl_app.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def fake_run(path: Path, config: dict, epsilon: bool, rounds: int = 4) -> Path:
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps(config))
+    run = RunDir(path)
+    run.write_config(config)
     rows = []
     for r in range(rounds + 1):
         row = {"round": r, "centralized_accuracy": 0.1 + 0.2 * r, "centralized_loss": 2.3 / (r + 1),
@@ -31,10 +32,10 @@ def fake_run(path: Path, config: dict, epsilon: bool, rounds: int = 4) -> Path:
         if epsilon and r:
             row["epsilon"] = 0.5 * r
         rows.append(row)
-    (path / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run.write_history(rows)
     statement = "(ε = 2, δ = 1e-05) client-level DP for 3 clients over 4 rounds, RDP accountant"
     summary = {"num_nodes": 3, "privacy": {"epsilon": 2.0, "statement": statement} if epsilon else None}
-    (path / "summary.json").write_text(json.dumps(summary))
+    run.write_summary(summary)
     return path
 
 
@@ -59,7 +60,7 @@ def test_report_without_dp_or_data_skips_those_plots(tmp_path, default_run_confi
     assert main([str(run)]) == 0
     out = capsys.readouterr().out
     assert "label_distribution.png skipped: MNIST not found" in out
-    assert sorted(p.name for p in (run / "report").iterdir()) == ["accuracy.png", "clients.png", "loss.png"]
+    assert sorted(p.name for p in RunDir(run).report.iterdir()) == ["accuracy.png", "clients.png", "loss.png"]
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
@@ -70,4 +71,4 @@ def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
     assert result.stderr.strip() == (f"error: '{tmp_path / 'empty'}' is not a run directory (no "
                                      "config.json or history.jsonl); give the directories that runs "
                                      "write under output-dir")
-    assert not (tmp_path / "empty" / "report").exists()
+    assert not RunDir(tmp_path / "empty").report.exists()

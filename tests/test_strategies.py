@@ -9,6 +9,7 @@ from flwr.server.strategy import FedAvgM
 from federation import run_federation
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig, ConfigError, check_partitioning
+from fl_app.run_dir import RunDir
 from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
 from strategies.registry import BUILT_IN, NON_LINEAR, StrategyArgs, build
@@ -38,7 +39,7 @@ def federation(tmp_path_factory, mnist_dir, default_run_config):
             config = default_run_config | SMALL | {"data-dir": mnist_dir} | overrides
             run_dir = tmp_path_factory.mktemp("run")
             rows = run_federation(config, 4, mnist_dir, run_dir)
-            cache[key] = rows, torch.load(run_dir / "model.pt")
+            cache[key] = rows, torch.load(RunDir(run_dir).model)
         return cache[key]
 
     return run

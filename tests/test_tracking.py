@@ -12,6 +12,7 @@ import pytest
 from fl_app.config import AppConfig, ConfigError
 from fl_app.model import seeded_net
 from fl_app.outputs import RunRecorder
+from fl_app.run_dir import RunDir
 from fl_app.task import get_weights
 from fl_app.tracking import MISSING_MLFLOW, check_tracking
 
@@ -65,14 +66,14 @@ def test_a_federation_logs_config_history_and_files(tmp_path, store, mnist_dir, 
     assert [r["round"] for r in history] == [0, 1, 2]
     numeric = {k for r in history for k, v in r.items()
                if k != "round" and isinstance(v, int | float) and math.isfinite(v)}
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunDir(run_dir).read_summary()
     assert set(run.data.metrics) == numeric | {"rounds", "final_accuracy", "final_loss", "best_accuracy",
                                                "best_round", "wall_seconds", "num_nodes"}
     assert run.data.metrics["final_accuracy"] == summary["final_accuracy"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "history.jsonl", "summary.json", "model.pt", "model_best.pt", "curves.png",
             "clients.jsonl"} == artifacts
-    assert (run_dir / "checkpoint.npz").exists()  # kept out of MLflow: the exact training state
+    assert RunDir(run_dir).checkpoint.exists()  # kept out of MLflow: the exact training state
 
 
 def test_a_failed_run_ends_failed_and_a_resumed_run_logs_the_whole_history(tmp_path, store):
