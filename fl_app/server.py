@@ -17,6 +17,7 @@ from strategies.privacy.release import ReleasePolicy
 from strategies.client_reports import EVALUATE_METRICS, FIT_METRICS, is_finite_number
 from strategies.privacy.statement import LocalPrivacyLedger
 from strategies.state import load_strategy_state, strategy_state
+from strategies.wire import ACCURACY
 
 
 def failure_reason(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
@@ -246,4 +247,4 @@ class RecordingServer(Server):
         loss, metrics, _ = res
         history.add_loss_distributed(server_round=server_round, loss=loss)
         history.add_metrics_distributed(server_round=server_round, metrics=metrics)
-        return {"federated_loss": loss, "federated_accuracy": metrics.get("accuracy")}
+        return {"federated_loss": loss, "federated_accuracy": metrics.get(ACCURACY)}
