@@ -1,7 +1,7 @@
 """Server-side DP aggregation time per round: clip 100 client updates of the reference
 CNN to norm S, sum them, add Gaussian noise and divide by the expected cohort size.
 
-    python bench/aggregation.py [--clients 100] [--repeats 5] [--json aggregation.json]
+    python -m bench.aggregation [--clients 100] [--repeats 5] [--json aggregation.json]
 
 Measures the math alone (strategies.privacy.mechanism on numpy arrays) and the whole
 DPFedAvg.aggregate_fit (deserialising the clients' parameters, screening, clipping,
@@ -9,25 +9,24 @@ noise, accounting, serialising the new model). Prints the median and the fastest
 repeats in seconds per round (on a shared machine the fastest is the least disturbed).
 """
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
+from bench.common import add_json, argument_parser, machine, write_json
 from fl_app.model import Net
 from fl_app.task import get_weights
-from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.privacy.mechanism import clipped_deltas, noisy_mean
-
-from overhead import machine  # bench/overhead.py
 
 
 class Proxy:
+    """A client proxy as the strategy sees it: its node id."""
+
     def __init__(self, cid: str) -> None:
         self.cid = cid
 
@@ -43,10 +42,11 @@ def timings(fn, repeats: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Time the math and the whole aggregate_fit; print and write the figures."""
+    parser = argument_parser(__doc__)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=Path("aggregation.json"))
+    add_json(parser, "aggregation.json")
     args = parser.parse_args()
 
     weights = get_weights(Net())
@@ -85,7 +85,7 @@ def main() -> None:
         "repeats": args.repeats,
         "machine": machine(),
     }
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
     print(json.dumps(figures, indent=2))
     print(f"\nclip + sum + noise, {args.clients} clients x {figures['parameters']:,} parameters, per round: "
           f"math {math_median:.3f} s (fastest {math_fastest:.3f} s); DPFedAvg.aggregate_fit incl. "

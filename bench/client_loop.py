@@ -1,6 +1,6 @@
 """Training throughput of our client against a bare PyTorch loop, side by side.
 
-    python bench/client_loop.py [--samples 6000] [--epochs 1] [--repeats 3]
+    python -m bench.client_loop [--samples 6000] [--epochs 1] [--repeats 3]
 
 Both train the reference CNN on the same 6000 MNIST samples (partition 0 of 10), batch
 size 32, SGD with momentum, in this process, alternating: the bare loop is
@@ -9,26 +9,25 @@ size 32, SGD with momentum, in this process, alternating: the bare loop is
 samples/s of each and their ratio (goal: ours / bare >= 0.95).
 """
 
-import argparse
 import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.common import APP_DEFAULTS, add_data_dir, add_json, argument_parser, write_json
 from data.mnist import load_mnist
 from fl_app.client_app import FlowerClient, load_client_data
-from fl_app.config import AppConfig, project_defaults
+from fl_app.config import AppConfig
 from fl_app.model import Net
 from fl_app.task import get_weights
-
-ROOT = Path(__file__).resolve().parents[1]
+from strategies.wire import LEARNING_RATE, SERVER_ROUND
 
 
 def bare_loop(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int) -> None:
+    """Train a fresh `Net` on the tensors with shuffled minibatches, nothing else."""
     net = Net()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
     net.train()
@@ -43,15 +42,16 @@ def bare_loop(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_siz
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Time both loops alternately; print and write the figures."""
+    parser = argument_parser(__doc__)
     parser.add_argument("--samples", type=int, default=6000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--json", type=Path, default=Path("client_loop.json"))
+    add_data_dir(parser)
+    add_json(parser, "client_loop.json")
     args = parser.parse_args()
 
-    cfg = AppConfig.from_run_config(project_defaults(ROOT) | {
+    cfg = AppConfig.from_run_config(APP_DEFAULTS | {
         "data-dir": str(args.data_dir), "samples-per-client": args.samples, "validation-fraction": 0.0,
         "local-epochs": args.epochs, "batch-size": 32})
     load_mnist(str(args.data_dir), train=True)
@@ -62,7 +62,7 @@ def main() -> None:
     ours, bare = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        client.fit(weights, {"server-round": 1, "learning-rate": 0.02})
+        client.fit(weights, {SERVER_ROUND: 1, LEARNING_RATE: 0.02})
         ours.append(n / (time.perf_counter() - start))
         start = time.perf_counter()
         bare_loop(train_set.images, train_set.labels, args.epochs, 32)
@@ -74,7 +74,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
     }
     figures["ratio"] = figures["client_samples_per_s"] / figures["bare_samples_per_s"]
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
     print(json.dumps(figures, indent=2))
     print(f"\nour client {figures['client_samples_per_s']:.0f} samples/s, bare loop "
           f"{figures['bare_samples_per_s']:.0f} samples/s: ratio {figures['ratio']:.3f}")

@@ -1,6 +1,6 @@
 """Test accuracy against client-level ε with the app's DP recipe (central DP-FedAvg).
 
-    python bench/dp_utility.py --num-clients 1000 --samples-per-client 60 --epsilon 2 --delta 1e-5
+    python -m bench.dp_utility --num-clients 1000 --samples-per-client 60 --epsilon 2 --delta 1e-5
 
 One run per `--epsilon` with every setting the app uses by default under
 `dp-mode = "central"` (pyproject's `[tool.fl-app.auto.central-dp]`, the DP recipe); only
@@ -24,19 +24,22 @@ noise_multiplier=… sampling_rate=… rounds=… model=…`; the figures also g
 import argparse
 import json
 import multiprocessing
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
-
-from fl_app.run_dir import RunDir  # noqa: E402
-from overhead import machine  # noqa: E402
+from bench.common import (
+    APP_DEFAULTS,
+    add_data_dir,
+    add_json,
+    argument_parser,
+    machine,
+    simulate,
+    write_json,
+)
+from fl_app.run_dir import RunDir
 
 HOLDOUT_TRAIN = 50_000
 NO_NOISE_SIGMA = 1e-6
@@ -89,25 +92,9 @@ def setting(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> RunDir:
-    """One run_simulation.py run with `config` as its run-config (its `output-dir` must
-    be `out_dir`); returns its run directory."""
-    text = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())  # TOML-like: true, "text", 1e-05
-    command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(num_clients),
-               "--run-config", text]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-        raise SystemExit(f"run failed ({done.returncode}): {config}")
-    (run,) = RunDir.finished_under(out_dir)
-    return run
-
-
 def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """One federation; returns its summary.json with the wall time, history and model."""
-    from fl_app.config import project_defaults
-
-    config = project_defaults(ROOT) | run_config(args, epsilon, data_dir, out_dir)
+    """One federation; returns its summary.json with the wall time and history."""
+    config = APP_DEFAULTS | run_config(args, epsilon, data_dir, out_dir)
     started = time.perf_counter()
     if args.simulation:
         run = simulate(args.num_clients, config, out_dir)
@@ -127,6 +114,7 @@ def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: 
 
 
 def result_line(summary: dict[str, Any], delta: float) -> str:
+    """The one-line result of a run (ε = inf without noise)."""
     privacy = summary["privacy"]
     epsilon = privacy["epsilon"] if privacy["noise_multiplier"] > NO_NOISE_SIGMA else float("inf")
     return (f"final_accuracy={summary['final_accuracy']:.4f} best_accuracy={summary['best_accuracy']:.4f} "
@@ -158,23 +146,25 @@ def plot_accuracy(runs: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Run one federation per target ε (or only plot earlier runs); print and write the figures."""
+    parser = argument_parser(__doc__)
     parser.add_argument("--num-clients", type=int, default=1000)
     parser.add_argument("--samples-per-client", type=int, default=60)
     parser.add_argument("--epsilon", type=float, nargs="+", default=[2.0], help="targets; 0 = no noise")
-    parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--partitioner", default="iid", help="iid, dirichlet (alpha 0.5) or shards")
+    parser.add_argument("--delta", type=float, default=APP_DEFAULTS["dp-delta"])
+    parser.add_argument("--partitioner", default=APP_DEFAULTS["partitioner"],
+                        help="iid, dirichlet (alpha 0.5) or shards")
     parser.add_argument("--rounds", type=int, help="default: the recipe's")
     parser.add_argument("--model", help="default: the recipe's")
     parser.add_argument("--clients-per-round", type=float, help="default: the recipe's")
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help="any other run-config key, e.g. --set lr-schedule=constant (tuning)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=APP_DEFAULTS["seed"])
     parser.add_argument("--holdout", action="store_true", help="tune: evaluate on held-out training images")
     parser.add_argument("--simulation", action="store_true", help="through run_simulation.py (Flower's engine)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--json", type=Path, default=Path("dp_utility.json"))
+    add_data_dir(parser)
+    add_json(parser, "dp_utility.json")
     parser.add_argument("--plot", type=Path, help="also draw accuracy per round of the runs to this PNG")
     parser.add_argument("--plot-from", type=Path, nargs="+", metavar="JSON",
                         help="only draw --plot from the runs of earlier --json files")
@@ -198,7 +188,7 @@ def main() -> None:
                      "accuracy_per_round": [r["centralized_accuracy"] for r in summary["history"]]})
     setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
     setup["machine"] = machine()
-    args.json.write_text(json.dumps({"setup": setup, "runs": runs}, indent=2) + "\n")
+    write_json(args.json, {"setup": setup, "runs": runs})
     if args.plot:
         plot_accuracy(runs, args.plot, f"{args.num_clients} clients x {args.samples_per_client} samples, "
                       f"δ = {args.delta:g}, the DP recipe")

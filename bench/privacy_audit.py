@@ -1,6 +1,6 @@
 """The privacy audit (`python -m fl_app.audit`) over several targets ε and injected faults.
 
-    python bench/privacy_audit.py --num-clients 100 --samples-per-client 600 --canaries 1000 \
+    python -m bench.privacy_audit --num-clients 100 --samples-per-client 600 --canaries 1000 \
         --epsilons 1 2 4 8 --faults 0.1 0 --jobs 2
 
 Each ε runs the app's central-DP recipe with σ calibrated for it; each fault F runs the
@@ -10,29 +10,24 @@ reported ε, guesses, wall time) and writes the figures as JSON.
 """
 
 import argparse
-import json
 import multiprocessing
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
-
-from overhead import machine  # noqa: E402
+from bench.common import APP_DEFAULTS, add_data_dir, add_json, argument_parser, machine, write_json
 
 
 def audit_once(args: argparse.Namespace, epsilon: float, noise_scale: float, out: Path) -> dict[str, Any]:
+    """One audited federation at target `epsilon`, its update noise scaled by `noise_scale`."""
     import torch
 
     from fl_app.audit import run_audit
-    from fl_app.config import project_defaults
 
     torch.set_num_threads(1)
-    config = project_defaults(ROOT) | {
+    config = APP_DEFAULTS | {
         "data-dir": str(args.data_dir), "samples-per-client": args.samples_per_client,
         "validation-fraction": 0.0, "min-available-clients": args.num_clients, "checkpoint-every": 0,
         "dp-mode": "central", "dp-target-epsilon": epsilon, "dp-noise-multiplier": 0.0, "dp-delta": args.delta,
@@ -47,17 +42,18 @@ def audit_once(args: argparse.Namespace, epsilon: float, noise_scale: float, out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Audit every ε and fault; print the table and write the figures."""
+    parser = argument_parser(__doc__)
     parser.add_argument("--num-clients", type=int, default=100)
     parser.add_argument("--samples-per-client", type=int, default=600)
     parser.add_argument("--canaries", type=int, default=1000)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--faults", type=float, nargs="*", default=[0.1, 0.0], help="noise scales, at the first ε")
-    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--delta", type=float, default=APP_DEFAULTS["dp-delta"])
     parser.add_argument("--rounds", type=int, help="default: the recipe's")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--json", type=Path, default=Path("privacy_audit.json"))
+    add_data_dir(parser)
+    add_json(parser, "privacy_audit.json")
     args = parser.parse_args()
     settings = [(eps, 1.0) for eps in args.epsilons] + [(args.epsilons[0], f) for f in args.faults]
     with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
@@ -67,7 +63,7 @@ def main() -> None:
                                  [f for _, f in settings], outs))
     setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
     setup["machine"] = machine()
-    args.json.write_text(json.dumps({"setup": setup, "runs": rows}, indent=2) + "\n")
+    write_json(args.json, {"setup": setup, "runs": rows})
     print(f"{args.num_clients} clients x {args.samples_per_client} samples + {args.canaries} canaries, "
           f"delta = {args.delta:g}, model {rows[0]['model']}\n")
     print("| run | ε reported | ε_lower (95%) | ε_estimate | lower / reported | estimate / reported "

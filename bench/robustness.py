@@ -1,37 +1,37 @@
 """Test accuracy under attack: fedavg, fedmedian, fedtrimmedavg and krum with 0 and k
 attackers among the simulated clients, real runs through run_simulation.py.
 
-    python bench/robustness.py --num-clients 10 --attackers 0 2 --attack sign-flip \
+    python -m bench.robustness --num-clients 10 --attackers 0 2 --attack sign-flip \
         --rounds 5 --json robustness.json
 
 Prints a Markdown table (final test accuracy per strategy and attacker count) and
 writes the figures as JSON.
 """
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from dp_utility import ROOT, simulate
+from bench.common import APP_DEFAULTS, add_data_dir, add_json, argument_parser, simulate, write_json
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """One simulation per strategy and attacker count; print the table and write the figures."""
+    parser = argument_parser(__doc__)
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--samples-per-client", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--attackers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--attack", default="sign-flip")
-    parser.add_argument("--attack-scale", type=float, default=10.0)
+    parser.add_argument("--attack", default=APP_DEFAULTS["attack"])
+    parser.add_argument("--attack-scale", type=float, default=APP_DEFAULTS["attack-scale"])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--json", type=Path, default=Path("robustness.json"))
+    parser.add_argument("--seed", type=int, default=APP_DEFAULTS["seed"])
+    add_data_dir(parser)
+    add_json(parser, "robustness.json")
     args = parser.parse_args()
 
     runs = []
@@ -52,8 +52,7 @@ def main() -> None:
             runs.append(row)
             print(json.dumps(row), flush=True)
 
-    args.json.write_text(json.dumps({"setup": {k: str(v) for k, v in vars(args).items()}, "runs": runs},
-                                    indent=2) + "\n")
+    write_json(args.json, {"setup": {k: str(v) for k, v in vars(args).items()}, "runs": runs})
     print(f"\n{args.num_clients} clients x {args.samples_per_client} IID samples, {args.rounds} rounds, "
           f"attack {args.attack} (scale {args.attack_scale:g}), seed {args.seed}\n")
     header = " | ".join(f"{k} attackers" for k in args.attackers)

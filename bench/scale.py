@@ -1,6 +1,6 @@
 """Scale: many simulated clients with little data each, a fraction of them per round.
 
-    python bench/scale.py [--num-clients 1000] [--samples-per-client 60] \
+    python -m bench.scale [--num-clients 1000] [--samples-per-client 60] \
         [--clients-per-round 100] [--rounds 4] [--gpus-per-client 0] [--json scale.json]
 
 Simulation: run_simulation.py with `fraction-fit` = clients-per-round / num-clients, one
@@ -13,33 +13,37 @@ round, and the peak memory of the whole simulation (PSS of every process: run_si
 SuperLink, ServerApp, Ray and its ClientApp workers). Goal: <= 15 ms per client.
 """
 
-import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from overhead import machine, plain_loop, run_config_text, simulation  # noqa: E402
-
-from fl_app.config import AppConfig, project_defaults  # noqa: E402
+from bench.common import (
+    APP_DEFAULTS,
+    add_data_dir,
+    add_json,
+    argument_parser,
+    machine,
+    plain_loop,
+    run_config_text,
+    timed_simulation,
+    write_json,
+)
+from fl_app.config import AppConfig
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Run the plain loop, then the simulation; print and write the figures."""
+    parser = argument_parser(__doc__)
     parser.add_argument("--num-clients", type=int, default=1000)
     parser.add_argument("--samples-per-client", type=int, default=60)
     parser.add_argument("--clients-per-round", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--json", type=Path, default=Path("scale.json"))
+    add_data_dir(parser)
+    add_json(parser, "scale.json")
     args = parser.parse_args()
 
     fraction = args.clients_per_round / args.num_clients
@@ -48,14 +52,14 @@ def main() -> None:
                  "min-fit-clients": args.clients_per_round, "min-available-clients": args.num_clients,
                  "fraction-evaluate": 0.0, "eval-samples": 1000, "validation-fraction": 0.0,
                  "checkpoint-every": 0, "data-download": False}
-    cfg = AppConfig.from_run_config(project_defaults(ROOT) | overrides)
+    cfg = AppConfig.from_run_config(APP_DEFAULTS | overrides)
     run_config = run_config_text(overrides)
     started = time.perf_counter()
     plain_total, plain_rounds = plain_loop(cfg, args.num_clients, str(args.data_dir.resolve()),
                                            clients_per_round=args.clients_per_round)
     plain_wall = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
-        sim_total, sim_rounds, peak = simulation(args, run_config, Path(tmp) / "sim")
+        sim_total, sim_rounds, peak = timed_simulation(args, run_config, Path(tmp) / "sim")
     steady_sim, steady_plain = float(np.mean(sim_rounds[1:])), float(np.mean(plain_rounds[1:]))
     per_client_ms = 1000 * (steady_sim - steady_plain) / args.clients_per_round
     figures = {
@@ -67,7 +71,7 @@ def main() -> None:
         "overhead_per_sampled_client_ms": per_client_ms, "peak_pss_gib": peak / 2**30,
         "machine": machine(),
     }
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
     print(json.dumps(figures, indent=2))
     print(f"\n{args.num_clients} clients x {args.samples_per_client} samples, {args.clients_per_round} per round: "
           f"steady round {steady_sim:.2f} s (simulation) vs {steady_plain:.2f} s (its compute, plain loop); "

@@ -1,7 +1,7 @@
 """Rounds and seconds until the global model reaches a test accuracy, for the reference
 experiment with IID and Dirichlet partitions.
 
-    python bench/time_to_accuracy.py [--partitioners iid dirichlet] [--rounds 10 20] \
+    python -m bench.time_to_accuracy [--partitioners iid dirichlet] [--rounds 10 20] \
         [--target 0.99] [--gpus-per-client 0] [--json time_to_accuracy.json]
 
 Each partitioner gets one run_simulation.py run with the app's defaults (10 clients x
@@ -20,11 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
-
-from fl_app.run_dir import RunDir  # noqa: E402
-from overhead import machine  # noqa: E402
+from bench.common import APP_DEFAULTS, ROOT, add_data_dir, add_json, argument_parser, machine, write_json
+from fl_app.run_dir import RunDir
 
 
 def run(partitioner: str, rounds: int, args: argparse.Namespace, out: Path) -> dict:
@@ -54,16 +51,17 @@ def run(partitioner: str, rounds: int, args: argparse.Namespace, out: Path) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """One simulation per partitioner; print the table and write the figures."""
+    parser = argument_parser(__doc__)
     parser.add_argument("--partitioners", nargs="+", default=["iid", "dirichlet"])
     parser.add_argument("--rounds", type=int, nargs="+", default=[10, 20],
                         help="rounds of each run, in the order of --partitioners")
     parser.add_argument("--target", type=float, default=0.99)
-    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--alpha", type=float, default=APP_DEFAULTS["dirichlet-alpha"])
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--json", type=Path, default=Path("time_to_accuracy.json"))
+    add_data_dir(parser)
+    add_json(parser, "time_to_accuracy.json")
     args = parser.parse_args()
     if len(args.rounds) != len(args.partitioners):
         parser.error("give one --rounds value per partitioner")
@@ -75,7 +73,7 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result), flush=True)
     figures = {"setup": {k: str(v) for k, v in vars(args).items()}, "runs": results, "machine": machine()}
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
     print(f"\n| partitioner | rounds run | round reaching {args.target:.1%} | training s until then "
           "| best accuracy | command wall s |")
     print("|---|---|---|---|---|---|")

@@ -24,7 +24,19 @@ from fl_app.config import AppConfig, client_config
 from fl_app.model import build_model
 from fl_app.task import TrainSettings, device, evaluate, get_weights, make_optimizer, set_weights, train
 from strategies.privacy.mechanism import clip_update, model_delta
-from strategies.wire import CLIENT_CLIP_NORM, CLIENT_KEY, LEARNING_RATE, SERVER_ROUND
+from strategies.wire import (
+    ACCURACY,
+    CLIENT_CLIP_NORM,
+    CLIENT_EPSILON,
+    CLIENT_KEY,
+    DP_NOISE_MULTIPLIER,
+    DP_ROUNDS,
+    DP_SAMPLE_RATE,
+    LEARNING_RATE,
+    SERVER_ROUND,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+)
 
 
 ACCOUNTANT_RECORD = "local-dp-accountant"
@@ -83,7 +95,7 @@ class FlowerClient(NumPyClient):
         else:
             loss, accuracy = train(self.net, self.train_set, settings)
         if self.releases_own_figures:
-            metrics.update(train_loss=loss, train_accuracy=accuracy)
+            metrics.update({TRAIN_LOSS: loss, TRAIN_ACCURACY: accuracy})
         weights = get_weights(self.net)
         reference = parameters
         if CLIENT_CLIP_NORM in config:
@@ -139,9 +151,9 @@ class FlowerClient(NumPyClient):
             seed=settings.seed, make_optimizer=lambda net: make_optimizer(net, settings))
         self.state[ACCOUNTANT_RECORD] = ConfigRecord({"state": json.dumps(state), "rounds": rounds})
         privacy: dict[str, Scalar] = {
-            "epsilon": epsilon, "dp_noise_multiplier": dp.noise_multiplier,
-            "dp_sample_rate": 1 / batches_per_epoch(len(self.train_set), self.cfg.train.batch_size),
-            "dp_rounds": rounds,
+            CLIENT_EPSILON: epsilon, DP_NOISE_MULTIPLIER: dp.noise_multiplier,
+            DP_SAMPLE_RATE: 1 / batches_per_epoch(len(self.train_set), self.cfg.train.batch_size),
+            DP_ROUNDS: rounds,
         }
         return loss, accuracy, privacy
 
@@ -155,7 +167,7 @@ class FlowerClient(NumPyClient):
             return float("nan"), 0, {}
         set_weights(self.net, parameters)
         loss, accuracy = evaluate(self.net, self.val_set)
-        return loss, len(self.val_set), {"accuracy": accuracy}
+        return loss, len(self.val_set), {ACCURACY: accuracy}
 
 
 @locked_cache(maxsize=16)

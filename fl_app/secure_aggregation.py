@@ -11,6 +11,7 @@ round costs exactly one accountant step.
 
 import time
 from logging import WARNING
+from typing import Any
 
 from flwr.common import ConfigRecord, Context, FitRes, Parameters, Scalar, log
 from flwr.compat.common import recorddict_compat as compat
@@ -62,7 +63,7 @@ class SecAggPlusServer(RecordingServer):
         reconstruction_threshold: float,
         clipping_range: float,
         timeout: float | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.grid = grid
@@ -79,7 +80,7 @@ class SecAggPlusServer(RecordingServer):
         self, server_round: int, timeout: float | None
     ) -> tuple[Parameters | None, dict[str, Scalar], FitResultsAndFailures]:
         recorder = _AggregateFitRecorder(self.strategy)
-        legacy = LegacyContext(self.context, ServerConfig(), recorder, self._client_manager)  # type: ignore[arg-type]
+        legacy = LegacyContext(self.context, ServerConfig(), recorder, self.client_manager())  # type: ignore[arg-type]
         legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
             self.parameters, keep_input=True
         )

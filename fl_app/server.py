@@ -17,6 +17,7 @@ from strategies.privacy.release import ReleasePolicy
 from strategies.client_reports import EVALUATE_METRICS, FIT_METRICS, is_finite_number
 from strategies.privacy.statement import LocalPrivacyLedger
 from strategies.state import load_strategy_state, strategy_state
+from strategies.wire import ACCURACY
 
 
 def failure_reason(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
@@ -31,6 +32,7 @@ class RecordingServer(Server):
     """Runs round 0 (centralized evaluation of the initial model) and rounds 1..N of
     fit -> centralized evaluation -> checkpoint -> federated evaluation, handing each
     round's released figures to a `RunRecorder` and the final model to it at the end.
+    `fl_app.assembly.build_server` builds it from the run's config.
 
     Strategies may add two optional methods: `stop_reason(server_round, client_manager)
     -> str | None` (e.g. a spent privacy budget) ends training cleanly before that round,
@@ -45,33 +47,44 @@ class RecordingServer(Server):
     a released round again. `release` decides which figures leave (see `release`);
     `local_privacy` collects the clients' local-DP reports for the summary.
 
-    Training waits for `quorum` connected nodes. Results are aggregated in the client
-    manager's key order (when it has one), not in arrival order, so that float sums do
-    not depend on scheduling.
+    Training waits for `quorum` connected nodes, then `check_population(nodes)` may refuse
+    the federation. Results are aggregated in the client manager's key order (when it has
+    one), not in arrival order, so that float sums do not depend on scheduling.
+
+    The Flower internals it relies on (flwr 1.42, `flwr/server/server.py`): `Server`'s
+    constructor (`client_manager`, `strategy`), its attributes `parameters`, `strategy`
+    and `max_workers` (`set_max_workers`) and `client_manager()`; `run_fl` (what
+    `start_grid` runs) calling `fit(num_rounds, timeout)`, which this class replaces,
+    then the inherited `disconnect_all_clients(timeout)`; the module functions
+    `fit_clients` and `evaluate_clients` (each proxy called in a thread pool, replies
+    with a non-OK status counted as failures) and the types `FitResultsAndFailures` and
+    `EvaluateResultsAndFailures`. `fit_round` and `evaluate_round` keep the names and
+    return values of `Server`'s, which `fit` here calls and `SecAggPlusServer` overrides.
     """
 
     def __init__(
         self,
         *,
         recorder: RunRecorder,
-        check_population: Callable[[int], None] = lambda n: None,
-        quorum: int = 1,
-        checkpoint_every: int = 0,
-        config: dict[str, Any] | None = None,
-        resume: Checkpoint | None = None,
-        release: ReleasePolicy = ReleasePolicy("off", unprotected=False),
-        local_privacy: LocalPrivacyLedger | None = None,
-        **kwargs,
+        check_population: Callable[[int], None],
+        quorum: int,
+        checkpoint_every: int,
+        config: dict[str, Any],
+        resume: Checkpoint | None,
+        release: ReleasePolicy,
+        local_privacy: LocalPrivacyLedger | None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.recorder = recorder
         self.check_population = check_population
         self.quorum = quorum
         self.checkpoint_every = checkpoint_every
-        self.config = config or {}
+        self.config = config
         self.resume = resume
         self.release = release
         self.local_privacy = local_privacy
+        self.num_nodes = 0
 
     def fit(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
         """Run the federation for up to `num_rounds` rounds (when resuming: finish the
@@ -91,7 +104,7 @@ class RecordingServer(Server):
             first_round = self._restore(self.resume)
             self._release_round(dict(self.resume.row), time.perf_counter(), timeout, history)
         else:
-            self.parameters = self._get_initial_parameters(server_round=0, timeout=timeout)
+            self.parameters = self._initial_parameters()
         stopped = None
         for server_round in range(first_round, num_rounds + 1):
             stopped = self._stop_reason(server_round) if server_round > 0 else None
@@ -134,7 +147,15 @@ class RecordingServer(Server):
         row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - round_start
         self.recorder.record(row, parameters_to_ndarrays(self.parameters))
 
+    def _initial_parameters(self) -> Parameters:
+        """The strategy's initial model (every strategy of the app has one)."""
+        parameters = self.strategy.initialize_parameters(client_manager=self.client_manager())
+        if parameters is None:
+            raise ValueError(f"strategy {type(self.strategy).__name__} gave no initial parameters")
+        return parameters
+
     def _save_checkpoint(self, server_round: int, row: dict[str, Any]) -> None:
+        """Write the round's checkpoint: model, history, strategy, sampler and RNG states."""
         manager_state = getattr(self.client_manager(), "state_dict", dict)()
         save_checkpoint(self.recorder.run_dir.path, Checkpoint(
             round=server_round,
@@ -184,6 +205,7 @@ class RecordingServer(Server):
         return sorted(results, key=lambda r: (key(r[0].cid), r[0].cid)) if key else results
 
     def _stop_reason(self, server_round: int) -> str | None:
+        """The strategy's reason to stop before `server_round`, if it has one."""
         stop_reason = getattr(self.strategy, "stop_reason", None)
         return stop_reason(server_round, self.client_manager()) if stop_reason else None
 
@@ -193,10 +215,10 @@ class RecordingServer(Server):
         """Flower's fit round, except that an empty cohort still reaches `aggregate_fit`."""
         instructions = self.strategy.configure_fit(
             server_round=server_round, parameters=self.parameters,
-            client_manager=self._client_manager,
+            client_manager=self.client_manager(),
         )
         log(INFO, "configure_fit: strategy sampled %s clients (out of %s)",
-            len(instructions), self._client_manager.num_available())
+            len(instructions), self.client_manager().num_available())
         results, failures = fit_clients(
             client_instructions=instructions, max_workers=self.max_workers,
             timeout=timeout, group_id=server_round,
@@ -220,7 +242,7 @@ class RecordingServer(Server):
         """Flower's federated evaluation round, aggregating in key order."""
         instructions = self.strategy.configure_evaluate(
             server_round=server_round, parameters=self.parameters,
-            client_manager=self._client_manager,
+            client_manager=self.client_manager(),
         )
         if not instructions:
             return None
@@ -232,18 +254,20 @@ class RecordingServer(Server):
         loss, metrics = self.strategy.aggregate_evaluate(server_round, results, failures)
         return loss, metrics, (results, failures)
 
-    def _fit(self, server_round: int, timeout: float | None, history: History) -> dict:
+    def _fit(self, server_round: int, timeout: float | None, history: History) -> dict[str, Any]:
+        """One fit round: the new global model (when aggregated) and the row's fit figures."""
         parameters, metrics, (results, failures) = self.fit_round(server_round, timeout)
         if parameters is not None:
             self.parameters = parameters
         history.add_metrics_distributed_fit(server_round=server_round, metrics=metrics)
         return dict(metrics) | {"num_fit_clients": len(results), "num_fit_failures": len(failures)}
 
-    def _evaluate(self, server_round: int, timeout: float | None, history: History) -> dict:
+    def _evaluate(self, server_round: int, timeout: float | None, history: History) -> dict[str, Any]:
+        """One federated evaluation round: the row's federated figures (none without replies)."""
         res = self.evaluate_round(server_round=server_round, timeout=timeout)
         if res is None or res[0] is None:
             return {}
         loss, metrics, _ = res
         history.add_loss_distributed(server_round=server_round, loss=loss)
         history.add_metrics_distributed(server_round=server_round, metrics=metrics)
-        return {"federated_loss": loss, "federated_accuracy": metrics.get("accuracy")}
+        return {"federated_loss": loss, "federated_accuracy": metrics.get(ACCURACY)}

@@ -10,9 +10,19 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-LOCAL_DP_METRICS = ("epsilon", "dp_noise_multiplier", "dp_sample_rate", "dp_rounds")  # local DP's privacy report
-FIT_METRICS = ("train_loss", "train_accuracy", *LOCAL_DP_METRICS)
-EVALUATE_METRICS = ("accuracy",)
+from strategies.wire import (
+    ACCURACY,
+    CLIENT_EPSILON,
+    DP_NOISE_MULTIPLIER,
+    DP_ROUNDS,
+    DP_SAMPLE_RATE,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+)
+
+LOCAL_DP_METRICS = (CLIENT_EPSILON, DP_NOISE_MULTIPLIER, DP_SAMPLE_RATE, DP_ROUNDS)  # local DP's privacy report
+FIT_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, *LOCAL_DP_METRICS)
+EVALUATE_METRICS = (ACCURACY,)
 
 
 def is_finite_number(value: Any) -> bool:

@@ -19,6 +19,7 @@ from strategies.client_reports import (
     metrics_problem,
 )
 from strategies.privacy.mechanism import global_l2_norm, model_delta
+from strategies.wire import CLIENT_EPSILON
 
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
 Screened = list[tuple[ClientProxy, FitRes, list[np.ndarray]]]
@@ -161,9 +162,9 @@ class ScreenedAggregation:
         )
         metrics = dict(metrics)
         metrics["num_rejected"] = num_rejected
-        epsilons = [float(res.metrics["epsilon"]) for _, res, _ in accepted if "epsilon" in res.metrics]
+        epsilons = [float(res.metrics[CLIENT_EPSILON]) for _, res, _ in accepted if CLIENT_EPSILON in res.metrics]
         if epsilons:  # local DP: each client's own epsilon so far
-            metrics.pop("epsilon", None)
+            metrics.pop(CLIENT_EPSILON, None)
             metrics["client_epsilon_max"] = max(epsilons)
             metrics["client_epsilon_mean"] = sum(epsilons) / len(epsilons)
         return parameters, metrics

@@ -1,8 +1,22 @@
 """The keys of the messages between the server and the clients, in one place; imports
-nothing, so a client needs no server module to read them. What a client may report
-beside its model (its metric names and their types) is in strategies/client_reports.py."""
+nothing, so a client needs no server module to read them. Which metrics a client may
+report, and what the server accepts of them, is in strategies/client_reports.py."""
 
-SERVER_ROUND = "server-round"  # FitIns / EvaluateIns config: the round (int, from 1)
-LEARNING_RATE = "learning-rate"  # FitIns config: the clients' learning rate this round
-CLIENT_CLIP_NORM = "client-clip-norm"  # FitIns config, client clipping: clip Δ to this S, send Δ
-CLIENT_KEY = "client-key"  # GetPropertiesRes properties: the client's stable key
+# FitIns / EvaluateIns config
+SERVER_ROUND = "server-round"  # the round (int, from 1)
+LEARNING_RATE = "learning-rate"  # FitIns: the clients' learning rate this round
+CLIENT_CLIP_NORM = "client-clip-norm"  # FitIns, client clipping: clip Δ to this S, send Δ
+
+# GetPropertiesRes properties
+CLIENT_KEY = "client-key"  # the client's stable key
+
+# FitRes metrics
+TRAIN_LOSS = "train_loss"  # mean loss of local training
+TRAIN_ACCURACY = "train_accuracy"  # accuracy of local training
+CLIENT_EPSILON = "client_epsilon"  # local DP: the client's ε so far (its own accountant)
+DP_NOISE_MULTIPLIER = "dp_noise_multiplier"  # local DP: the client's DP-SGD σ
+DP_SAMPLE_RATE = "dp_sample_rate"  # local DP: the client's Poisson batch rate
+DP_ROUNDS = "dp_rounds"  # local DP: the rounds the client has trained in
+
+# EvaluateRes metrics
+ACCURACY = "accuracy"  # accuracy of the global model on the client's validation split

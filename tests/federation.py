@@ -40,7 +40,7 @@ class CrashingServer(RecordingServer):
     def fit_round(self, server_round, timeout):
         if (server_round, "during-fit") == (self.crash_round, self.point):
             instructions = self.strategy.configure_fit(
-                server_round=server_round, parameters=self.parameters, client_manager=self._client_manager)
+                server_round=server_round, parameters=self.parameters, client_manager=self.client_manager())
             fit_clients(instructions, max_workers=self.max_workers, timeout=timeout, group_id=server_round)
             self._crash(server_round, "during-fit")
         parameters, metrics, outcome = super().fit_round(server_round, timeout)

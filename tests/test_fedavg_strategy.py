@@ -5,6 +5,7 @@ import pytest
 from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from strategies import FedAvg
+from strategies.wire import CLIENT_EPSILON
 
 OK = Status(code=Code.OK, message="")
 SHAPES = [(2, 2), (3,)]
@@ -86,7 +87,8 @@ def test_aggregate_evaluate_drops_non_finite_losses(strategy):
 
 
 def test_client_reported_epsilons_are_summarised_as_max_and_mean(strategy):
-    results = [fit_result("a", arrays(1.0), 10, epsilon=1.0), fit_result("b", arrays(1.0), 30, epsilon=3.0)]
+    results = [fit_result("a", arrays(1.0), 10, **{CLIENT_EPSILON: 1.0}),
+               fit_result("b", arrays(1.0), 30, **{CLIENT_EPSILON: 3.0})]
     _, metrics = strategy.aggregate_fit(2, results, [])
     assert (metrics["client_epsilon_max"], metrics["client_epsilon_mean"]) == (3.0, 2.0)
-    assert "epsilon" not in metrics
+    assert "epsilon" not in metrics and CLIENT_EPSILON not in metrics

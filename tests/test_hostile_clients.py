@@ -19,7 +19,7 @@ from flwr.common import (
 )
 from flwr.server.client_proxy import ClientProxy
 
-from strategies.wire import CLIENT_KEY
+from strategies.wire import CLIENT_EPSILON, CLIENT_KEY
 from fl_app.in_process import run_federation
 from fl_app.run_dir import RunDir
 
@@ -40,7 +40,7 @@ ATTACKS = {
     "bytes that are no tensors": lambda w: (Parameters([b"\x93NUMPY garbage"], "numpy.ndarray"), 200, {}),
     "complex64 tensors": lambda w: (ndarrays_to_parameters([a.astype(np.complex64) for a in w]), 200, {}),
     "int32 tensors": lambda w: (ndarrays_to_parameters([np.zeros(a.shape, np.int32) for a in w]), 200, {}),
-    "text metric": lambda w: (ndarrays_to_parameters(w), 200, {"epsilon": "x", "train_loss": "x"}),
+    "text metric": lambda w: (ndarrays_to_parameters(w), 200, {CLIENT_EPSILON: "x", "train_loss": "x"}),
     "metrics named like server fields": lambda w: (
         ndarrays_to_parameters(w), 200, {"round": 1e9, "num_fit_clients": 7777, "num_fit_failures": 5555}),
     "float num_examples": lambda w: (ndarrays_to_parameters(w), 2.5, {}),

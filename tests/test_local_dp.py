@@ -7,6 +7,7 @@ from fl_app.client_app import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.model import seeded_net
 from fl_app.task import get_weights
+from strategies.wire import CLIENT_EPSILON
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def test_client_epsilon_grows_across_rounds_and_ends_within_budget(local_cfg, mn
     for server_round in (1, 2, 3):
         client = FlowerClient(local_cfg, 0, train_set, val_set, state)  # new object each round
         weights, n, metrics = client.fit(weights, {"server-round": server_round, "learning-rate": 0.05})
-        epsilons.append(metrics["epsilon"])
+        epsilons.append(metrics[CLIENT_EPSILON])
         assert n == 1  # the exact example count would reveal a sample's presence
         assert metrics["dp_rounds"] == server_round and metrics["dp_sample_rate"] == 1 / 9
         assert "train_loss" not in metrics  # exact figures of the local data stay on the client
@@ -35,4 +36,4 @@ def test_client_epsilon_grows_across_rounds_and_ends_within_budget(local_cfg, mn
 
     fresh = FlowerClient(local_cfg, 0, train_set, val_set, RecordDict())
     _, _, metrics = fresh.fit(weights, {"server-round": 4, "learning-rate": 0.05})
-    assert metrics["epsilon"] == pytest.approx(epsilons[0])  # what a reset would under-report
+    assert metrics[CLIENT_EPSILON] == pytest.approx(epsilons[0])  # what a reset would under-report

@@ -6,7 +6,7 @@ import torch
 from data.mnist import load_mnist
 from fl_app.config import AppConfig
 from fl_app.model import seeded_net
-from fl_app.server_app import round_learning_rate
+from fl_app.assembly import round_learning_rate
 from fl_app.task import TrainSettings, evaluate, get_weights, train
 
 

@@ -59,7 +59,8 @@ def test_a_federation_logs_config_history_and_files(tmp_path, store, mnist_dir, 
     (run,) = runs(store)
     client = MlflowClient(tracking_uri=store)
     assert (run.info.run_name, run.info.status) == ("run", "FINISHED")
-    resolved = AppConfig.from_run_config(config).to_run_config()
+    resolved = AppConfig.from_run_config(config).to_run_config() | {  # as the ServerApp resolves them
+        "data-dir": str(Path(mnist_dir).resolve()), "output-dir": str(run_dir.parent.resolve())}
     assert run.data.params == {k: v if isinstance(v, str) else json.dumps(v) for k, v in resolved.items()}
     accuracy = client.get_metric_history(run.info.run_id, "centralized_accuracy")
     assert [(m.step, m.value) for m in accuracy] == [(r["round"], r["centralized_accuracy"]) for r in history]

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from strategies.client_reports import LOCAL_DP_METRICS, is_finite_number
+from strategies.wire import CLIENT_EPSILON, DP_NOISE_MULTIPLIER, DP_ROUNDS, DP_SAMPLE_RATE
 
 
 def round_up(value: float, digits: int = 3) -> float:
@@ -93,9 +94,9 @@ class LocalPrivacyLedger:
             values = [r[key] for r in reports]
             return [min(values), max(values)] if values else None
 
-        epsilons = [r["epsilon"] for r in reports]
+        epsilons = [r[CLIENT_EPSILON] for r in reports]
         epsilon_max = max(epsilons) if epsilons else 0.0
-        rounds = int(max((r["dp_rounds"] for r in reports), default=0))
+        rounds = int(max((r[DP_ROUNDS] for r in reports), default=0))
         return {
             "mode": "local",
             "level": "sample",
@@ -105,8 +106,8 @@ class LocalPrivacyLedger:
             "clients_reported": len(reports),
             "target_epsilon": self.target_epsilon,
             "delta": self.delta,
-            "noise_multiplier": spread("dp_noise_multiplier"),
-            "sampling_rate": spread("dp_sample_rate"),
+            "noise_multiplier": spread(DP_NOISE_MULTIPLIER),
+            "sampling_rate": spread(DP_SAMPLE_RATE),
             "rounds_accounted": rounds,
             "accountant": self.accountant,
             "clipping_norm": self.max_grad_norm,

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run each from the repository root as `python -m bench.<script>`."""

@@ -1,0 +1,238 @@
+"""How a run is assembled, in one place for the ServerApp (`fl_app/server_app.py`, over
+Flower's transport) and the in-process federation (`fl_app/in_process.py`).
+
+`prepare_run` validates the run-config and gathers what the run needs: the checkpoint to
+resume (refused if the config changes what the run computes), MNIST and the test set,
+the run directory and its `RunRecorder`, the release policy and, under local DP, the
+ledger of the clients' privacy reports; it logs the `auto` settings and warns of
+reproducible DP noise. A run writes to a new `<output-dir>/<time>-run<run_id>`, to the
+`run_dir` its caller names (in process), or, with `resume-from`, to the resumed run's.
+
+`build_server` makes the client manager, the strategy and the server that runs the
+rounds: a `RecordingServer` that waits for `min-available-clients` nodes and checks the
+federation they form (`check_population`), or a `SecAggPlusServer` with
+`secure-aggregation = true`, which needs Flower's transport (a `Grid`).
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.common import Context, NDArrays, Scalar, log, ndarrays_to_parameters
+from flwr.server import Grid
+from flwr.server.strategy import Strategy
+
+from data.mnist import MNIST_TRAIN_SIZE, TensorDataset, ensure_mnist, load_mnist
+from fl_app.checkpoint import Checkpoint, load_checkpoint
+from fl_app.client_manager import KeyedClientManager
+from fl_app.config import AppConfig, ConfigError, auto_settings, check_partitioning, check_resumable
+from fl_app.model import build_model, seeded_model
+from fl_app.outputs import RunRecorder, output_dir_problem, resolve_output_dir
+from fl_app.run_dir import new_run_dir
+from fl_app.secure_aggregation import SecAggPlusServer
+from fl_app.server import RecordingServer
+from fl_app.task import device, evaluate, get_weights, set_weights
+from fl_app.tracking import check_tracking
+from strategies import registry
+from strategies.dp_fedavg import DPFedAvg
+from strategies.privacy.accounting import ClientLevelAccountant
+from strategies.privacy.randomness import DPRandomness
+from strategies.privacy.release import ReleasePolicy
+from strategies.privacy.statement import LocalPrivacyLedger
+from strategies.registry import StrategyArgs
+from strategies.wire import LEARNING_RATE, SERVER_ROUND
+
+
+def round_learning_rate(cfg: AppConfig, server_round: int) -> float:
+    """The clients' learning rate in `server_round` (1-based): constant, or cosine-decayed
+    from `learning-rate` towards 0 over `num-server-rounds`."""
+    if cfg.train.lr_schedule == "constant":
+        return cfg.train.learning_rate
+    progress = (server_round - 1) / cfg.run.num_server_rounds
+    return cfg.train.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def load_test_set(cfg: AppConfig, data_dir: str) -> TensorDataset:
+    """The MNIST test set, or its first `eval-samples` samples."""
+    test_set = load_mnist(data_dir, train=False)
+    return test_set.subset(torch.arange(cfg.data.eval_samples)) if cfg.data.eval_samples else test_set
+
+
+def centralized_evaluator(
+    test_set: TensorDataset, model: str,
+) -> Callable[[int, NDArrays, dict[str, Scalar]], tuple[float, dict[str, Scalar]]]:
+    """`evaluate_fn` for the strategy: loss and accuracy of the global `model` on `test_set`."""
+    net = build_model(model).to(device())
+
+    def evaluate_fn(server_round: int, weights: NDArrays, config: dict[str, Scalar]):
+        set_weights(net, weights)
+        loss, accuracy = evaluate(net, test_set)
+        return loss, {"accuracy": accuracy}
+
+    return evaluate_fn
+
+
+def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
+    """What every strategy receives, and the built-in ones' hyperparameters."""
+    common = dict(
+        fraction_fit=cfg.strategy.fraction_fit,
+        fraction_evaluate=cfg.strategy.fraction_evaluate,
+        min_fit_clients=cfg.strategy.min_fit_clients,
+        min_evaluate_clients=cfg.strategy.min_evaluate_clients,
+        min_available_clients=cfg.strategy.min_available_clients,
+        evaluate_fn=centralized_evaluator(test_set, cfg.train.model),
+        on_fit_config_fn=lambda r: {SERVER_ROUND: r, LEARNING_RATE: round_learning_rate(cfg, r)},
+        on_evaluate_config_fn=lambda r: {SERVER_ROUND: r},
+        initial_parameters=ndarrays_to_parameters(get_weights(seeded_model(cfg.train.model, cfg.run.seed))),
+        max_failure_fraction=cfg.strategy.max_failure_fraction,
+        max_examples_ratio=cfg.strategy.max_examples_ratio,
+        max_update_norm_ratio=cfg.strategy.max_update_norm_ratio,
+    )
+    return StrategyArgs(
+        common=common,
+        server_learning_rate=cfg.strategy.server_learning_rate,
+        server_momentum=cfg.strategy.server_momentum,
+        server_beta_1=cfg.strategy.server_beta_1,
+        server_beta_2=cfg.strategy.server_beta_2,
+        server_tau=cfg.strategy.server_tau,
+        trim_fraction=cfg.strategy.trim_fraction,
+        num_malicious_clients=cfg.strategy.num_malicious_clients,
+        client_learning_rate=cfg.train.learning_rate,
+        qfedavg_q=cfg.strategy.qfedavg_q,
+    )
+
+
+def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
+    """`strategy` by name; with `dp-mode = "central"`, DP-FedAvg whose noised mean feeds
+    the strategy's server optimizer, if it has one (local DP: clients add the noise)."""
+    args = strategy_args(cfg, test_set)
+    if cfg.dp.mode != "central":
+        return registry.build(cfg.strategy.name, args)
+    server_optimizer = registry.build_server_optimizer(cfg.strategy.name, args)
+    return DPFedAvg(
+        clipping_norm=cfg.dp.clipping_norm,
+        noise_multiplier=cfg.dp.noise_multiplier or None,
+        clients_per_round=cfg.dp.clients_per_round,
+        accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta),
+        target_epsilon=cfg.dp.target_epsilon or None,
+        rounds=cfg.run.num_server_rounds,
+        clipping=cfg.dp.clipping,
+        server_learning_rate=1.0 if server_optimizer else cfg.strategy.server_learning_rate,
+        target_quantile=cfg.dp.target_quantile,
+        clip_learning_rate=cfg.dp.clip_learning_rate,
+        clipped_count_stddev=cfg.dp.clipped_count_stddev,
+        secure_aggregation=cfg.secagg.enabled,
+        server_optimizer=server_optimizer,
+        randomness=DPRandomness(cfg.run.seed, reproducible=cfg.dp.reproducible_noise),
+        release_unprotected_metrics=cfg.dp.release_unprotected_metrics,
+        **args.common,
+    )
+
+
+def warn_if_reproducible_noise(cfg: AppConfig) -> None:
+    """Log that a DP run whose noise follows the public seed makes no valid claim."""
+    if cfg.dp.mode != "off" and cfg.dp.reproducible_noise:
+        log(WARNING, "dp-reproducible-noise = true: DP noise and sampling follow the public "
+            "seed, which every client can read; this run's epsilon is NOT a valid privacy claim")
+
+
+def local_privacy_ledger(cfg: AppConfig) -> LocalPrivacyLedger | None:
+    """Collects the clients' reports under local DP; None otherwise."""
+    if cfg.dp.mode != "local":
+        return None
+    return LocalPrivacyLedger(
+        target_epsilon=cfg.dp.target_epsilon, delta=cfg.dp.delta, accountant=cfg.dp.accountant,
+        max_grad_norm=cfg.dp.max_grad_norm, reproducible_noise=cfg.dp.reproducible_noise,
+    )
+
+
+def round_timeout(cfg: AppConfig) -> float | None:
+    """`round-timeout` in seconds, None for no limit (0)."""
+    return cfg.run.round_timeout or None
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """What a run needs before its server is built (see `prepare_run`)."""
+
+    cfg: AppConfig
+    config: dict[str, Any]  # the resolved run-config: config.json and the checkpoints
+    resume: Checkpoint | None
+    test_set: TensorDataset
+    recorder: RunRecorder
+    release: ReleasePolicy
+    local_privacy: LocalPrivacyLedger | None
+
+
+def prepare_run(run_config: dict[str, Any], *, run_id: int = 0, run_dir: Path | None = None) -> PreparedRun:
+    """Validate `run_config`; load the checkpoint to resume, MNIST and the test set; open the run directory."""
+    cfg = AppConfig.from_run_config(run_config)
+    check_tracking(cfg.run.tracking)
+    if not cfg.run.resume_from and (problem := output_dir_problem(resolve_output_dir(cfg.run.output_dir))):
+        raise ConfigError(f"Invalid run-config: output-dir = '{cfg.run.output_dir}' ({problem})")
+    resume = load_checkpoint(cfg.run.resume_from) if cfg.run.resume_from else None
+    data_dir = ensure_mnist(cfg.data.data_dir, cfg.data.data_download)
+    test_set = load_test_set(cfg, str(data_dir))
+    if resume is not None:
+        run_dir = Path(cfg.run.resume_from).expanduser().resolve()
+        output_dir = run_dir.parent
+    else:
+        output_dir = resolve_output_dir(cfg.run.output_dir)
+        if run_dir is None:
+            run_dir = new_run_dir(output_dir, run_id)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(output_dir)}
+    if resume is not None:
+        check_resumable(resume.config, resolved)
+    recorder = RunRecorder(
+        run_dir, resolved, cfg.run.num_server_rounds, tensorboard=cfg.run.tensorboard, tracking=cfg.run.tracking,
+        tracking_uri=cfg.run.tracking_uri, model=cfg.train.model, resumed_rows=resume.history if resume else None,
+        resumed_seconds=resume.wall_seconds if resume else 0.0,
+    )
+    automatic = auto_settings(run_config)
+    if automatic:
+        log(INFO, "auto settings%s: %s", " (the DP recipe)" if cfg.dp.mode == "central" else "",
+            ", ".join(f"{k} = {v!r}" for k, v in automatic.items()))
+    warn_if_reproducible_noise(cfg)
+    return PreparedRun(
+        cfg=cfg, config=resolved, resume=resume, test_set=test_set, recorder=recorder,
+        release=ReleasePolicy(cfg.dp.mode, cfg.dp.release_unprotected_metrics),
+        local_privacy=local_privacy_ledger(cfg),
+    )
+
+
+def build_server(run: PreparedRun, *, grid: Grid | None = None, context: Context | None = None,
+                 server_class: type[RecordingServer] = RecordingServer, **options: Any) -> RecordingServer:
+    """The run's client manager, strategy and `server_class(**options)`, or a SecAgg+ server over `grid`."""
+    cfg = run.cfg
+    common: dict[str, Any] = dict(
+        client_manager=KeyedClientManager(cfg.run.seed),
+        strategy=build_strategy(cfg, run.test_set),
+        recorder=run.recorder,
+        check_population=lambda n: check_partitioning(cfg, n, MNIST_TRAIN_SIZE),
+        quorum=cfg.strategy.min_available_clients,
+        checkpoint_every=cfg.run.checkpoint_every,
+        config=run.config,
+        resume=run.resume,
+        release=run.release,
+        local_privacy=run.local_privacy,
+    ) | options
+    if not cfg.secagg.enabled:
+        return server_class(**common)
+    if grid is None or context is None:
+        raise ConfigError("Invalid run-config: secure-aggregation = true (allowed: only over Flower's "
+                          "transport, i.e. run_simulation.py or a deployment; not in process)")
+    return SecAggPlusServer(
+        grid=grid,
+        context=context,
+        num_shares=cfg.secagg.num_shares,
+        reconstruction_threshold=cfg.secagg.reconstruction_threshold,
+        clipping_range=cfg.dp.clipping_norm,
+        timeout=round_timeout(cfg),
+        **common,
+    )
