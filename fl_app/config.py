@@ -281,11 +281,13 @@ class AppConfig:
                 f"Invalid run-config: dp-target-epsilon = {values['dp_target_epsilon']!r} "
                 "(allowed: > 0 with dp-mode = 'local', the per-client budget)"
             )
+        from strategies.privacy.adaptive_clipping import check_count_noise  # the one 2σ_b > σ check
+
         if (
             values["dp_mode"] == "central"
             and values["dp_clipping"] == "adaptive"
             and values["dp_noise_multiplier"] > 0
-            and not 2 * values["dp_clipped_count_stddev"] > values["dp_noise_multiplier"]
+            and check_count_noise(values["dp_noise_multiplier"], values["dp_clipped_count_stddev"])
         ):
             raise ConfigError(
                 f"Invalid run-config: dp-clipped-count-stddev = {values['dp_clipped_count_stddev']!r} "
