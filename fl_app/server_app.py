@@ -61,7 +61,8 @@ def centralized_evaluator(
 
 
 def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
-    """What every strategy receives, and the built-in ones' hyperparameters."""
+    """What every strategy receives, the screen's round rules and the built-in strategies'
+    hyperparameters."""
     common = dict(
         fraction_fit=cfg.fraction_fit,
         fraction_evaluate=cfg.fraction_evaluate,
@@ -72,12 +73,12 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
         on_fit_config_fn=lambda r: {SERVER_ROUND: r, LEARNING_RATE: round_learning_rate(cfg, r)},
         on_evaluate_config_fn=lambda r: {SERVER_ROUND: r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_model(cfg.model, cfg.seed))),
-        max_failure_fraction=cfg.max_failure_fraction,
-        max_examples_ratio=cfg.max_examples_ratio,
-        max_update_norm_ratio=cfg.max_update_norm_ratio,
     )
     return StrategyArgs(
         common=common,
+        max_failure_fraction=cfg.max_failure_fraction,
+        max_examples_ratio=cfg.max_examples_ratio,
+        max_update_norm_ratio=cfg.max_update_norm_ratio,
         server_learning_rate=cfg.server_learning_rate,
         server_momentum=cfg.server_momentum,
         server_beta_1=cfg.server_beta_1,
@@ -91,29 +92,31 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
 
 
 def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
-    """`strategy` by name; with `dp-mode = "central"`, DP-FedAvg whose noised mean feeds
-    the strategy's server optimizer, if it has one (local DP: clients add the noise)."""
+    """`strategy` by name behind the screen; with `dp-mode = "central"`, DP-FedAvg around
+    it, whose released model feeds the strategy's server optimizer, if it has one (local
+    DP: clients add the noise). The screen logs a DP run's rejections only with
+    `dp-release-unprotected-metrics`."""
     args = strategy_args(cfg, test_set)
     if cfg.dp_mode != "central":
         return registry.build(cfg.strategy, args)
-    server_optimizer = registry.build_server_optimizer(cfg.strategy, args)
     return DPFedAvg(
+        registry.inner(cfg.strategy, args),
+        registry.screen(args, log_rejections=cfg.dp_release_unprotected_metrics),
+        clipping=cfg.dp_clipping,
         clipping_norm=cfg.dp_clipping_norm,
         noise_multiplier=cfg.dp_noise_multiplier or None,
         clients_per_round=cfg.dp_clients_per_round,
         accountant=ClientLevelAccountant(cfg.dp_accountant, cfg.dp_delta),
         target_epsilon=cfg.dp_target_epsilon or None,
         rounds=cfg.num_server_rounds,
-        clipping=cfg.dp_clipping,
-        server_learning_rate=1.0 if server_optimizer else cfg.server_learning_rate,
+        server_learning_rate=1.0 if cfg.strategy in registry.SERVER_OPTIMIZERS else cfg.server_learning_rate,
         target_quantile=cfg.dp_target_quantile,
         clip_learning_rate=cfg.dp_clip_learning_rate,
         clipped_count_stddev=cfg.dp_clipped_count_stddev,
         secure_aggregation=cfg.secure_aggregation,
-        server_optimizer=server_optimizer,
         randomness=DPRandomness(cfg.seed, reproducible=cfg.dp_reproducible_noise),
-        release_unprotected_metrics=cfg.dp_release_unprotected_metrics,
-        **args.common,
+        min_available_clients=cfg.min_available_clients,
+        on_fit_config_fn=args.common["on_fit_config_fn"],
     )
 
 

@@ -9,6 +9,8 @@ from opacus.accountants import RDPAccountant
 
 from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
+from strategies.fedavg import WeightedFedAvg
+from strategies.screening import UpdateScreen
 from strategies.wire import CLIENT_CLIP_NORM
 from strategies.privacy.mechanism import clip_update, model_delta
 from strategies.privacy.randomness import DPRandomness
@@ -36,11 +38,16 @@ def manager(n: int) -> SimpleClientManager:
     return cm
 
 
-def strategy(**kw) -> DPFedAvg:
-    args = dict(initial_parameters=ndarrays_to_parameters(GLOBAL), clipping_norm=1.0,
-                noise_multiplier=1.0, clients_per_round=5, min_available_clients=2,
-                accountant=ClientLevelAccountant("rdp", 1e-5), randomness=DPRandomness(3, reproducible=True))
-    return DPFedAvg(**(args | kw))
+def strategy(release_unprotected_metrics: bool = False, **kw) -> DPFedAvg:
+    """DPFedAvg around the plain step (`WeightedFedAvg`) with these values unless `kw` sets them."""
+    initial = ndarrays_to_parameters(GLOBAL)
+    args = dict(clipping="server", clipping_norm=1.0, noise_multiplier=1.0, clients_per_round=5,
+                accountant=ClientLevelAccountant("rdp", 1e-5), target_epsilon=None, rounds=None,
+                server_learning_rate=1.0, target_quantile=0.5, clip_learning_rate=0.2,
+                clipped_count_stddev=1.0, secure_aggregation=False,
+                randomness=DPRandomness(3, reproducible=True), min_available_clients=2)
+    return DPFedAvg(WeightedFedAvg(initial_parameters=initial),
+                    UpdateScreen(initial, log_rejections=release_unprotected_metrics), **(args | kw))
 
 
 def trained(seed: int, scale: float) -> list[np.ndarray]:
