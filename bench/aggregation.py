@@ -5,7 +5,8 @@ CNN to norm S, sum them, add Gaussian noise and divide by the expected cohort si
 
 Measures the math alone (strategies.privacy.mechanism on numpy arrays) and the whole
 DPFedAvg.aggregate_fit (deserialising the clients' parameters, screening, clipping,
-noise, accounting, serialising the new model). Prints the median and the fastest of the
+noise, accounting, handing the released model to the inner strategy, serialising the new
+model). Prints the median and the fastest of the
 repeats in seconds per round (on a shared machine the fastest is the least disturbed).
 """
 
@@ -21,7 +22,10 @@ from fl_app.model import Net
 from fl_app.task import get_weights
 from strategies.dp_fedavg import DPFedAvg
 from strategies.privacy.accounting import ClientLevelAccountant
+from strategies.fedavg import WeightedFedAvg
 from strategies.privacy.mechanism import clipped_deltas, noisy_mean
+from strategies.privacy.randomness import DPRandomness
+from strategies.screening import UpdateScreen
 
 
 class Proxy:
@@ -62,9 +66,13 @@ def main() -> None:
         noisy_mean(clipped_deltas(client_weights, weights, 1.0, []), shapes, clipping_norm=1.0,
                    noise_multiplier=1.0, expected_cohort_size=args.clients, rng=rng)
 
-    strategy = DPFedAvg(initial_parameters=ndarrays_to_parameters(weights), clipping_norm=1.0,
-                        noise_multiplier=1.0, clients_per_round=args.clients,
-                        accountant=ClientLevelAccountant("rdp", 1e-5))
+    initial = ndarrays_to_parameters(weights)
+    strategy = DPFedAvg(WeightedFedAvg(initial_parameters=initial), UpdateScreen(initial, log_rejections=False),
+                        clipping="server", clipping_norm=1.0, noise_multiplier=1.0,
+                        clients_per_round=args.clients, accountant=ClientLevelAccountant("rdp", 1e-5),
+                        target_epsilon=None, rounds=None, server_learning_rate=1.0, target_quantile=0.5,
+                        clip_learning_rate=0.2, clipped_count_stddev=1.0, secure_aggregation=False,
+                        randomness=DPRandomness(0, reproducible=False), min_available_clients=args.clients)
     strategy.population = [str(i) for i in range(args.clients)]
     strategy.global_weights = weights
     ok = Status(Code.OK, "")

@@ -77,7 +77,8 @@ def centralized_evaluator(
 
 
 def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
-    """What every strategy receives, and the built-in ones' hyperparameters."""
+    """What every strategy receives, the screen's round rules and the built-in strategies'
+    hyperparameters."""
     common = dict(
         fraction_fit=cfg.strategy.fraction_fit,
         fraction_evaluate=cfg.strategy.fraction_evaluate,
@@ -88,12 +89,12 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
         on_fit_config_fn=lambda r: {SERVER_ROUND: r, LEARNING_RATE: round_learning_rate(cfg, r)},
         on_evaluate_config_fn=lambda r: {SERVER_ROUND: r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_model(cfg.train.model, cfg.run.seed))),
-        max_failure_fraction=cfg.strategy.max_failure_fraction,
-        max_examples_ratio=cfg.strategy.max_examples_ratio,
-        max_update_norm_ratio=cfg.strategy.max_update_norm_ratio,
     )
     return StrategyArgs(
         common=common,
+        max_failure_fraction=cfg.strategy.max_failure_fraction,
+        max_examples_ratio=cfg.strategy.max_examples_ratio,
+        max_update_norm_ratio=cfg.strategy.max_update_norm_ratio,
         server_learning_rate=cfg.strategy.server_learning_rate,
         server_momentum=cfg.strategy.server_momentum,
         server_beta_1=cfg.strategy.server_beta_1,
@@ -107,29 +108,31 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
 
 
 def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
-    """`strategy` by name; with `dp-mode = "central"`, DP-FedAvg whose noised mean feeds
-    the strategy's server optimizer, if it has one (local DP: clients add the noise)."""
+    """`strategy` by name behind the screen; with `dp-mode = "central"`, DP-FedAvg around
+    it, whose released model feeds the strategy's server optimizer, if it has one (local
+    DP: clients add the noise). The screen logs a DP run's rejections only with
+    `dp-release-unprotected-metrics`."""
     args = strategy_args(cfg, test_set)
     if cfg.dp.mode != "central":
         return registry.build(cfg.strategy.name, args)
-    server_optimizer = registry.build_server_optimizer(cfg.strategy.name, args)
     return DPFedAvg(
+        registry.inner(cfg.strategy.name, args),
+        registry.screen(args, log_rejections=cfg.dp.release_unprotected_metrics),
+        clipping=cfg.dp.clipping,
         clipping_norm=cfg.dp.clipping_norm,
         noise_multiplier=cfg.dp.noise_multiplier or None,
         clients_per_round=cfg.dp.clients_per_round,
         accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta),
         target_epsilon=cfg.dp.target_epsilon or None,
         rounds=cfg.run.num_server_rounds,
-        clipping=cfg.dp.clipping,
-        server_learning_rate=1.0 if server_optimizer else cfg.strategy.server_learning_rate,
+        server_learning_rate=1.0 if cfg.strategy.name in registry.SERVER_OPTIMIZERS else cfg.strategy.server_learning_rate,
         target_quantile=cfg.dp.target_quantile,
         clip_learning_rate=cfg.dp.clip_learning_rate,
         clipped_count_stddev=cfg.dp.clipped_count_stddev,
         secure_aggregation=cfg.secagg.enabled,
-        server_optimizer=server_optimizer,
         randomness=DPRandomness(cfg.run.seed, reproducible=cfg.dp.reproducible_noise),
-        release_unprotected_metrics=cfg.dp.release_unprotected_metrics,
-        **args.common,
+        min_available_clients=cfg.strategy.min_available_clients,
+        on_fit_config_fn=args.common["on_fit_config_fn"],
     )
 
 

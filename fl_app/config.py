@@ -19,6 +19,7 @@ import tomllib
 from data.partition import PARTITIONERS
 from fl_app.model import MODELS
 from strategies.privacy.accounting import ACCOUNTANTS
+from strategies.privacy.adaptive_clipping import check_count_noise
 from strategies.dp_fedavg import CLIPPING_MODES
 from strategies.registry import BUILT_IN, LINEAR, load_strategy_class
 
@@ -304,8 +305,8 @@ class AppConfig:
         if dp.mode == "local" and not dp.target_epsilon > 0:
             raise refuse("dp-target-epsilon", dp.target_epsilon,
                          "> 0 with dp-mode = 'local', the per-client budget")
-        if dp.central and dp.clipping == "adaptive" and dp.noise_multiplier > 0 and not (
-            2 * dp.clipped_count_stddev > dp.noise_multiplier
+        if dp.central and dp.clipping == "adaptive" and dp.noise_multiplier > 0 and check_count_noise(
+            dp.noise_multiplier, dp.clipped_count_stddev
         ):
             raise refuse("dp-clipped-count-stddev", dp.clipped_count_stddev,
                          f"> dp-noise-multiplier / 2 = {dp.noise_multiplier / 2:g} with adaptive clipping")

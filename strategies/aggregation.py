@@ -31,9 +31,14 @@ def update_problem(
 
 
 def weighted_average(updates: Sequence[Update], weights: Sequence[float]) -> list[np.ndarray]:
-    """FedAvg: w = sum_k (n_k / n) w_k with n = sum_k n_k (McMahan et al. 2017).
+    """FedAvg (McMahan et al. 2017): w = Σ_k (n_k / n) w_k with n = Σ_k n_k.
 
-    Accumulates in float64 and returns arrays in the dtype of the first update.
+    Args:
+        updates: the clients' models w_k.
+        weights: their example counts n_k (finite, ≥ 0, with a positive sum).
+
+    Returns:
+        The average, accumulated in float64, in the dtype of the first update.
     """
     if not updates:
         raise ValueError("no updates to average")
@@ -50,6 +55,11 @@ def weighted_average(updates: Sequence[Update], weights: Sequence[float]) -> lis
             acc += coefficient * update[layer]
         averaged.append(acc.astype(updates[0][layer].dtype, copy=False))
     return averaged
+
+
+def server_step(weights: Update, update: Update, learning_rate: float) -> list[np.ndarray]:
+    """w + η·u, computed in float64 and returned in the dtypes of w."""
+    return [(w.astype(np.float64) + learning_rate * u).astype(w.dtype) for w, u in zip(weights, update)]
 
 
 def weighted_metric_means(

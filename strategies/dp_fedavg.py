@@ -1,26 +1,27 @@
-"""Central client-level DP-FedAvg (McMahan et al. 2018) as a Flower strategy.
+"""Central client-level DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private
+Recurrent Language Models", ICLR) as a Flower strategy that wraps another.
 
-Per round: Poisson-sample the fixed population at rate q = m/N; take each returned
-update Δ_k = w_k − w_global over every tensor; clip it to norm S (here, or trust the
-clients' clipping after checking its norm); release (Σ clipped Δ_k + N(0, σ²S² I)) / m;
-set w ← w + η·mean; step the accountant once with (σ, q). Under secure aggregation the
-server only ever sees the mean of the K clients' clipped updates (Flower's SecAgg+
-with every client weighted 1), so it recovers the sum as K × mean. With adaptive clipping the
-server clips, S follows a target quantile of the update norms, and the update noise
-uses σ_Δ so that the round still costs one step of σ (see `adaptive_clipping`). The math lives in
-`dp_mechanism`, `sampling` and `accounting`; this module is the Flower glue. Sampling
-and noise come from `dp_randomness` (OS entropy unless `dp-reproducible-noise`).
+Per round `DPFedAvg` Poisson-samples the fixed population at rate q = m/N, screens the
+replies (`UpdateScreen`), clips each Δ_k = w_k − w to norm S (or checks the clients'
+clipping), sums, adds N(0, σ²S² I), divides by the fixed m, steps the accountant once
+with (σ, q) and hands the released model w + η·mean to its inner strategy: a Flower
+server optimizer (FedAvgM, FedAdam, ...) that steps on it, or `WeightedFedAvg`, which
+takes it as it is. Both are post-processing and cost no privacy. The math lives in
+strategies/privacy/ (`mechanism`, `sampling`, `accounting`, `adaptive_clipping`,
+`randomness`); this module only orchestrates it.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 from flwr.common import (
     Code,
+    EvaluateRes,
     FitIns,
     FitRes,
+    MetricsAggregationFn,
     Parameters,
     Scalar,
     Status,
@@ -32,25 +33,32 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from strategies.aggregation import server_step, weighted_metric_means
 from strategies.privacy.accounting import ClientLevelAccountant, calibrate_noise_multiplier, rounds_within_budget
 from strategies.privacy.adaptive_clipping import (
+    check_count_noise,
     next_clipping_norm,
     noised_unclipped_fraction,
     update_noise_multiplier,
 )
-from strategies.privacy.mechanism import clipped_deltas, global_l2_norm, noisy_mean
+from strategies.privacy.mechanism import (
+    NORM_SLACK,
+    SECURE_NORM_SLACK,
+    clipped_deltas,
+    clipping_statistics,
+    global_l2_norm,
+    noisy_mean,
+    within_norm,
+)
 from strategies.privacy.randomness import DPRandomness
-from strategies.fedavg import FedAvg
-from strategies.privacy.statement import central_privacy
 from strategies.privacy.sampling import poisson_sample
-from strategies.screening import Failures, Screened
+from strategies.privacy.statement import central_privacy
+from strategies.screening import Accepted, Failures, UpdateScreen
 from strategies.state import load_strategy_state, strategy_state
 from strategies.wire import CLIENT_CLIP_NORM
 
 CLIPPING_MODES = ("server", "client", "adaptive")
-NORM_SLACK = 1e-5  # float32 rounding allowed on client-clipped norms
 OK = Status(Code.OK, "")
-SECURE_NORM_SLACK = 1e-3  # plus SecAgg+'s quantization error on the securely summed mean
 
 
 def clients_by_key(client_manager: ClientManager) -> dict[str, ClientProxy]:
@@ -59,39 +67,55 @@ def clients_by_key(client_manager: ClientManager) -> dict[str, ClientProxy]:
     return by_key() if by_key else client_manager.all()
 
 
-class DPFedAvg(FedAvg):
-    """FedAvg with client-level (ε, δ)-DP: fixed clipping norm S, noise multiplier σ,
-    expected cohort size m, Poisson sampling, an accountant and an optional ε budget.
+class DPFedAvg(Strategy):
+    """Client-level (ε, δ)-DP around `inner`: clipping norm S, noise multiplier σ, expected
+    cohort size m, Poisson sampling, an accountant and an optional ε budget.
 
     The population N is the number of clients connected when round 1 is configured
     (after waiting for `min_available_clients`), identified by their stable keys, so a
     resumed run samples the same clients; q = m/N must lie in (0, 1]. Without a
     `noise_multiplier`, σ is calibrated then so that `rounds` rounds spend at most
-    `target_epsilon`. `state_dict()` holds everything a resumed run needs.
+    `target_epsilon`; with both, the target is a budget stop (`stop_reason`).
+
+    Every round releases a noised model, whatever replies arrive: a sampled client that
+    fails, or whose reply the screen or the norm check refuses, counts as not having
+    participated, and the denominator stays m. No round is skipped for failures
+    (`max-failure-fraction`) or for too few usable replies (`min-fit-clients`): a skip
+    decided on the clients' replies would itself be a release outside ε, and an empty
+    cohort is a valid round of the mechanism (noise only).
+
+    `clipping` is "server" (clip what arrives), "client" (clients send clip(Δ_k, S); one
+    longer than S is refused) or "adaptive" (server clipping with S following
+    `target_quantile` of the update norms, Andrew et al. 2021; the update noise then uses
+    σ_Δ so that the round still costs one step of σ). Under `secure_aggregation` the
+    server sees only SecAgg+'s mean of the K client-clipped updates, weighted 1 each, and
+    recovers the sum as K × mean. `noise_factor` < 1 is only the privacy audit's fault
+    injection (fl_app.audit). Initialisation and evaluation are `inner`'s;
+    `state_dict()` holds everything a resumed run needs.
     """
 
     def __init__(
         self,
+        inner: Strategy,
+        screen: UpdateScreen,
         *,
-        initial_parameters: Parameters,
+        clipping: str,
         clipping_norm: float,
         noise_multiplier: float | None,
         clients_per_round: float,
         accountant: ClientLevelAccountant,
-        target_epsilon: float | None = None,
-        rounds: int | None = None,
-        clipping: str = "server",
-        server_learning_rate: float = 1.0,
-        target_quantile: float = 0.5,
-        clip_learning_rate: float = 0.2,
-        clipped_count_stddev: float = 1.0,
-        secure_aggregation: bool = False,
-        server_optimizer: Strategy | None = None,
-        randomness: DPRandomness | None = None,
-        release_unprotected_metrics: bool = False,
-        **kwargs,
+        target_epsilon: float | None,
+        rounds: int | None,
+        server_learning_rate: float,
+        target_quantile: float,
+        clip_learning_rate: float,
+        clipped_count_stddev: float,
+        secure_aggregation: bool,
+        randomness: DPRandomness,
+        min_available_clients: int,
+        on_fit_config_fn: Callable[[int], dict[str, Scalar]] | None = None,
+        fit_metrics_aggregation_fn: MetricsAggregationFn | None = weighted_metric_means,
     ) -> None:
-        super().__init__(initial_parameters=initial_parameters, **kwargs)
         if clipping not in CLIPPING_MODES:
             raise ValueError(f"clipping must be one of {CLIPPING_MODES}, got {clipping!r}")
         if not clipping_norm > 0 or not clients_per_round > 0:
@@ -103,24 +127,27 @@ class DPFedAvg(FedAvg):
         if secure_aggregation and clipping != "client":
             raise ValueError("secure aggregation needs clipping = 'client': the server never "
                              "sees an individual update to clip")
+        self.inner = inner
+        self.screen = screen
+        self.clipping = clipping
         self.clipping_norm = clipping_norm
         self.noise_multiplier = noise_multiplier
         self.clients_per_round = clients_per_round
         self.accountant = accountant
         self.target_epsilon = target_epsilon
         self.rounds = rounds
-        self.clipping = clipping
         self.server_learning_rate = server_learning_rate
         self.target_quantile = target_quantile
         self.clip_learning_rate = clip_learning_rate
         self.clipped_count_stddev = clipped_count_stddev
         self.secure_aggregation = secure_aggregation
-        self.server_optimizer = server_optimizer
-        self.randomness = randomness or DPRandomness(0, reproducible=False)
-        self.noise_factor = 1.0  # < 1 only as the privacy audit's fault injection (fl_app.audit)
-        self.log_rejections = release_unprotected_metrics  # which client was left out is outside ε
+        self.randomness = randomness
+        self.min_available_clients = min_available_clients
+        self.on_fit_config_fn = on_fit_config_fn
+        self.fit_metrics_aggregation_fn = fit_metrics_aggregation_fn
+        self.noise_factor = 1.0
         self.population: list[str] | None = None
-        self.global_weights = parameters_to_ndarrays(initial_parameters)
+        self.global_weights = screen.reference  # the round's model, from configure_fit on
         self.cohort_size = 0
 
     def __repr__(self) -> str:
@@ -134,8 +161,15 @@ class DPFedAvg(FedAvg):
             raise RuntimeError("the population is fixed when round 1 is configured")
         return self.clients_per_round / len(self.population)
 
+    @property
+    def update_sigma(self) -> float:
+        """The update sum's noise multiplier: σ, or σ_Δ under adaptive clipping."""
+        if self.clipping == "adaptive":
+            return update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
+        return self.noise_multiplier
+
     def fix_population(self, client_manager: ClientManager) -> None:
-        """Wait for `min_available_clients`, then fix N and check q ∈ (0, 1]."""
+        """Wait for `min_available_clients`, fix N, check q ∈ (0, 1] and settle σ."""
         client_manager.wait_for(self.min_available_clients)
         self.population = sorted(clients_by_key(client_manager))
         if self.sampling_rate > 1:
@@ -154,15 +188,15 @@ class DPFedAvg(FedAvg):
             )
         elif self.target_epsilon is not None and self.rounds is not None:
             self._warn_of_an_early_stop()
-        if self.clipping == "adaptive":
-            update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)  # checks 2σ_b > σ
+        if self.clipping == "adaptive" and (problem := check_count_noise(self.noise_multiplier,
+                                                                         self.clipped_count_stddev)):
+            raise ValueError(problem)  # a calibrated σ can leave no room for the count noise
         log(INFO, "DP: population N = %s, q = %.4f, sigma = %.4f, S = %g, %s accountant",
             len(self.population), self.sampling_rate, self.noise_multiplier,
             self.clipping_norm, self.accountant.kind)
 
     def _warn_of_an_early_stop(self) -> None:
-        """With both σ and a target given, the target is a budget stop: say up front how
-        many rounds it allows if fewer than planned."""
+        """Log how many rounds the budget allows, if fewer than planned."""
         allowed = rounds_within_budget(self.noise_multiplier, self.sampling_rate, self.target_epsilon,
                                        self.accountant.delta, self.accountant.kind, self.rounds)
         if allowed < self.rounds:
@@ -183,6 +217,10 @@ class DPFedAvg(FedAvg):
                     f"{self.accountant.epsilon():.4f} to {next_epsilon:.4f} > "
                     f"dp-target-epsilon = {self.target_epsilon}")
         return None
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """The inner strategy's initial model."""
+        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -206,31 +244,28 @@ class DPFedAvg(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: Failures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Release the noised mean of the clipped updates and account for the round."""
+        """Release the noised mean whatever replies arrived, account, let `inner` step."""
         norms: list[float] = []
-        screened: Screened = []
+        accepted: Accepted = []
         if self.secure_aggregation:
             clipped: Iterable[list[np.ndarray]] = self._securely_summed(server_round, results)
         else:
-            screened = self.screen(server_round, results, self._client_clipping_problem)
-            clipped = self._clipped_updates(screened, norms)
-        update_sigma = self.noise_multiplier
-        if self.clipping == "adaptive":
-            update_sigma = update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
+            accepted = self.screen.fit_results(server_round, results, self._client_clipping_problem)
+            clipped = self._clipped_updates(accepted, norms)
         mean = noisy_mean(
             clipped,
-            self.expected_shapes,
+            self.screen.expected_shapes,
             clipping_norm=self.clipping_norm,
-            noise_multiplier=update_sigma * self.noise_factor,
+            noise_multiplier=self.update_sigma * self.noise_factor,
             expected_cohort_size=self.clients_per_round,
             rng=self.randomness.noise,
         )
-        new_weights = self._apply(server_round, mean)
+        parameters = self._step(server_round, mean)
         self.accountant.step(self.noise_multiplier, self.sampling_rate)
         metrics: dict[str, Scalar] = {}
-        if self.fit_metrics_aggregation_fn is not None and screened:
+        if self.fit_metrics_aggregation_fn is not None and accepted:
             metrics.update(self.fit_metrics_aggregation_fn(
-                [(r.num_examples, r.metrics) for _, r, _ in screened]))
+                [(r.num_examples, r.metrics) for _, r, _ in accepted]))
         if self.secure_aggregation:  # one securely summed aggregate stands for the whole cohort
             rejected = 0 if clipped else len(results)
         else:
@@ -245,88 +280,89 @@ class DPFedAvg(FedAvg):
             self.clipping_norm = next_clipping_norm(
                 self.clipping_norm, fraction, self.target_quantile, self.clip_learning_rate
             )
-        return ndarrays_to_parameters(new_weights), metrics
+        return parameters, metrics
 
-    def _apply(self, server_round: int, mean: list[np.ndarray]) -> list[np.ndarray]:
-        """The next global model: w + η·mean, or the server optimizer's step on the noised
-        mean (post-processing, so it costs no privacy)."""
-        if self.server_optimizer is None:
-            return [(w.astype(np.float64) + self.server_learning_rate * m).astype(w.dtype)
-                    for w, m in zip(self.global_weights, mean)]
-        target = [(w.astype(np.float64) + m).astype(w.dtype) for w, m in zip(self.global_weights, mean)]
-        stepped, _ = self.server_optimizer.aggregate_fit(
-            server_round, [(None, FitRes(OK, ndarrays_to_parameters(target), 1, {}))], []
-        )
-        return parameters_to_ndarrays(stepped)
+    def _step(self, server_round: int, mean: list[np.ndarray]) -> Parameters | None:
+        """`inner`'s next model from the released w + η·mean, handed over as one result of weight 1."""
+        released = ndarrays_to_parameters(server_step(self.global_weights, mean, self.server_learning_rate))
+        parameters, _ = self.inner.aggregate_fit(server_round, [(None, FitRes(OK, released, 1, {}))], [])
+        return parameters
 
     def _securely_summed(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
     ) -> list[list[np.ndarray]]:
-        """[Σ_k clipped Δ_k] from SecAgg+, where every result carries the same mean of K
-        unit-weighted updates; [] when there is none or the aggregate is malformed."""
+        """[K × SecAgg+'s mean of the K unit-weighted updates], or [] (none, or refused)."""
         if not results:
             return []
-        mean = self.screen(server_round, results[:1], self._secure_mean_problem, any_float=True)
+        mean = self.screen.fit_results(server_round, results[:1], self._secure_mean_problem, any_float=True)
         if not mean:
             return []
         return [[a.astype(np.float64) * len(results) for a in mean[0][2]]]
 
     def _secure_mean_problem(self, arrays: list[np.ndarray], res: FitRes) -> str | None:
-        """The mean of client-clipped updates is within S (convexity of the norm ball)."""
+        """Why SecAgg+'s mean is refused (not unit weights, or longer than S), or None."""
         if res.num_examples != 1:
             return f"secure aggregation needs unit weights, got num_examples = {res.num_examples}"
-        norm = global_l2_norm(arrays)
-        if norm > self.clipping_norm * (1 + SECURE_NORM_SLACK):
+        if not within_norm(arrays, self.clipping_norm, SECURE_NORM_SLACK):
             return f"securely aggregated mean is longer than S = {self.clipping_norm}"
         return None
 
     def _client_clipping_problem(self, arrays: list[np.ndarray], res: FitRes) -> str | None:
-        """In client mode, an update longer than S (beyond float32 rounding) is refused."""
-        if self.clipping != "client":
-            return None
-        norm = global_l2_norm(arrays)
-        if norm > self.clipping_norm * (1 + NORM_SLACK):
+        """In client mode, why an update is refused (longer than S), or None."""
+        if self.clipping == "client" and not within_norm(arrays, self.clipping_norm, NORM_SLACK):
             return f"client-clipped update is longer than S = {self.clipping_norm}"  # its norm stays private
         return None
 
-    def _clipped_updates(self, screened: Screened, norms: list[float]) -> Iterator[list[np.ndarray]]:
-        """Each accepted result's clipped Δ, one at a time (summed before the next is made):
-        clipped here, or as the client sent it. Appends each norm before clipping (client
-        mode: the norm of what arrived, at most S) to `norms`."""
+    def _clipped_updates(self, accepted: Accepted, norms: list[float]) -> Iterator[list[np.ndarray]]:
+        """Each accepted Δ clipped (client mode: as sent), one at a time; norms to `norms`."""
         if self.clipping != "client":
-            weights = (arrays for _, _, arrays in screened)
+            weights = (arrays for _, _, arrays in accepted)
             yield from clipped_deltas(weights, self.global_weights, self.clipping_norm, norms)
             return
-        for _, _, arrays in screened:
+        for _, _, arrays in accepted:
             norms.append(global_l2_norm(arrays))
             yield arrays
 
     def _diagnostics(self, norms: list[float], rejected: int) -> dict[str, Scalar]:
-        """The privacy spent so far, the realised cohort size and S of this round, and the
-        exact clipping diagnostics users need to choose S (`num_rejected`, `clip_fraction`,
-        `median_update_norm`: functions of individual updates, outside ε, which the
-        server releases only with `dp-release-unprotected-metrics`). In client mode an
-        update that arrives at norm S counts as clipped."""
-        limit = self.clipping_norm * (1 - NORM_SLACK) if self.clipping == "client" else self.clipping_norm
+        """ε, cohort size, S and the exact clipping figures (outside ε, see privacy/release.py)."""
+        slack = NORM_SLACK if self.clipping == "client" else 0.0  # a client-clipped update at S counts as clipped
         return {
             "epsilon": self.accountant.epsilon(),
             "cohort_size": self.cohort_size,
             "num_rejected": rejected,
-            "clip_fraction": float(np.mean([n > limit for n in norms])) if norms else float("nan"),
-            "median_update_norm": float(np.median(norms)) if norms else float("nan"),
+            **clipping_statistics(norms, self.clipping_norm, slack),
             "clipping_norm": self.clipping_norm,
         }
 
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        """The inner strategy's evaluation instructions."""
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: Failures,
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """The inner strategy's evaluation aggregate over the usable replies."""
+        usable = self.screen.evaluate_results(server_round, results)
+        if not usable:
+            return None, {}
+        return self.inner.aggregate_evaluate(server_round, usable, failures)
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        """The inner strategy's centralized evaluation."""
+        return self.inner.evaluate(server_round, parameters)
+
     def state_dict(self) -> dict[str, Any]:
-        """Accountant, calibrated σ, current S, population, the server optimizer's state
-        and, only in reproducible mode, the DP generators' states."""
+        """Accountant, σ, S, population, `inner`'s state, generators (reproducible mode only)."""
         return {
             "accountant": self.accountant.state_dict(),
             "noise_multiplier": self.noise_multiplier,
             "clipping_norm": self.clipping_norm,
             "population": self.population,
             "randomness": self.randomness.state_dict(),
-            "server_optimizer": strategy_state(self.server_optimizer) if self.server_optimizer else None,
+            "server_optimizer": strategy_state(self.inner),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -336,8 +372,8 @@ class DPFedAvg(FedAvg):
         self.clipping_norm = state["clipping_norm"]
         self.population = state["population"]
         self.randomness.load_state_dict(state["randomness"])
-        if self.server_optimizer is not None:
-            load_strategy_state(self.server_optimizer, state["server_optimizer"])
+        if state["server_optimizer"] is not None:
+            load_strategy_state(self.inner, state["server_optimizer"])
 
     def summary(self) -> dict[str, Any]:
         """The run's privacy statement, under `privacy`."""

@@ -1,10 +1,11 @@
 """Strategies by name: Flower's own classes behind the app's screen, and users' classes
 loaded from `package.module:ClassName`.
 
-Every strategy receives the same keyword arguments (`StrategyArgs.common`): fractions
-and minimum client counts, `evaluate_fn`, `on_fit_config_fn`, `on_evaluate_config_fn`,
-`initial_parameters`, `fit_metrics_aggregation_fn`, `evaluate_metrics_aggregation_fn`,
-plus its own hyperparameters.
+Every strategy is built from the same Flower keyword arguments (`StrategyArgs.common`):
+fractions and minimum client counts, `evaluate_fn`, `on_fit_config_fn`,
+`on_evaluate_config_fn`, `initial_parameters`, `fit_metrics_aggregation_fn`,
+`evaluate_metrics_aggregation_fn` (example-weighted means unless given), plus its own
+hyperparameters; the screen's round rules are `StrategyArgs`' own fields.
 """
 
 import importlib
@@ -14,8 +15,8 @@ from typing import Any
 from flwr.server import strategy as flower
 from flwr.server.strategy import Strategy
 
-from strategies.fedavg import FedAvg
-from strategies.screening import ScreenedAggregation
+from strategies.fedavg import METRIC_MEANS, FedAvg, WeightedFedAvg
+from strategies.screening import ScreenedStrategy, UpdateScreen
 
 # Linear in the client updates: central DP's noised mean can feed them (post-processing).
 LINEAR = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -26,26 +27,28 @@ SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 @dataclass(frozen=True)
 class StrategyArgs:
-    """What a strategy is built from: the arguments every strategy takes and the
-    hyperparameters of the built-in ones."""
+    """What a strategy is built from: Flower's keyword arguments, the screen's round rules
+    and the hyperparameters of the built-in strategies (the run-config's values)."""
 
     common: dict[str, Any]
-    server_learning_rate: float = 1.0
-    server_momentum: float = 0.0
-    server_beta_1: float = 0.9
-    server_beta_2: float = 0.99
-    server_tau: float = 1e-9
-    trim_fraction: float = 0.2
-    num_malicious_clients: int = 0
-    client_learning_rate: float = 0.1
-    qfedavg_q: float = 0.2
+    max_failure_fraction: float
+    max_examples_ratio: float
+    max_update_norm_ratio: float
+    server_learning_rate: float
+    server_momentum: float
+    server_beta_1: float
+    server_beta_2: float
+    server_tau: float
+    trim_fraction: float
+    num_malicious_clients: int
+    client_learning_rate: float
+    qfedavg_q: float
 
-
-def screened(cls: type[Strategy]) -> type[Strategy]:
-    """`cls` with `ScreenedAggregation` in front: malformed updates never reach it."""
-    if issubclass(cls, ScreenedAggregation):
-        return cls
-    return type(f"Screened{cls.__name__}", (ScreenedAggregation, cls), {"__module__": __name__})
+    @property
+    def round_rules(self) -> dict[str, float]:
+        """The keyword arguments of `ScreenedStrategy`'s round rules."""
+        return {"max_failure_fraction": self.max_failure_fraction, "max_examples_ratio": self.max_examples_ratio,
+                "max_update_norm_ratio": self.max_update_norm_ratio}
 
 
 def _server_optimizer(name: str, a: StrategyArgs) -> dict[str, Any]:
@@ -101,19 +104,27 @@ def load_strategy_class(path: str) -> type[Strategy]:
     return cls
 
 
-def build(name: str, args: StrategyArgs) -> Strategy:
-    """Built-in strategy `name` or the user's class at `name`, screened."""
-    if name in ("fedavg", "fedprox"):  # FedProx differs from FedAvg on the clients only
-        return FedAvg(**args.common)
+def inner(name: str, args: StrategyArgs) -> Strategy:
+    """Built-in strategy `name` or the user's class at `name`, without the screen; for
+    central DP (a linear `name`), the strategy that steps on the noised mean: `WeightedFedAvg`
+    (fedavg, fedprox: FedProx differs from FedAvg on the clients only) or a server optimizer."""
+    kwargs = METRIC_MEANS | args.common
+    if name in ("fedavg", "fedprox"):
+        return WeightedFedAvg(**kwargs)
     if name in FLOWER_CLASSES:
-        return screened(FLOWER_CLASSES[name])(**args.common, **own_kwargs(name, args))
-    return screened(load_strategy_class(name))(**args.common)
+        return FLOWER_CLASSES[name](**kwargs, **own_kwargs(name, args))
+    return load_strategy_class(name)(**kwargs)
 
 
-def build_server_optimizer(name: str, args: StrategyArgs) -> Strategy | None:
-    """For central DP: the Flower server optimizer that turns the noised mean into the
-    next global model, or None for plain w + η·mean (fedavg, fedprox)."""
-    if name not in SERVER_OPTIMIZERS:
-        return None
-    return FLOWER_CLASSES[name](initial_parameters=args.common["initial_parameters"],
-                                **_server_optimizer(name, args))
+def screen(args: StrategyArgs, *, log_rejections: bool) -> UpdateScreen:
+    """The screen for results of the model in `args.common['initial_parameters']`."""
+    return UpdateScreen(args.common["initial_parameters"], log_rejections=log_rejections)
+
+
+def build(name: str, args: StrategyArgs) -> Strategy:
+    """Built-in strategy `name` or the user's class at `name`, behind the screen."""
+    if name in ("fedavg", "fedprox"):
+        return FedAvg(**args.common, **args.round_rules)
+    if name not in FLOWER_CLASSES and issubclass(load_strategy_class(name), FedAvg):
+        return load_strategy_class(name)(**args.common, **args.round_rules)  # screened already
+    return ScreenedStrategy(inner(name, args), screen(args, log_rejections=True), **args.round_rules)

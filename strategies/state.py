@@ -4,13 +4,16 @@ previous weights, DP-FedAvg's accountant and generators).
 
 A strategy with `state_dict()` / `load_state_dict(state)` (ours, or a user's) is saved
 through them; for Flower's built-in strategies the attributes below are saved, which
-covers every one of them.
+covers every one of them. A `ScreenedStrategy` holds no state of its own: its inner
+strategy's is saved.
 """
 
 from typing import Any
 
 from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import Strategy
+
+from strategies.screening import ScreenedStrategy
 
 # Flower's round-to-round attributes: FedOpt (FedAdam, FedYogi, FedAdagrad), FedAvgM
 # (which also moves initial_parameters along as its current model) and QFedAvg.
@@ -20,6 +23,7 @@ FLOWER_STATE_ATTRIBUTES = ("current_weights", "m_t", "v_t", "momentum_vector", "
 
 def strategy_state(strategy: Strategy) -> dict[str, Any]:
     """The strategy's state, as plain values and numpy arrays."""
+    strategy = _holder(strategy)
     own = getattr(strategy, "state_dict", None)
     if callable(own):
         return {"state_dict": own()}
@@ -35,6 +39,7 @@ def strategy_state(strategy: Strategy) -> dict[str, Any]:
 
 def load_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
     """Restore what `strategy_state` saved."""
+    strategy = _holder(strategy)
     if "state_dict" in state:
         strategy.load_state_dict(state["state_dict"])  # type: ignore[attr-defined]
         return
@@ -42,3 +47,11 @@ def load_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
         if isinstance(value, dict) and "parameters" in value:
             value = ndarrays_to_parameters(value["parameters"])
         setattr(strategy, name, value)
+
+
+def _holder(strategy: Strategy) -> Strategy:
+    """The strategy that holds the state: behind a screen without a `state_dict` of its
+    own, the inner one."""
+    while isinstance(strategy, ScreenedStrategy) and not callable(getattr(strategy, "state_dict", None)):
+        strategy = strategy.inner
+    return strategy

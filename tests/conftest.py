@@ -25,3 +25,20 @@ def default_run_config() -> dict:
     from fl_app.config import project_defaults
 
     return project_defaults(REPO)
+
+
+@pytest.fixture(scope="session")
+def strategy_args(default_run_config):
+    """args(common, **fields) -> StrategyArgs: Flower's keyword arguments `common`, and the
+    run-config defaults' value (pyproject) for every field not given."""
+    from dataclasses import replace
+
+    from fl_app.config import AppConfig
+    from fl_app.server_app import strategy_args as app_strategy_args
+
+    defaults = app_strategy_args(AppConfig.from_run_config(default_run_config), test_set=None)
+
+    def args(common: dict, **fields):
+        return replace(defaults, common=common, **fields)
+
+    return args

@@ -9,6 +9,8 @@ from opacus.accountants import RDPAccountant
 
 from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
+from strategies.fedavg import WeightedFedAvg
+from strategies.screening import UpdateScreen
 from strategies.wire import CLIENT_CLIP_NORM
 from strategies.privacy.mechanism import clip_update, model_delta
 from strategies.privacy.randomness import DPRandomness
@@ -36,11 +38,16 @@ def manager(n: int) -> SimpleClientManager:
     return cm
 
 
-def strategy(**kw) -> DPFedAvg:
-    args = dict(initial_parameters=ndarrays_to_parameters(GLOBAL), clipping_norm=1.0,
-                noise_multiplier=1.0, clients_per_round=5, min_available_clients=2,
-                accountant=ClientLevelAccountant("rdp", 1e-5), randomness=DPRandomness(3, reproducible=True))
-    return DPFedAvg(**(args | kw))
+def strategy(release_unprotected_metrics: bool = False, **kw) -> DPFedAvg:
+    """DPFedAvg around the plain step (`WeightedFedAvg`) with these values unless `kw` sets them."""
+    initial = ndarrays_to_parameters(GLOBAL)
+    args = dict(clipping="server", clipping_norm=1.0, noise_multiplier=1.0, clients_per_round=5,
+                accountant=ClientLevelAccountant("rdp", 1e-5), target_epsilon=None, rounds=None,
+                server_learning_rate=1.0, target_quantile=0.5, clip_learning_rate=0.2,
+                clipped_count_stddev=1.0, secure_aggregation=False,
+                randomness=DPRandomness(3, reproducible=True), min_available_clients=2)
+    return DPFedAvg(WeightedFedAvg(initial_parameters=initial),
+                    UpdateScreen(initial, log_rejections=release_unprotected_metrics), **(args | kw))
 
 
 def trained(seed: int, scale: float) -> list[np.ndarray]:
@@ -233,3 +240,32 @@ def test_a_target_within_the_rounds_budget_gives_no_warning(caplog):
     s = strategy(noise_multiplier=5.0, clients_per_round=1, target_epsilon=8.0, rounds=5)
     s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(10))
     assert "the budget allows" not in caplog.text
+
+
+@pytest.mark.parametrize("optimizer", [False, True], ids=["plain-step", "fedavgm"])
+def test_a_strategy_restored_from_its_state_releases_what_the_original_does(optimizer):
+    """state_dict() after round 1 restores accountant, S, population, generators
+    (reproducible mode) and the inner strategy's state: round 2 is the same model."""
+    from flwr.server.strategy import FedAvgM
+
+    from strategies.state import load_strategy_state, strategy_state
+
+    def build():
+        s = strategy(clipping="adaptive", clipped_count_stddev=2.0, clients_per_round=4)
+        if optimizer:
+            s.inner = FedAvgM(initial_parameters=ndarrays_to_parameters(GLOBAL), server_momentum=0.9)
+        return s
+
+    cm, updates = manager(8), [result(f"c{i}", trained(i, 0.5)) for i in range(3)]
+    original = build()
+    original.configure_fit(1, ndarrays_to_parameters(GLOBAL), cm)
+    params, _ = original.aggregate_fit(1, updates, [])
+    restored = build()
+    load_strategy_state(restored, strategy_state(original))
+    assert restored.clipping_norm == original.clipping_norm != 1.0 and restored.accountant.rounds == 1
+    released = []
+    for s in (original, restored):
+        s.configure_fit(2, params, cm)
+        released.append(parameters_to_ndarrays(s.aggregate_fit(2, updates, [])[0]))
+    for a, b in zip(*released):
+        np.testing.assert_array_equal(a, b)

@@ -20,8 +20,15 @@ def fit_result(cid: str, weights: list[np.ndarray], n: int, **metrics):
 
 
 @pytest.fixture
-def strategy() -> FedAvg:
-    return FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), min_fit_clients=1)
+def rules(default_run_config) -> dict:
+    """The round rules' run-config defaults (pyproject), as FedAvg's keyword arguments."""
+    return {key.replace("-", "_"): default_run_config[key]
+            for key in ("max-failure-fraction", "max-examples-ratio", "max-update-norm-ratio")}
+
+
+@pytest.fixture
+def strategy(rules) -> FedAvg:
+    return FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), min_fit_clients=1, **rules)
 
 
 def test_aggregate_fit_is_example_weighted(strategy):
@@ -58,8 +65,8 @@ def test_round_with_only_bad_results_keeps_the_global_model(strategy):
     assert metrics == {"num_rejected": 1}
 
 
-def test_round_is_skipped_when_failures_exceed_the_tolerated_fraction(caplog):
-    tolerant = FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), max_failure_fraction=0.5)
+def test_round_is_skipped_when_failures_exceed_the_tolerated_fraction(caplog, rules):
+    tolerant = FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), **(rules | {"max_failure_fraction": 0.5}))
     ok = [fit_result(c, arrays(1.0), 10) for c in "ab"]
     params, _ = tolerant.aggregate_fit(1, ok, [RuntimeError("boom")] * 2)  # 2 of 4: tolerated
     assert params is not None
@@ -67,8 +74,8 @@ def test_round_is_skipped_when_failures_exceed_the_tolerated_fraction(caplog):
     assert params is None and "round 2 skipped: 3 of 5 clients failed" in caplog.text
 
 
-def test_round_with_fewer_usable_results_than_min_fit_clients_is_skipped(caplog):
-    strategy = FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), min_fit_clients=2)
+def test_round_with_fewer_usable_results_than_min_fit_clients_is_skipped(caplog, rules):
+    strategy = FedAvg(initial_parameters=ndarrays_to_parameters(arrays(0.0)), min_fit_clients=2, **rules)
     params, metrics = strategy.aggregate_fit(1, [fit_result("a", arrays(1.0), 10),
                                                  fit_result("b", arrays(np.nan), 10)], [])
     assert params is None and metrics == {"num_rejected": 1}

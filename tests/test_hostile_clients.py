@@ -131,15 +131,14 @@ def test_under_central_dp_figures_of_a_rejected_reply_are_not_aggregated(tmp_pat
     assert_model_intact(model)
 
 
-def test_fedavg_weighs_a_claimed_count_at_most_max_examples_ratio_times_the_median():
+def test_fedavg_weighs_a_claimed_count_at_most_max_examples_ratio_times_the_median(strategy_args):
     from flwr.common import FitRes
 
-    from strategies.registry import StrategyArgs, build
+    from strategies.registry import build
 
     weights = [np.zeros((2, 2), np.float32)]
-    strategy = build("fedavg", StrategyArgs(common={
-        "initial_parameters": ndarrays_to_parameters(weights), "max_examples_ratio": 10.0,
-        "max_update_norm_ratio": 10.0}))
+    strategy = build("fedavg", strategy_args({"initial_parameters": ndarrays_to_parameters(weights)},
+                                             max_examples_ratio=10.0, max_update_norm_ratio=10.0))
     results = [(type("P", (), {"cid": str(k)})(), FitRes(OK, ndarrays_to_parameters([np.full((2, 2), v, np.float32)]), n, {}))
                for k, (v, n) in enumerate([(1.0, 100), (1.0, 300), (1.0, 200), (-1.0, 10**12)])]
     parameters, metrics = strategy.aggregate_fit(1, results, [])

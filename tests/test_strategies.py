@@ -12,7 +12,9 @@ from fl_app.config import AppConfig, ConfigError, check_partitioning
 from fl_app.run_dir import RunDir
 from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
-from strategies.registry import BUILT_IN, NON_LINEAR, StrategyArgs, build
+from strategies.privacy.randomness import DPRandomness
+from strategies.registry import BUILT_IN, NON_LINEAR, build
+from strategies.screening import UpdateScreen
 
 OK = Status(Code.OK, "")
 SHAPES = [(3, 2), (4,)]
@@ -93,12 +95,12 @@ def test_central_dp_is_refused_with_non_linear_aggregators(default_run_config, n
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
-def test_every_strategy_leaves_out_non_finite_updates(name):
-    args = StrategyArgs(common={"initial_parameters": ndarrays_to_parameters(arrays(0.0)),
-                                "min_fit_clients": 1, "evaluate_fn": lambda r, w, c: (1.0, {})},
-                        server_learning_rate=0.1)
+def test_every_strategy_leaves_out_non_finite_updates(name, strategy_args):
+    args = strategy_args({"initial_parameters": ndarrays_to_parameters(arrays(0.0)),
+                          "min_fit_clients": 1, "evaluate_fn": lambda r, w, c: (1.0, {})},
+                         server_learning_rate=0.1)
     strategy = build(name, args)
-    strategy.pre_weights = arrays(0.0)  # q-FedAvg keeps the round's start model
+    strategy.inner.pre_weights = arrays(0.0)  # q-FedAvg keeps the round's start model
     good = [result(f"good{i}", arrays(0.1 * (i + 1))) for i in range(5)]
     params, metrics = strategy.aggregate_fit(1, good + [result("nan", arrays(np.nan)),
                                                          result("inf", arrays(np.inf))], [])
@@ -109,9 +111,12 @@ def test_every_strategy_leaves_out_non_finite_updates(name):
 def test_central_dp_noised_mean_feeds_the_server_optimizer():
     initial = ndarrays_to_parameters(arrays(0.0))
     momentum = FedAvgM(initial_parameters=initial, server_learning_rate=1.0, server_momentum=0.9)
-    dp = DPFedAvg(initial_parameters=initial, clipping_norm=100.0, noise_multiplier=1e-9,
-                  clients_per_round=2, accountant=ClientLevelAccountant("rdp", 1e-5),
-                  server_optimizer=momentum, min_available_clients=2)
+    dp = DPFedAvg(momentum, UpdateScreen(initial, log_rejections=False), clipping="server",
+                  clipping_norm=100.0, noise_multiplier=1e-9, clients_per_round=2,
+                  accountant=ClientLevelAccountant("rdp", 1e-5), target_epsilon=None, rounds=None,
+                  server_learning_rate=1.0, target_quantile=0.5, clip_learning_rate=0.2,
+                  clipped_count_stddev=1.0, secure_aggregation=False,
+                  randomness=DPRandomness(0, reproducible=False), min_available_clients=2)
     from test_dp_fedavg import manager
     cm = manager(2)
     weights = arrays(0.0)
@@ -125,9 +130,9 @@ def test_central_dp_noised_mean_feeds_the_server_optimizer():
         np.testing.assert_allclose(w, 1.0 + 2.9, atol=1e-5)
 
 
-def test_fedavgm_without_dp_matches_flowers_own():
-    args = StrategyArgs(common={"initial_parameters": ndarrays_to_parameters(arrays(0.0)), "min_fit_clients": 1},
-                        server_learning_rate=0.5, server_momentum=0.9)
+def test_fedavgm_without_dp_matches_flowers_own(strategy_args):
+    args = strategy_args({"initial_parameters": ndarrays_to_parameters(arrays(0.0)), "min_fit_clients": 1},
+                         server_learning_rate=0.5, server_momentum=0.9)
     ours = build("fedavgm", args)
     params, _ = ours.aggregate_fit(1, [result("a", arrays(1.0)), result("b", arrays(3.0))], [])
     for w in parameters_to_ndarrays(params):

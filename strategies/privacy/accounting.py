@@ -73,7 +73,18 @@ class ClientLevelAccountant:
 
 
 def epsilon_after(noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str) -> float:
-    """ε at δ after `rounds` rounds released with (σ, q) (0 for none)."""
+    """ε at δ of `rounds` compositions of the subsampled Gaussian mechanism.
+
+    Args:
+        noise_multiplier: σ.
+        sample_rate: q, the Poisson sampling rate.
+        rounds: how many rounds are released with (σ, q).
+        delta: δ.
+        accountant: "rdp" or "prv".
+
+    Returns:
+        ε (0 for no round).
+    """
     if rounds <= 0:
         return 0.0
     from strategies.privacy.opacus_compat import create_accountant
@@ -87,8 +98,20 @@ def rounds_within_budget(
     noise_multiplier: float, sample_rate: float, target_epsilon: float, delta: float, accountant: str,
     max_rounds: int,
 ) -> int:
-    """The most rounds (at most `max_rounds`) released with (σ, q) whose ε at δ stays
-    within `target_epsilon`; ε grows with the rounds, so a binary search finds it."""
+    """The most rounds released with (σ, q) whose ε at δ stays within a budget; ε grows
+    with the rounds, so a binary search over `epsilon_after` finds it.
+
+    Args:
+        noise_multiplier: σ.
+        sample_rate: q.
+        target_epsilon: the ε budget.
+        delta: δ.
+        accountant: "rdp" or "prv".
+        max_rounds: the search's upper end (the planned rounds).
+
+    Returns:
+        A round count in [0, `max_rounds`].
+    """
     low, high = 0, max_rounds
     while low < high:
         middle = (low + high + 1) // 2
@@ -100,10 +123,23 @@ def rounds_within_budget(
 
 
 def calibrate_noise_multiplier(
-    target_epsilon: float, delta: float, sample_rate: float, rounds: int, accountant: str
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
 ) -> float:
-    """The σ for which `rounds` rounds at rate q spend at most `target_epsilon` at δ
-    (Opacus' binary search, tolerance 0.01 in ε)."""
+    """The noise multiplier σ for which `steps` compositions of the subsampled Gaussian
+    mechanism at rate q spend at most `target_epsilon` at δ (Opacus' binary search,
+    tolerance 0.01 in ε). Central DP: one step per round at the client rate q = m/N;
+    local DP-SGD: one per batch at the batch rate.
+
+    Args:
+        target_epsilon: the ε to spend.
+        delta: δ.
+        sample_rate: q.
+        steps: how many times the mechanism runs.
+        accountant: "rdp" or "prv".
+
+    Returns:
+        σ.
+    """
     from strategies.privacy.opacus_compat import get_noise_multiplier
 
     return float(
@@ -111,7 +147,7 @@ def calibrate_noise_multiplier(
             target_epsilon=target_epsilon,
             target_delta=delta,
             sample_rate=sample_rate,
-            steps=rounds,
+            steps=steps,
             accountant=accountant,
             epsilon_tolerance=0.01,
         )

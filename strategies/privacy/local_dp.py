@@ -28,8 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset as TorchTensorDataset
 
 from data.mnist import TensorDataset
+from strategies.privacy.accounting import calibrate_noise_multiplier
+from strategies.privacy.opacus_compat import ModuleValidator, PrivacyEngine
 from strategies.privacy.randomness import os_entropy_torch_generator, seeded_torch_generator
-from strategies.privacy.opacus_compat import ModuleValidator, PrivacyEngine, get_noise_multiplier
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,8 @@ def local_noise_multiplier(
 ) -> float:
     """σ such that joining every one of `rounds` rounds spends at most `target_epsilon`."""
     steps_per_epoch = batches_per_epoch(num_samples, batch_size)
-    return float(get_noise_multiplier(
-        target_epsilon=target_epsilon, target_delta=delta, sample_rate=1 / steps_per_epoch,
-        steps=rounds * epochs * steps_per_epoch, accountant=accountant, epsilon_tolerance=0.01,
-    ))
+    return calibrate_noise_multiplier(target_epsilon, delta, 1 / steps_per_epoch,
+                                      rounds * epochs * steps_per_epoch, accountant)
 
 
 def train_private(

@@ -21,6 +21,9 @@ from strategies.privacy.randomness import secure_gaussian
 
 Update = Sequence[np.ndarray]
 
+NORM_SLACK = 1e-5  # float32 rounding allowed on the norm of an update a client clipped
+SECURE_NORM_SLACK = 1e-3  # plus SecAgg+'s quantization error on a securely summed mean
+
 
 def global_l2_norm(update: Update) -> float:
     """‖Δ‖₂ over all tensors of the update taken as one vector, squares summed in float64."""
@@ -31,12 +34,25 @@ def global_l2_norm(update: Update) -> float:
     return math.sqrt(total)
 
 
+def within_norm(update: Update, bound: float, slack: float) -> bool:
+    """Whether ‖Δ‖₂ ≤ bound · (1 + slack): an update clipped elsewhere (by a client, or the
+    mean of client-clipped updates, inside the ball by convexity) keeps the sensitivity S."""
+    return global_l2_norm(update) <= bound * (1 + slack)
+
+
 def clip_update(
     update: Update, clipping_norm: float, *, in_place: bool = False
 ) -> tuple[list[np.ndarray], float]:
-    """Scale the whole update by min(1, S/‖Δ‖₂); return it and its norm before clipping.
-    An update within S is returned as it is; `in_place` scales the given arrays instead
-    of copies."""
+    """clip(Δ, S) = Δ · min(1, S / ‖Δ‖₂), the whole update scaled as one vector.
+
+    Args:
+        update: Δ, one client's update (every tensor of the model).
+        clipping_norm: S > 0.
+        in_place: scale the given arrays instead of copies.
+
+    Returns:
+        The clipped update (Δ itself when ‖Δ‖₂ ≤ S) and ‖Δ‖₂ before clipping.
+    """
     if not clipping_norm > 0:
         raise ValueError(f"clipping norm must be > 0, got {clipping_norm}")
     norm = global_l2_norm(update)
@@ -49,9 +65,18 @@ def clip_update(
 
 
 def sum_updates(updates: Iterable[Update], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-    """Unweighted Σ_k Δ_k, accumulated in the updates' dtype (float32 for the model: every
-    term is at most S in norm, so rounding is ~1e-7·m relative) and returned in float64;
-    all-zero arrays of `shapes` for an empty cohort. Reads `updates` once, in order."""
+    """The unweighted Σ_k Δ_k, read once and in order.
+
+    Accumulated in the updates' dtype (float32 for the model: every term is at most S in
+    norm, so rounding is ~1e-7·m relative).
+
+    Args:
+        updates: the clipped updates.
+        shapes: the model's tensor shapes, for an empty cohort.
+
+    Returns:
+        The sum in float64; all-zero arrays of `shapes` when there is no update.
+    """
     total: list[np.ndarray] | None = None
     for update in updates:
         if total is None:
@@ -85,10 +110,20 @@ def noisy_mean(
     expected_cohort_size: float,
     rng: np.random.Generator,
 ) -> list[np.ndarray]:
-    """(Σ_k clipped Δ_k + N(0, σ²S² I)) / m, in float64.
+    """The Gaussian mechanism of DP-FedAvg (McMahan et al. 2018):
+    (Σ_k clip(Δ_k, S) + N(0, σ²S² I)) / m.
 
-    The caller guarantees every update already has norm ≤ S (clipped here on the server,
-    or by the clients before sending).
+    Args:
+        clipped_updates: the cohort's updates, each of norm ≤ S already (clipped on the
+            server, or by the clients before sending); possibly none.
+        shapes: the model's tensor shapes.
+        clipping_norm: S, the sensitivity of the sum.
+        noise_multiplier: σ (the update noise multiplier σ_Δ under adaptive clipping).
+        expected_cohort_size: m = qN, the fixed, data-independent denominator.
+        rng: the generator of the DP noise.
+
+    Returns:
+        The noised mean in float64.
     """
     if not expected_cohort_size > 0:
         raise ValueError(f"expected cohort size must be > 0, got {expected_cohort_size}")
@@ -111,11 +146,42 @@ def model_delta(weights: Update, reference: Update, out: Update | None = None) -
 def clipped_deltas(
     weights: Iterable[Update], reference: Update, clipping_norm: float, norms: list[float]
 ) -> Iterator[list[np.ndarray]]:
-    """clip(w_k − reference, S) for each client's weights w_k, in order, computed in one
-    reused set of arrays: each yielded update is valid until the next is requested (sum
-    it first, as `sum_updates` does). Appends each norm before clipping to `norms`."""
+    """clip(w_k − reference, S) for each client's weights w_k, in order.
+
+    Computed in one reused set of arrays: each yielded update is valid until the next is
+    requested (sum it first, as `sum_updates` does).
+
+    Args:
+        weights: the clients' models w_k.
+        reference: the global model the round started from.
+        clipping_norm: S.
+        norms: receives ‖w_k − reference‖₂ before clipping, one per update yielded.
+
+    Yields:
+        The clipped updates.
+    """
     workspace = [np.empty_like(r) for r in reference]
     for update in weights:
         clipped, norm = clip_update(model_delta(update, reference, out=workspace), clipping_norm, in_place=True)
         norms.append(norm)
         yield clipped
+
+
+def clipping_statistics(norms: Sequence[float], clipping_norm: float, slack: float) -> dict[str, float]:
+    """The exact clipping diagnostics (functions of individual updates, outside ε).
+
+    Args:
+        norms: the update norms before clipping (of what arrived, under client clipping).
+        clipping_norm: S.
+        slack: an update longer than S · (1 − slack) counts as clipped (client clipping:
+            it arrives at norm S up to float32 rounding); 0 for server clipping.
+
+    Returns:
+        `clip_fraction` (share of updates longer than that) and `median_update_norm`; NaN
+        for both without updates.
+    """
+    if not norms:
+        return {"clip_fraction": float("nan"), "median_update_norm": float("nan")}
+    limit = clipping_norm * (1 - slack)
+    return {"clip_fraction": float(np.mean([n > limit for n in norms])),
+            "median_update_norm": float(np.median(norms))}
