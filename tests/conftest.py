@@ -34,7 +34,7 @@ def strategy_args(default_run_config):
     from dataclasses import replace
 
     from fl_app.config import AppConfig
-    from fl_app.server_app import strategy_args as app_strategy_args
+    from fl_app.assembly import strategy_args as app_strategy_args
 
     defaults = app_strategy_args(AppConfig.from_run_config(default_run_config), test_set=None)
 
