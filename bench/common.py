@@ -22,7 +22,7 @@ from fl_app.client_app import load_client_data
 from fl_app.config import AppConfig, project_defaults
 from fl_app.model import seeded_net
 from fl_app.run_dir import RunDir
-from fl_app.task import TrainSettings, device, evaluate, get_weights, set_weights, train
+from fl_app.task import device, evaluate, get_weights, set_weights, train
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_DEFAULTS = project_defaults(ROOT)  # the run-config defaults: what a benchmark does not set
@@ -139,9 +139,8 @@ def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str,
         for pid in cohort:
             data = clients[pid]
             set_weights(net, global_weights)
-            train(net, data, TrainSettings(cfg.train.local_epochs, cfg.train.batch_size, cfg.train.optimizer,
-                                           round_learning_rate(cfg, server_round), cfg.train.momentum,
-                                           seed=cfg.run.seed + pid + server_round))
+            train(net, data, cfg.train, learning_rate=round_learning_rate(cfg, server_round),
+                  seed=cfg.run.seed + pid + server_round)
             new.append(get_weights(net))
             counts.append(len(data))
         total = sum(counts)

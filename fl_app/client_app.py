@@ -22,7 +22,7 @@ from data.site_data import load_site_data
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig, client_config
 from fl_app.model import build_model
-from fl_app.task import TrainSettings, device, evaluate, get_weights, make_optimizer, set_weights, train
+from fl_app.task import device, evaluate, get_weights, make_optimizer, set_weights, train
 from strategies.privacy.mechanism import clip_update, model_delta
 from strategies.wire import (
     ACCURACY,
@@ -79,21 +79,14 @@ class FlowerClient(NumPyClient):
         set_weights(self.net, parameters)
         server_round = int(config[SERVER_ROUND])
         seed = np.random.SeedSequence([self.cfg.run.seed, self.client_key, server_round])
-        settings = TrainSettings(
-            epochs=self.cfg.train.local_epochs,
-            batch_size=self.cfg.train.batch_size,
-            optimizer=self.cfg.train.optimizer,
-            learning_rate=float(config[LEARNING_RATE]),
-            momentum=self.cfg.train.momentum,
-            seed=int(seed.generate_state(1)[0]),
-            proximal_mu=self.cfg.train.proximal_mu,
-        )
+        learning_rate, train_seed = float(config[LEARNING_RATE]), int(seed.generate_state(1)[0])
         metrics: dict[str, Scalar] = {}
         if self.cfg.dp.mode == "local":
-            loss, accuracy, privacy = self._train_private(settings)
+            loss, accuracy, privacy = self._train_private(learning_rate, train_seed)
             metrics.update(privacy)
         else:
-            loss, accuracy = train(self.net, self.train_set, settings)
+            loss, accuracy = train(self.net, self.train_set, self.cfg.train, learning_rate=learning_rate,
+                                   seed=train_seed)
         if self.releases_own_figures:
             metrics.update({TRAIN_LOSS: loss, TRAIN_ACCURACY: accuracy})
         weights = get_weights(self.net)
@@ -120,7 +113,7 @@ class FlowerClient(NumPyClient):
         validation results): never under DP unless `dp-release-unprotected-metrics`."""
         return self.cfg.dp.mode == "off" or self.cfg.dp.release_unprotected_metrics
 
-    def _train_private(self, settings: TrainSettings) -> tuple[float, float, dict[str, Scalar]]:
+    def _train_private(self, learning_rate: float, seed: int) -> tuple[float, float, dict[str, Scalar]]:
         """DP-SGD, continuing this client's accountant across rounds; returns the train
         loss and accuracy and the privacy report (ε so far, σ, Poisson batch rate,
         rounds trained)."""
@@ -147,8 +140,9 @@ class FlowerClient(NumPyClient):
         previous = json.loads(str(saved["state"])) if saved else None
         rounds = int(saved["rounds"]) + 1 if saved else 1
         loss, accuracy, epsilon, state = train_private(
-            self.net, self.train_set, dp, previous, epochs=settings.epochs, batch_size=settings.batch_size,
-            seed=settings.seed, make_optimizer=lambda net: make_optimizer(net, settings))
+            self.net, self.train_set, dp, previous, epochs=self.cfg.train.local_epochs,
+            batch_size=self.cfg.train.batch_size, seed=seed,
+            make_optimizer=lambda net: make_optimizer(net, self.cfg.train, learning_rate))
         self.state[ACCOUNTANT_RECORD] = ConfigRecord({"state": json.dumps(state), "rounds": rounds})
         privacy: dict[str, Scalar] = {
             CLIENT_EPSILON: epsilon, DP_NOISE_MULTIPLIER: dp.noise_multiplier,

@@ -1,29 +1,15 @@
 """Local training and evaluation of `Net` on in-memory tensors."""
 
 from collections import OrderedDict
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data.mnist import TensorDataset
+from fl_app.config import TrainConfig
 
 EVAL_BATCH_SIZE = 1000
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """What one client's local training needs for one round."""
-
-    epochs: int
-    batch_size: int
-    optimizer: str  # "sgd" (with momentum) or "adam"
-    learning_rate: float
-    momentum: float
-    seed: int
-    proximal_mu: float = 0.0  # FedProx: + μ/2·‖w − w_global‖² in the local loss
 
 
 def get_weights(net: nn.Module) -> list[np.ndarray]:
@@ -48,14 +34,12 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def make_optimizer(net: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam, as `settings.optimizer` says."""
+def make_optimizer(net: nn.Module, settings: TrainConfig, learning_rate: float) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam, as `settings.optimizer` says, at `learning_rate`."""
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(
-            net.parameters(), lr=settings.learning_rate, momentum=settings.momentum
-        )
+        return torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=settings.momentum)
     if settings.optimizer == "adam":
-        return torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+        return torch.optim.Adam(net.parameters(), lr=learning_rate)
     raise ValueError(f"unknown optimizer '{settings.optimizer}'")
 
 
@@ -65,22 +49,25 @@ def proximal_term(net: nn.Module, anchor: list[torch.Tensor], mu: float) -> torc
     return 0.5 * mu * sum(torch.sum((p - a) ** 2) for p, a in zip(net.parameters(), anchor))
 
 
-def train(net: nn.Module, data: TensorDataset, settings: TrainSettings) -> tuple[float, float]:
-    """Train for `settings.epochs` epochs of shuffled minibatches.
+def train(
+    net: nn.Module, data: TensorDataset, settings: TrainConfig, *, learning_rate: float, seed: int,
+) -> tuple[float, float]:
+    """Train for `settings.local_epochs` epochs of shuffled minibatches of
+    `settings.batch_size` at `learning_rate`; `seed` fixes the order and dropout masks.
 
     Returns the mean training loss and accuracy over all samples seen.
     """
     dev = next(net.parameters()).device
     images, labels = data.images.to(dev), data.labels.to(dev)
-    generator = torch.Generator().manual_seed(settings.seed)
-    torch.manual_seed(settings.seed)  # dropout masks
-    optimizer = make_optimizer(net, settings)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout masks
+    optimizer = make_optimizer(net, settings, learning_rate)
     anchor = [p.detach().clone() for p in net.parameters()] if settings.proximal_mu > 0 else []
     net.train()
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     n = len(labels)
-    for _ in range(settings.epochs):
+    for _ in range(settings.local_epochs):
         order = torch.randperm(n, generator=generator).to(dev)
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
@@ -93,7 +80,7 @@ def train(net: nn.Module, data: TensorDataset, settings: TrainSettings) -> tuple
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
             correct += (out.argmax(1) == y).sum()
-    seen = n * settings.epochs
+    seen = n * settings.local_epochs
     return float(loss_sum) / seen, float(correct) / seen
 
 
