@@ -10,7 +10,6 @@ model). Prints the median and the fastest of the
 repeats in seconds per round (on a shared machine the fastest is the least disturbed).
 """
 
-import json
 import statistics
 import time
 
@@ -93,8 +92,7 @@ def main() -> None:
         "repeats": args.repeats,
         "machine": machine(),
     }
-    write_json(args.json, figures)
-    print(json.dumps(figures, indent=2))
+    write_json(args.json, figures, show=True)
     print(f"\nclip + sum + noise, {args.clients} clients x {figures['parameters']:,} parameters, per round: "
           f"math {math_median:.3f} s (fastest {math_fastest:.3f} s); DPFedAvg.aggregate_fit incl. "
           f"(de)serialisation {fit_median:.3f} s (fastest {fit_fastest:.3f} s)")

@@ -9,7 +9,6 @@ size 32, SGD with momentum, in this process, alternating: the bare loop is
 samples/s of each and their ratio (goal: ours / bare >= 0.95).
 """
 
-import json
 import platform
 import statistics
 import time
@@ -74,8 +73,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
     }
     figures["ratio"] = figures["client_samples_per_s"] / figures["bare_samples_per_s"]
-    write_json(args.json, figures)
-    print(json.dumps(figures, indent=2))
+    write_json(args.json, figures, show=True)
     print(f"\nour client {figures['client_samples_per_s']:.0f} samples/s, bare loop "
           f"{figures['bare_samples_per_s']:.0f} samples/s: ratio {figures['ratio']:.3f}")
 

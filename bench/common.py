@@ -43,9 +43,12 @@ def add_json(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--json", type=Path, default=Path(name))
 
 
-def write_json(path: Path, figures: dict[str, Any]) -> None:
-    """Write `figures` to `path` as indented JSON."""
-    path.write_text(json.dumps(figures, indent=2) + "\n")
+def write_json(path: Path, figures: dict[str, Any], *, show: bool = False) -> None:
+    """Write `figures` to `path` as indented JSON (and print them with `show`)."""
+    text = json.dumps(figures, indent=2)
+    path.write_text(text + "\n")
+    if show:
+        print(text)
 
 
 def machine() -> str:

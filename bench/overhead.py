@@ -13,7 +13,6 @@ per round in steady state (rounds 2.., start-up apart). Goal: <= 1.10. On a GPU 
 both sides train on the GPU (`--gpus-per-client` is each simulated client's fraction).
 """
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -62,8 +61,7 @@ def main() -> None:
         "ratio_total": sim_total / plain_total, "ratio_steady_round": float(steady_sim / steady_plain),
         "machine": machine(),
     }
-    write_json(args.json, figures)
-    print(json.dumps(figures, indent=2))
+    write_json(args.json, figures, show=True)
     print(f"\nwhole run: simulation {sim_total:.1f} s vs plain {plain_total:.1f} s, ratio "
           f"{figures['ratio_total']:.2f}; steady-state round: {steady_sim:.2f} s vs {steady_plain:.2f} s, "
           f"ratio {figures['ratio_steady_round']:.2f}")

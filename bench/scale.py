@@ -13,7 +13,6 @@ round, and the peak memory of the whole simulation (PSS of every process: run_si
 SuperLink, ServerApp, Ray and its ClientApp workers). Goal: <= 15 ms per client.
 """
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -71,8 +70,7 @@ def main() -> None:
         "overhead_per_sampled_client_ms": per_client_ms, "peak_pss_gib": peak / 2**30,
         "machine": machine(),
     }
-    write_json(args.json, figures)
-    print(json.dumps(figures, indent=2))
+    write_json(args.json, figures, show=True)
     print(f"\n{args.num_clients} clients x {args.samples_per_client} samples, {args.clients_per_round} per round: "
           f"steady round {steady_sim:.2f} s (simulation) vs {steady_plain:.2f} s (its compute, plain loop); "
           f"overhead {per_client_ms:.1f} ms per sampled client; peak memory {peak / 2**30:.2f} GiB "

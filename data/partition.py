@@ -43,20 +43,13 @@ def _make_partitioner(spec: PartitionSpec) -> Partitioner:
 
     if spec.scheme == "iid":
         return IidPartitioner(num_partitions=spec.num_partitions)
-    if spec.scheme == "dirichlet":
-        return DirichletPartitioner(
-            num_partitions=spec.num_partitions,
-            partition_by="label",
-            alpha=spec.dirichlet_alpha,
-            seed=spec.seed,
-        )
-    if spec.scheme == "shards":
-        return ShardPartitioner(
-            num_partitions=spec.num_partitions,
-            partition_by="label",
-            num_shards_per_partition=spec.shards_per_client,
-            seed=spec.seed,
-        )
+    by_label = {
+        "dirichlet": (DirichletPartitioner, {"alpha": spec.dirichlet_alpha}),
+        "shards": (ShardPartitioner, {"num_shards_per_partition": spec.shards_per_client}),
+    }
+    if spec.scheme in by_label:
+        cls, own = by_label[spec.scheme]
+        return cls(num_partitions=spec.num_partitions, partition_by="label", seed=spec.seed, **own)
     raise ValueError(f"unknown partitioner '{spec.scheme}'; allowed: {', '.join(PARTITIONERS)}")
 
 

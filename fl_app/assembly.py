@@ -16,7 +16,7 @@ federation they form (`check_population`), or a `SecAggPlusServer` with
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -90,21 +90,9 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
         on_evaluate_config_fn=lambda r: {SERVER_ROUND: r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_model(cfg.train.model, cfg.run.seed))),
     )
-    return StrategyArgs(
-        common=common,
-        max_failure_fraction=cfg.strategy.max_failure_fraction,
-        max_examples_ratio=cfg.strategy.max_examples_ratio,
-        max_update_norm_ratio=cfg.strategy.max_update_norm_ratio,
-        server_learning_rate=cfg.strategy.server_learning_rate,
-        server_momentum=cfg.strategy.server_momentum,
-        server_beta_1=cfg.strategy.server_beta_1,
-        server_beta_2=cfg.strategy.server_beta_2,
-        server_tau=cfg.strategy.server_tau,
-        trim_fraction=cfg.strategy.trim_fraction,
-        num_malicious_clients=cfg.strategy.num_malicious_clients,
-        client_learning_rate=cfg.train.learning_rate,
-        qfedavg_q=cfg.strategy.qfedavg_q,
-    )
+    hyperparameters = {f.name: getattr(cfg.strategy, f.name) for f in fields(StrategyArgs)
+                       if f.name not in ("common", "client_learning_rate")}  # same names in the section
+    return StrategyArgs(common=common, client_learning_rate=cfg.train.learning_rate, **hyperparameters)
 
 
 def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:

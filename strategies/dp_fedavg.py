@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from flwr.common import (
     Code,
-    EvaluateRes,
     FitIns,
     FitRes,
     MetricsAggregationFn,
@@ -53,7 +52,7 @@ from strategies.privacy.mechanism import (
 from strategies.privacy.randomness import DPRandomness
 from strategies.privacy.sampling import poisson_sample
 from strategies.privacy.statement import central_privacy
-from strategies.screening import Accepted, Failures, UpdateScreen
+from strategies.screening import Accepted, AroundStrategy, Failures, UpdateScreen
 from strategies.state import load_strategy_state, strategy_state
 from strategies.wire import CLIENT_CLIP_NORM
 
@@ -67,7 +66,7 @@ def clients_by_key(client_manager: ClientManager) -> dict[str, ClientProxy]:
     return by_key() if by_key else client_manager.all()
 
 
-class DPFedAvg(Strategy):
+class DPFedAvg(AroundStrategy):
     """Client-level (ε, δ)-DP around `inner`: clipping norm S, noise multiplier σ, expected
     cohort size m, Poisson sampling, an accountant and an optional ε budget.
 
@@ -127,8 +126,7 @@ class DPFedAvg(Strategy):
         if secure_aggregation and clipping != "client":
             raise ValueError("secure aggregation needs clipping = 'client': the server never "
                              "sees an individual update to clip")
-        self.inner = inner
-        self.screen = screen
+        super().__init__(inner, screen)
         self.clipping = clipping
         self.clipping_norm = clipping_norm
         self.noise_multiplier = noise_multiplier
@@ -217,10 +215,6 @@ class DPFedAvg(Strategy):
                     f"{self.accountant.epsilon():.4f} to {next_epsilon:.4f} > "
                     f"dp-target-epsilon = {self.target_epsilon}")
         return None
-
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        """The inner strategy's initial model."""
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -333,26 +327,6 @@ class DPFedAvg(Strategy):
             **clipping_statistics(norms, self.clipping_norm, slack),
             "clipping_norm": self.clipping_norm,
         }
-
-    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
-        """The inner strategy's evaluation instructions."""
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: Failures,
-    ) -> tuple[float | None, dict[str, Scalar]]:
-        """The inner strategy's evaluation aggregate over the usable replies."""
-        usable = self.screen.evaluate_results(server_round, results)
-        if not usable:
-            return None, {}
-        return self.inner.aggregate_evaluate(server_round, usable, failures)
-
-    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
-        """The inner strategy's centralized evaluation."""
-        return self.inner.evaluate(server_round, parameters)
 
     def state_dict(self) -> dict[str, Any]:
         """Accountant, σ, S, population, `inner`'s state, generators (reproducible mode only)."""

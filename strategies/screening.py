@@ -101,7 +101,41 @@ def _arrays(res: FitRes) -> tuple[list[np.ndarray], str | None]:
         return [], f"unreadable tensors ({type(err).__name__})"
 
 
-class ScreenedStrategy(Strategy):
+class AroundStrategy(Strategy):
+    """A strategy around `inner` whose replies pass `screen`: the initial model and every
+    evaluation step are the inner strategy's, over the screened evaluation replies;
+    subclasses own the fit steps."""
+
+    def __init__(self, inner: Strategy, screen: UpdateScreen) -> None:
+        self.inner = inner
+        self.screen = screen
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """The inner strategy's initial model."""
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        """The inner strategy's evaluation instructions."""
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: Failures,
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """The inner strategy's evaluation aggregate over the usable replies."""
+        usable = self.screen.evaluate_results(server_round, results)
+        if not usable:
+            return None, {}
+        return self.inner.aggregate_evaluate(server_round, usable, failures)
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        """The inner strategy's centralized evaluation."""
+        return self.inner.evaluate(server_round, parameters)
+
+
+class ScreenedStrategy(AroundStrategy):
     """A Flower strategy (`inner`) behind an `UpdateScreen`, with the round rules of the
     app's strategies without central DP. Before `inner.aggregate_fit`:
 
@@ -123,8 +157,7 @@ class ScreenedStrategy(Strategy):
 
     def __init__(self, inner: Strategy, screen: UpdateScreen, *, max_failure_fraction: float,
                  max_examples_ratio: float, max_update_norm_ratio: float) -> None:
-        self.inner = inner
-        self.screen = screen
+        super().__init__(inner, screen)
         self.max_failure_fraction = max_failure_fraction
         self.max_examples_ratio = max_examples_ratio
         self.max_update_norm_ratio = max_update_norm_ratio
@@ -132,10 +165,6 @@ class ScreenedStrategy(Strategy):
 
     def __repr__(self) -> str:
         return repr(self.inner)
-
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        """The inner strategy's initial model."""
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -172,26 +201,6 @@ class ScreenedStrategy(Strategy):
             metrics["client_epsilon_max"] = max(epsilons)
             metrics["client_epsilon_mean"] = sum(epsilons) / len(epsilons)
         return parameters, metrics
-
-    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
-        """The inner strategy's evaluation instructions."""
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: Failures,
-    ) -> tuple[float | None, dict[str, Scalar]]:
-        """The inner strategy's evaluation aggregate over the usable replies."""
-        usable = self.screen.evaluate_results(server_round, results)
-        if not usable:
-            return None, {}
-        return self.inner.aggregate_evaluate(server_round, usable, failures)
-
-    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
-        """The inner strategy's centralized evaluation."""
-        return self.inner.evaluate(server_round, parameters)
 
     def _too_many_failures(self, server_round: int, num_results: int, failures: Failures) -> bool:
         """Whether failures exceed `max_failure_fraction` of the round's replies (logged)."""
