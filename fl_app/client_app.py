@@ -7,6 +7,7 @@ node-config or else run-config).
 """
 
 import json
+import threading
 
 import numpy as np
 from flwr.client import Client, ClientApp, NumPyClient
@@ -21,6 +22,8 @@ from data.partition import PartitionSpec, client_split, partition_indices
 from data.site_data import load_site_data
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig, client_config
+from torch import nn
+
 from fl_app.model import build_model
 from fl_app.task import device, evaluate, get_weights, make_optimizer, set_weights, train
 from strategies.privacy.mechanism import clip_update, model_delta
@@ -40,6 +43,19 @@ from strategies.wire import (
 
 
 ACCOUNTANT_RECORD = "local-dp-accountant"
+
+
+_models = threading.local()
+
+
+def thread_model(name: str) -> nn.Module:
+    """The model `name` of this thread, built once per process and thread: every fit and
+    evaluate loads the whole global model into it first (parameters and buffers), so
+    nothing of one call reaches the next, and a ClientApp call does not build a model."""
+    models = _models.__dict__
+    if name not in models:
+        models[name] = build_model(name).to(device())
+    return models[name]
 
 
 class FlowerClient(NumPyClient):
@@ -66,7 +82,12 @@ class FlowerClient(NumPyClient):
         self.state = state if state is not None else RecordDict()
         self.attacker = attacker
         self.key = key or f"partition-{client_key:06d}"
-        self.net = build_model(cfg.train.model).to(device())
+
+    @property
+    def net(self) -> nn.Module:
+        """This thread's model (`thread_model`): built at the first fit or evaluate, never
+        for the key query."""
+        return thread_model(self.cfg.train.model)
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """The key the server orders and samples clients by (stable across runs)."""
