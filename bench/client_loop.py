@@ -22,7 +22,7 @@ from fl_app.client_app import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.model import Net
 from fl_app.task import get_weights
-from strategies.wire import LEARNING_RATE, SERVER_ROUND
+from strategies.wire import FINAL_LEARNING_RATE, LEARNING_RATE, SERVER_ROUND
 
 
 def bare_loop(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int) -> None:
@@ -61,7 +61,7 @@ def main() -> None:
     ours, bare = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        client.fit(weights, {SERVER_ROUND: 1, LEARNING_RATE: 0.02})
+        client.fit(weights, {SERVER_ROUND: 1, LEARNING_RATE: 0.02, FINAL_LEARNING_RATE: 0.02})
         ours.append(n / (time.perf_counter() - start))
         start = time.perf_counter()
         bare_loop(train_set.images, train_set.labels, args.epochs, 32)

@@ -17,11 +17,12 @@ import numpy as np
 import psutil
 import torch
 
-from fl_app.assembly import load_test_set, round_learning_rate
+from fl_app.assembly import load_test_set
 from fl_app.client_app import load_client_data
 from fl_app.config import AppConfig, project_defaults
 from fl_app.model import seeded_net
 from fl_app.run_dir import RunDir
+from fl_app.schedule import round_learning_rates
 from fl_app.task import device, evaluate, get_weights, set_weights, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,33 @@ class PeakMemory(threading.Thread):
             self.peak_bytes = max(self.peak_bytes, total)
 
 
+class GpuUtilisation(threading.Thread):
+    """GPU utilisation (%) and memory used (MiB) read from `nvidia-smi` every `interval`
+    seconds, with the seconds since the sampler started; no samples without nvidia-smi."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+
+    def __init__(self, interval: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.samples = interval, []
+        self.started = time.time()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                out = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10, check=True).stdout
+            except (OSError, subprocess.SubprocessError):
+                return
+            util, memory = (float(v) for v in out.splitlines()[0].split(","))
+            self.samples.append((time.time() - self.started, util, memory))
+
+    def mean_between(self, start: float, end: float) -> float | None:
+        """Mean utilisation of the samples taken between `start` and `end` (seconds since start)."""
+        inside = [u for t, u, _ in self.samples if start <= t <= end]
+        return sum(inside) / len(inside) if inside else None
+
+
 def timed_simulation(args: argparse.Namespace, run_config: str, out: Path) -> tuple[float, list[float], int]:
     """(total seconds, seconds per round, peak PSS in bytes) of run_simulation.py."""
     start = time.perf_counter()
@@ -142,7 +170,7 @@ def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str,
         for pid in cohort:
             data = clients[pid]
             set_weights(net, global_weights)
-            train(net, data, cfg.train, learning_rate=round_learning_rate(cfg, server_round),
+            train(net, data, cfg.train, learning_rates=round_learning_rates(cfg, server_round),
                   seed=cfg.run.seed + pid + server_round)
             new.append(get_weights(net))
             counts.append(len(data))

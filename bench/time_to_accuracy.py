@@ -2,14 +2,17 @@
 experiment with IID and Dirichlet partitions.
 
     python -m bench.time_to_accuracy [--partitioners iid dirichlet] [--rounds 10 20] \
-        [--target 0.99] [--gpus-per-client 0] [--json time_to_accuracy.json]
+        [--target 0.99] [--gpus-per-client 0] [--num-clients 10] [--run-config "key=value ..."] \
+        [--json time_to_accuracy.json]
 
-Each partitioner gets one run_simulation.py run with the app's defaults (10 clients x
-6000 MNIST samples, all clients every round, 2 local epochs, batch 32, SGD 0.02 with
-momentum 0.9 decayed by a cosine over the run's rounds; Dirichlet alpha 0.5) and its own
-number of rounds. Reports the first round whose centralized test accuracy reaches the
-target, the training seconds until then (the rounds' own times) and the wall time from
-the command's start (start-up included), read from the run's history.
+Each partitioner gets one run_simulation.py run with the app's defaults (the reference
+experiment: 10 clients x 6000 MNIST samples, all clients every round; Dirichlet alpha
+0.5), changed by `--run-config`, and its own number of rounds. Reports the first round
+whose centralized test accuracy reaches the target, the sample passes, the training
+seconds until then (the rounds' own times) and the wall time from the command's start
+until then (start-up included; the run's shutdown too, an upper bound), read from the
+run's history; on a GPU machine also the mean GPU utilisation during the rounds
+(nvidia-smi, every second; the rounds taken to end 5 s before the command).
 """
 
 import argparse
@@ -20,34 +23,57 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import APP_DEFAULTS, ROOT, add_data_dir, add_json, argument_parser, machine, write_json
+from flwr.common.config import parse_config_args
+
+from bench.common import (APP_DEFAULTS, ROOT, GpuUtilisation, add_data_dir, add_json, argument_parser, machine,
+                          write_json)
+from fl_app.config import AppConfig
 from fl_app.run_dir import RunDir
 
 
 def run(partitioner: str, rounds: int, args: argparse.Namespace, out: Path) -> dict:
     """One run; its history rows and wall time per round since the command started."""
     config = (f"partitioner='{partitioner}' dirichlet-alpha={args.alpha} data-dir='{args.data_dir.resolve()}' "
-              f"data-download=false fraction-evaluate=0.0 output-dir='{out}'")
+              f"data-download=false fraction-evaluate=0.0 output-dir='{out}' {args.run_config}")
     command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
                "--rounds", str(rounds), "--gpus-per-client", str(args.gpus_per_client), "--run-config", config]
-    started = time.time()
+    gpu = GpuUtilisation()
+    gpu.start()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    wall = time.time() - gpu.started
+    gpu.done.set()
     if done.returncode != 0:
         raise SystemExit(f"{partitioner} run failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
     (run_dir,) = out.iterdir()
     rows = RunDir(run_dir).read_history()
     reached = next((r for r in rows if r["round"] > 0 and r["centralized_accuracy"] >= args.target), None)
     training = [r["seconds"] for r in rows if r["round"] > 0]
+    to_target = sum(training[: reached["round"]]) if reached else None
+    outside_rounds = wall - sum(training)  # start-up, round 0's evaluation and the shutdown
+    cfg = AppConfig.from_run_config(APP_DEFAULTS | parse_config_args([config]) | {"num-server-rounds": rounds})
     return {
         "partitioner": partitioner, "rounds_run": rounds,
         "accuracy": [r["centralized_accuracy"] for r in rows],
         "round_seconds": [r["seconds"] for r in rows],
         "round_reached": reached["round"] if reached else None,
-        "training_seconds_to_target": sum(training[: reached["round"]]) if reached else None,
+        "sample_passes_to_target": sample_passes(RunDir(run_dir), cfg, reached["round"]) if reached else None,
+        "training_seconds_to_target": to_target,
+        "wall_s_to_target": wall - sum(training[reached["round"]:]) if reached else None,  # shutdown included
         "final_accuracy": rows[-1]["centralized_accuracy"],
         "best_accuracy": max(r["centralized_accuracy"] for r in rows),
-        "command_wall_s": time.time() - started,
+        "command_wall_s": wall,
+        "outside_rounds_s": outside_rounds,
+        "gpu_utilisation_during_rounds": gpu.mean_between(wall - sum(training) - 5.0, wall - 5.0),
+        "gpu_samples": gpu.samples,
     }
+
+
+def sample_passes(run: RunDir, cfg: AppConfig, last_round: int) -> int | None:
+    """Samples trained on in rounds 1..`last_round`: the examples the clients reported
+    times the local epochs (None where clients.jsonl holds no counts, as under DP)."""
+    counts = [r["num_examples"] for r in run.read_clients()
+              if r.get("phase") == "train" and r["round"] <= last_round and "num_examples" in r]
+    return sum(counts) * cfg.train.local_epochs if counts else None
 
 
 def main() -> None:
@@ -60,6 +86,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=APP_DEFAULTS["dirichlet-alpha"])
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
+    parser.add_argument("--run-config", default="", help="run-config overrides for every run")
     add_data_dir(parser)
     add_json(parser, "time_to_accuracy.json")
     args = parser.parse_args()
@@ -74,14 +101,16 @@ def main() -> None:
             print(json.dumps(result), flush=True)
     figures = {"setup": {k: str(v) for k, v in vars(args).items()}, "runs": results, "machine": machine()}
     write_json(args.json, figures)
-    print(f"\n| partitioner | rounds run | round reaching {args.target:.1%} | training s until then "
-          "| best accuracy | command wall s |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| partitioner | rounds run | round reaching {args.target:.1%} | sample passes | training s "
+          "until then | s from the command's start | best accuracy | s outside rounds | GPU utilisation in rounds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        reached = "not reached" if r["round_reached"] is None else str(r["round_reached"])
-        seconds = "—" if r["training_seconds_to_target"] is None else f"{r['training_seconds_to_target']:.1f}"
-        print(f"| {r['partitioner']} | {r['rounds_run']} | {reached} | {seconds} | {r['best_accuracy']:.2%} "
-              f"| {r['command_wall_s']:.1f} |")
+        def show(value, fmt="{:.1f}"):
+            return "—" if value is None else fmt.format(value)
+        print(f"| {r['partitioner']} | {r['rounds_run']} | {show(r['round_reached'], '{}')} "
+              f"| {show(r['sample_passes_to_target'], '{:,}')} | {show(r['training_seconds_to_target'])} "
+              f"| {show(r['wall_s_to_target'])} | {r['best_accuracy']:.2%} | {r['outside_rounds_s']:.1f} "
+              f"| {show(r['gpu_utilisation_during_rounds'], '{:.0f}%')} |")
 
 
 if __name__ == "__main__":

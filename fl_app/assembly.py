@@ -14,7 +14,6 @@ federation they form (`check_population`), or a `SecAggPlusServer` with
 `secure-aggregation = true`, which needs Flower's transport (a `Grid`).
 """
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from logging import INFO, WARNING
@@ -33,6 +32,7 @@ from fl_app.config import AppConfig, ConfigError, auto_settings, check_partition
 from fl_app.model import build_model, seeded_model
 from fl_app.outputs import RunRecorder, output_dir_problem, resolve_output_dir
 from fl_app.run_dir import new_run_dir
+from fl_app.schedule import round_learning_rates
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
 from fl_app.task import device, evaluate, get_weights, set_weights
@@ -44,16 +44,13 @@ from strategies.privacy.randomness import DPRandomness
 from strategies.privacy.release import ReleasePolicy
 from strategies.privacy.statement import LocalPrivacyLedger
 from strategies.registry import StrategyArgs
-from strategies.wire import LEARNING_RATE, SERVER_ROUND
+from strategies.wire import FINAL_LEARNING_RATE, LEARNING_RATE, SERVER_ROUND
 
 
-def round_learning_rate(cfg: AppConfig, server_round: int) -> float:
-    """The clients' learning rate in `server_round` (1-based): constant, or cosine-decayed
-    from `learning-rate` towards 0 over `num-server-rounds`."""
-    if cfg.train.lr_schedule == "constant":
-        return cfg.train.learning_rate
-    progress = (server_round - 1) / cfg.run.num_server_rounds
-    return cfg.train.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+def fit_config(cfg: AppConfig, server_round: int) -> dict[str, Scalar]:
+    """What the clients are told for `server_round`: the round and its learning rates."""
+    first, last = round_learning_rates(cfg, server_round)
+    return {SERVER_ROUND: server_round, LEARNING_RATE: first, FINAL_LEARNING_RATE: last}
 
 
 def load_test_set(cfg: AppConfig, data_dir: str) -> TensorDataset:
@@ -86,7 +83,7 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
         min_evaluate_clients=cfg.strategy.min_evaluate_clients,
         min_available_clients=cfg.strategy.min_available_clients,
         evaluate_fn=centralized_evaluator(test_set, cfg.train.model),
-        on_fit_config_fn=lambda r: {SERVER_ROUND: r, LEARNING_RATE: round_learning_rate(cfg, r)},
+        on_fit_config_fn=lambda r: fit_config(cfg, r),
         on_evaluate_config_fn=lambda r: {SERVER_ROUND: r},
         initial_parameters=ndarrays_to_parameters(get_weights(seeded_model(cfg.train.model, cfg.run.seed))),
     )

@@ -35,6 +35,7 @@ from strategies.wire import (
     DP_NOISE_MULTIPLIER,
     DP_ROUNDS,
     DP_SAMPLE_RATE,
+    FINAL_LEARNING_RATE,
     LEARNING_RATE,
     SERVER_ROUND,
     TRAIN_ACCURACY,
@@ -100,13 +101,14 @@ class FlowerClient(NumPyClient):
         set_weights(self.net, parameters)
         server_round = int(config[SERVER_ROUND])
         seed = np.random.SeedSequence([self.cfg.run.seed, self.client_key, server_round])
-        learning_rate, train_seed = float(config[LEARNING_RATE]), int(seed.generate_state(1)[0])
+        learning_rates = float(config[LEARNING_RATE]), float(config[FINAL_LEARNING_RATE])
+        train_seed = int(seed.generate_state(1)[0])
         metrics: dict[str, Scalar] = {}
-        if self.cfg.dp.mode == "local":
-            loss, accuracy, privacy = self._train_private(learning_rate, train_seed)
+        if self.cfg.dp.mode == "local":  # DP-SGD trains the whole round at its first rate
+            loss, accuracy, privacy = self._train_private(learning_rates[0], train_seed)
             metrics.update(privacy)
         else:
-            loss, accuracy = train(self.net, self.train_set, self.cfg.train, learning_rate=learning_rate,
+            loss, accuracy = train(self.net, self.train_set, self.cfg.train, learning_rates=learning_rates,
                                    seed=train_seed)
         if self.releases_own_figures:
             metrics.update({TRAIN_LOSS: loss, TRAIN_ACCURACY: accuracy})

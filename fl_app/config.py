@@ -23,8 +23,8 @@ from strategies.privacy.adaptive_clipping import check_count_noise
 from strategies.dp_fedavg import CLIPPING_MODES
 from strategies.registry import BUILT_IN, LINEAR, load_strategy_class
 
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adadelta")
+LR_SCHEDULES = ("constant", "cosine", "exp")
 DP_MODES = ("off", "central", "local")
 MNIST_TEST_SIZE = 10_000
 ATTACKS = ("sign-flip", "scaled-noise", "nan")
@@ -158,6 +158,8 @@ class TrainConfig:
     learning_rate: float = setting("learning-rate", _float(0, INF, True, True))
     momentum: float = setting("momentum", _float(0, 1, False, True))
     lr_schedule: str = setting("lr-schedule", _choice(*LR_SCHEDULES))
+    lr_decay_rate: float = setting("lr-decay-rate", _float(0, 1, True, False))
+    lr_warmup_rounds: int = setting("lr-warmup-rounds", _int(0))
     proximal_mu: float = setting("proximal-mu", _float(0, INF, False, True))
 
 
@@ -314,6 +316,9 @@ class AppConfig:
             raise refuse("checkpoint-every", self.run.checkpoint_every,
                          "0 or 1 with dp-mode = 'central': each released round is checkpointed before it "
                          "leaves the server, so a resumed run never computes a released round again")
+        if self.train.lr_warmup_rounds >= self.run.num_server_rounds:
+            raise refuse("lr-warmup-rounds", self.train.lr_warmup_rounds,
+                         f"fewer than num-server-rounds = {self.run.num_server_rounds}")
         check_strategy(self, load_strategy=load_strategy)
         if self.run.resume_from and dp.mode == "local":
             raise refuse("resume-from", self.run.resume_from,

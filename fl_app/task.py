@@ -8,6 +8,7 @@ from torch import nn
 
 from data.mnist import TensorDataset
 from fl_app.config import TrainConfig
+from fl_app.schedule import step_learning_rate
 
 EVAL_BATCH_SIZE = 1000
 
@@ -35,11 +36,13 @@ def device() -> torch.device:
 
 
 def make_optimizer(net: nn.Module, settings: TrainConfig, learning_rate: float) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam, as `settings.optimizer` says, at `learning_rate`."""
+    """SGD with momentum, Adam or Adadelta, as `settings.optimizer` says, at `learning_rate`."""
     if settings.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=settings.momentum)
     if settings.optimizer == "adam":
         return torch.optim.Adam(net.parameters(), lr=learning_rate)
+    if settings.optimizer == "adadelta":
+        return torch.optim.Adadelta(net.parameters(), lr=learning_rate)
     raise ValueError(f"unknown optimizer '{settings.optimizer}'")
 
 
@@ -50,10 +53,12 @@ def proximal_term(net: nn.Module, anchor: list[torch.Tensor], mu: float) -> torc
 
 
 def train(
-    net: nn.Module, data: TensorDataset, settings: TrainConfig, *, learning_rate: float, seed: int,
+    net: nn.Module, data: TensorDataset, settings: TrainConfig, *, learning_rates: tuple[float, float],
+    seed: int,
 ) -> tuple[float, float]:
     """Train for `settings.local_epochs` epochs of shuffled minibatches of
-    `settings.batch_size` at `learning_rate`; `seed` fixes the order and dropout masks.
+    `settings.batch_size`, the learning rate moving linearly from the first of
+    `learning_rates` to the last over the steps; `seed` fixes the order and dropout masks.
 
     Returns the mean training loss and accuracy over all samples seen.
     """
@@ -61,17 +66,23 @@ def train(
     images, labels = data.images.to(dev), data.labels.to(dev)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
-    optimizer = make_optimizer(net, settings, learning_rate)
+    first, last = learning_rates
+    optimizer = make_optimizer(net, settings, first)
     anchor = [p.detach().clone() for p in net.parameters()] if settings.proximal_mu > 0 else []
     net.train()
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     n = len(labels)
+    steps = settings.local_epochs * -(-n // settings.batch_size)
+    step = 0
     for _ in range(settings.local_epochs):
         order = torch.randperm(n, generator=generator).to(dev)
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
             x, y = images[idx], labels[idx]
+            for group in optimizer.param_groups:
+                group["lr"] = step_learning_rate(first, last, step, steps)
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             out = net(x)
             loss = F.nll_loss(out, y)

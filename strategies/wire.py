@@ -4,7 +4,8 @@ report, and what the server accepts of them, is in strategies/client_reports.py.
 
 # FitIns / EvaluateIns config
 SERVER_ROUND = "server-round"  # the round (int, from 1)
-LEARNING_RATE = "learning-rate"  # FitIns: the clients' learning rate this round
+LEARNING_RATE = "learning-rate"  # FitIns: the clients' learning rate at the round's first step
+FINAL_LEARNING_RATE = "final-learning-rate"  # FitIns: ... and at its end (linear in between)
 CLIENT_CLIP_NORM = "client-clip-norm"  # FitIns, client clipping: clip Δ to this S, send Δ
 
 # GetPropertiesRes properties

@@ -30,7 +30,7 @@ def test_fit_trains_and_reports_examples_and_metrics(default_run_config, mnist_d
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 10)
     client = FlowerClient(cfg, 0, train_set, val_set)
     initial = get_weights(seeded_net(0))
-    weights, n, metrics = client.fit(initial, {"server-round": 1, "learning-rate": 0.05})
+    weights, n, metrics = client.fit(initial, {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
     assert n == 270
     assert [w.shape for w in weights] == [w.shape for w in initial]
     assert any(not np.array_equal(a, b) for a, b in zip(weights, initial))
@@ -47,7 +47,7 @@ def test_a_site_with_its_own_data_trains_on_all_of_it(default_run_config, mnist_
     ctx = Context(run_id=1, node_id=987654321, state=RecordDict(), run_config=run_config,
                   node_config={"data-dir": str(tmp_path / "site")})
     res = client_fn(ctx).fit(FitIns(ndarrays_to_parameters(get_weights(seeded_net(0))),
-                                    {"server-round": 1, "learning-rate": 0.05}))
+                                    {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05}))
     assert res.num_examples == 180
     partition_id, train_set, val_set = node_data(AppConfig.from_run_config(run_config), ctx.node_config)
     assert partition_id is None

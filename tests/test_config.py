@@ -22,7 +22,7 @@ def test_defaults_are_valid_and_cover_every_key(default_run_config):
     "key, value, allowed",
     [
         ("partitioner", "random", "one of 'iid', 'dirichlet', 'shards'"),
-        ("optimizer", "rmsprop", "one of 'sgd', 'adam'"),
+        ("optimizer", "rmsprop", "one of 'sgd', 'adam', 'adadelta'"),
         ("dirichlet-alpha", 0.0, "a number in (0, infinity)"),
         ("dirichlet-alpha", -1, "a number in (0, infinity)"),
         ("fraction-fit", 0.0, "a number in (0, 1]"),
@@ -36,7 +36,7 @@ def test_defaults_are_valid_and_cover_every_key(default_run_config):
         ("batch-size", 3.5, "an integer >= 1"),
         ("local-epochs", True, "an integer >= 1"),
         ("learning-rate", 0, "a number in (0, infinity)"),
-        ("lr-schedule", "step", "one of 'constant', 'cosine'"),
+        ("lr-schedule", "step", "one of 'constant', 'cosine', 'exp'"),
         ("validation-fraction", 1.0, "a number in [0, 1)"),
         ("data-dir", "", "a non-empty string"),
         ("data-download", "yes", "true or false"),

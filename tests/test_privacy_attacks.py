@@ -110,7 +110,7 @@ def client_update(run_config: dict, mnist_dir: str) -> np.ndarray:
     cfg = AppConfig.from_run_config(run_config)
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 10)
     client = FlowerClient(cfg, 0, train_set, val_set, RecordDict())
-    weights, _, _ = client.fit(get_weights(seeded_net(cfg.run.seed)), {"server-round": 1, "learning-rate": 0.05})
+    weights, _, _ = client.fit(get_weights(seeded_net(cfg.run.seed)), {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
     return flat(weights)
 
 
@@ -191,7 +191,7 @@ def test_clients_send_no_update_norm_and_no_exact_figures_under_dp(central, mnis
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 3)
     client = FlowerClient(cfg, 0, train_set, val_set)
     weights, n, metrics = client.fit(get_weights(seeded_model(cfg.train.model, cfg.run.seed)),
-                                     {"server-round": 1, "learning-rate": 0.02, CLIENT_CLIP_NORM: 1.0})
+                                     {"server-round": 1, "learning-rate": 0.02, "final-learning-rate": 0.02, CLIENT_CLIP_NORM: 1.0})
     assert metrics == {} and n == len(train_set)
     assert np.linalg.norm(flat(weights)) <= 1.0 + 1e-5  # it sends its clipped Δ
     with pytest.raises(PermissionError, match="federated evaluation is withheld under DP"):

@@ -7,7 +7,7 @@ import torch
 from data.mnist import load_mnist
 from fl_app.config import AppConfig
 from fl_app.model import seeded_net
-from fl_app.assembly import round_learning_rate
+from fl_app.schedule import round_learning_rates
 from fl_app.task import evaluate, get_weights, train
 
 
@@ -26,14 +26,14 @@ def settings(**kw) -> dict:
     kw = {"local_epochs": 2, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9} | kw
     own = {f.name for f in fields(section)}
     return {"settings": replace(section, **{k: v for k, v in kw.items() if k in own}),
-            "learning_rate": kw.get("learning_rate", 0.05), "seed": kw.get("seed", 0)}
+            "learning_rates": kw.get("learning_rates", (0.05, 0.05)), "seed": kw.get("seed", 0)}
 
 
-@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 1e-3)])
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 1e-3), ("adadelta", 1.0)])
 def test_training_lowers_the_loss(small, optimizer, lr):
     net = seeded_net(0)
     before, _ = evaluate(net, small)
-    train(net, small, **settings(optimizer=optimizer, learning_rate=lr))
+    train(net, small, **settings(optimizer=optimizer, learning_rates=(lr, lr)))
     after, accuracy = evaluate(net, small)
     assert after < 0.5 * before and accuracy > 0.7
 
@@ -55,10 +55,49 @@ def test_minibatches_cover_every_sample_once_per_epoch(small):
     assert seen == ([100] * 5 + [12]) * 3
 
 
-def test_cosine_schedule_decays_from_learning_rate(default_run_config):
-    cfg = AppConfig.from_run_config(default_run_config | {"learning-rate": 0.1, "num-server-rounds": 4})
-    rates = [round_learning_rate(cfg, r) for r in range(1, 5)]
-    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
-    assert rates == pytest.approx(expected) and rates[0] == 0.1
-    constant = AppConfig.from_run_config(default_run_config | {"lr-schedule": "constant"})
-    assert round_learning_rate(constant, 7) == constant.train.learning_rate
+def schedule(default_run_config, **kw) -> AppConfig:
+    return AppConfig.from_run_config(default_run_config | {"learning-rate": 0.1, "num-server-rounds": 4,
+                                                           "lr-warmup-rounds": 0} | kw)
+
+
+def test_cosine_schedule_decays_from_learning_rate_to_zero(default_run_config):
+    cfg = schedule(default_run_config, **{"lr-schedule": "cosine"})
+    rates = [round_learning_rates(cfg, r) for r in range(1, 5)]
+    boundaries = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert [r for pair in rates for r in pair] == pytest.approx(
+        [r for pair in zip(boundaries, boundaries[1:]) for r in pair])
+    assert rates[0][0] == 0.1 and rates[-1][1] == pytest.approx(0.0)
+    constant = schedule(default_run_config, **{"lr-schedule": "constant"})
+    assert round_learning_rates(constant, 3) == (0.1, 0.1)
+
+
+def test_exp_schedule_with_warm_up(default_run_config):
+    cfg = schedule(default_run_config, **{"lr-schedule": "exp", "lr-decay-rate": 0.5, "lr-warmup-rounds": 2})
+    rates = [round_learning_rates(cfg, r) for r in range(1, 5)]
+    assert [r for pair in rates for r in pair] == pytest.approx(
+        [0.0, 0.025, 0.025, 0.025, 0.025, 0.0125, 0.0125, 0.00625])
+
+
+def test_the_learning_rate_moves_linearly_over_the_round_steps(small):
+    net, rates = seeded_net(0), []
+    net.register_forward_hook(lambda m, inp, out: rates.append(optimizer_lr[0]))
+    optimizer_lr = [None]
+    original = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        optimizer_lr[0] = self.param_groups[0]["lr"]
+        return original(self, *args, **kwargs)
+
+    torch.optim.SGD.step = step
+    try:
+        train(net, small, **settings(local_epochs=2, batch_size=128, learning_rates=(0.08, 0.0)))
+    finally:
+        torch.optim.SGD.step = original
+    assert rates[1:] + [optimizer_lr[0]] == pytest.approx([0.08 * (1 - k / 8) for k in range(8)])
+
+
+def test_a_warm_up_as_long_as_the_run_is_refused(default_run_config):
+    from fl_app.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lr-warmup-rounds = 4 \(allowed: fewer than num-server-rounds = 4\)"):
+        schedule(default_run_config, **{"lr-warmup-rounds": 4})
