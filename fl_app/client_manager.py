@@ -4,7 +4,8 @@ ids, which are random per simulation run, and sampled with a seeded generator wh
 state is checkpointed, instead of the process-global `random`."""
 
 import threading
-from logging import WARNING
+import time
+from logging import INFO, WARNING
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,8 +34,12 @@ class KeyedClientManager(SimpleClientManager):
         """Ask every connected client for its key in the background (started, returned):
         the query, and the clients' start-up it sets off, overlaps what the server does
         meanwhile (round 0's evaluation)."""
-        thread = threading.Thread(target=lambda: self._fetch_keys(list(self.all())), daemon=True,
-                                  name="client-keys")
+        def fetch() -> None:
+            start, cids = time.perf_counter(), list(self.all())
+            self._fetch_keys(cids)
+            log(INFO, "client keys: %s clients reported theirs in %.1f s", len(cids), time.perf_counter() - start)
+
+        thread = threading.Thread(target=fetch, daemon=True, name="client-keys")
         thread.start()
         return thread
 
