@@ -1,7 +1,7 @@
 """Run the app in Flower's simulation engine on this machine, start to finish.
 
     python run_simulation.py --num-clients 10 --rounds 5 [--cpus-per-client 1]
-        [--gpus-per-client 0.2] [--ray-address HOST:PORT] [--run-config "key=value ..."]
+        [--gpus-per-client 0.2] [--ray-address HOST:PORT] [--verbose] [--run-config "key=value ..."]
 
 Validates the configuration first, starts a private SuperLink (free port, its own
 FLWR_HOME, no per-run dependency installation), submits the app with `flwr run
@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ray-address", default=None,
                         help="attach to a running Ray cluster (HOST:PORT of a `ray start --head` "
                              "node) instead of starting Ray on this machine")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Flower's DEBUG log, each line timestamped (federation-config verbose = true)")
     parser.add_argument("--run-config", default="",
                         help='run-config overrides, e.g. "local-epochs=2 optimizer=\'adam\'"')
     return parser.parse_args(argv)
@@ -125,7 +127,8 @@ def simulate(args: argparse.Namespace, run_config: dict[str, Any], flwr_home: Pa
         federation = (
             f"num-supernodes={args.num_clients} "
             f"client-resources-num-cpus={args.cpus_per_client} "
-            f"client-resources-num-gpus={args.gpus_per_client}"
+            f"client-resources-num-gpus={args.gpus_per_client} "
+            f"verbose={toml_value(args.verbose)}"
         )
         command = [flower_executable("flwr"), "run", str(APP_DIR), CONNECTION, "--stream",
                    "--federation-config", federation]

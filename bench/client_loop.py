@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from bench.common import APP_DEFAULTS, add_data_dir, add_json, argument_parser, write_json
 from data.mnist import load_mnist
-from fl_app.client_app import FlowerClient, load_client_data
+from fl_app.client import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.model import Net
 from fl_app.task import get_weights

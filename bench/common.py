@@ -11,14 +11,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import psutil
 import torch
 
 from fl_app.assembly import load_test_set
-from fl_app.client_app import load_client_data
+from fl_app.client import load_client_data
 from fl_app.config import AppConfig, project_defaults
 from fl_app.model import seeded_net
 from fl_app.run_dir import RunDir
@@ -118,23 +118,34 @@ class GpuUtilisation(threading.Thread):
         return sum(inside) / len(inside) if inside else None
 
 
-def timed_simulation(args: argparse.Namespace, run_config: str, out: Path) -> tuple[float, list[float], int]:
-    """(total seconds, seconds per round, peak PSS in bytes) of run_simulation.py."""
-    start = time.perf_counter()
+class TimedRun(NamedTuple):
+    """A timed run_simulation.py run: its output lines with their arrival times."""
+
+    start: float  # epoch seconds at the command
+    total_s: float
+    round_s: list[float]
+    peak_bytes: int  # peak PSS
+    lines: list[tuple[float, str]]  # (epoch seconds at arrival, line)
+
+
+def timed_simulation(args: argparse.Namespace, run_config: str, out: Path, *options: str) -> TimedRun:
+    """Run run_simulation.py (with `options`, e.g. --verbose), timing it and its output lines."""
+    start, clock = time.time(), time.perf_counter()
     command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
-               "--rounds", str(args.rounds), "--gpus-per-client", str(args.gpus_per_client),
+               "--rounds", str(args.rounds), "--gpus-per-client", str(args.gpus_per_client), *options,
                "--run-config", run_config + f" output-dir='{out}'"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     memory = PeakMemory(proc.pid)
     memory.start()
-    output, _ = proc.communicate()
+    lines = [(time.time(), line) for line in proc.stdout]
+    proc.wait()
     memory.done.set()
-    total = time.perf_counter() - start
+    total = time.perf_counter() - clock
     if proc.returncode != 0:
-        raise RuntimeError(output[-6000:])
+        raise RuntimeError("".join(line for _, line in lines)[-6000:])
     (run_dir,) = out.iterdir()
     rows = RunDir(run_dir).read_history()
-    return total, [r["seconds"] for r in rows if r["round"] > 0], memory.peak_bytes
+    return TimedRun(start, total, [r["seconds"] for r in rows if r["round"] > 0], memory.peak_bytes, lines)
 
 
 def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> RunDir:

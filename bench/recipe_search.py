@@ -27,7 +27,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from bench.common import APP_DEFAULTS, add_data_dir, add_json, argument_parser, machine, write_json
 from fl_app.assembly import load_test_set
-from fl_app.client_app import load_client_data
+from fl_app.client import load_client_data
 from fl_app.config import AppConfig
 from fl_app.model import build_model, seeded_model
 from fl_app.schedule import round_learning_rates

@@ -58,7 +58,8 @@ def main() -> None:
                                            clients_per_round=args.clients_per_round)
     plain_wall = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
-        sim_total, sim_rounds, peak = timed_simulation(args, run_config, Path(tmp) / "sim")
+        sim = timed_simulation(args, run_config, Path(tmp) / "sim")
+        sim_total, sim_rounds, peak = sim.total_s, sim.round_s, sim.peak_bytes
     steady_sim, steady_plain = float(np.mean(sim_rounds[1:])), float(np.mean(plain_rounds[1:]))
     per_client_ms = 1000 * (steady_sim - steady_plain) / args.clients_per_round
     figures = {

@@ -4,9 +4,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data.cache import locked_cache
+from data.idx import read_idx
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -112,17 +114,17 @@ def ensure_mnist(data_dir: str | Path, download: bool, mirrors: Sequence[str] = 
 @locked_cache(maxsize=4)
 def load_mnist(data_dir: str, train: bool) -> TensorDataset:
     """The MNIST train or test split from `data_dir` (torchvision layout), cached."""
-    from torchvision.datasets import MNIST
-
     root = Path(data_dir).expanduser().resolve()
     if missing_files(root):
         raise DataUnavailableError(
             f"MNIST not found in data-dir '{root}': missing {', '.join(missing_files(root))}"
         )
-    raw = MNIST(str(root), train=train, download=False)
-    images = raw.data.unsqueeze(1).to(torch.float32).div_(255.0)
+    raw = root / "MNIST" / "raw"
+    split = "train" if train else "t10k"
+    pixels, labels = read_idx(raw / f"{split}-images-idx3-ubyte"), read_idx(raw / f"{split}-labels-idx1-ubyte")
+    images = torch.from_numpy(pixels.astype(np.float32)).unsqueeze(1).div_(255.0)
     images.sub_(MNIST_MEAN).div_(MNIST_STD)
-    return TensorDataset(images.contiguous(), raw.targets.to(torch.int64))
+    return TensorDataset(images.contiguous(), torch.from_numpy(labels.astype(np.int64)))
 
 
 def main(argv: list[str] | None = None) -> int:

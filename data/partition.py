@@ -1,7 +1,8 @@
 """Split MNIST's training set among clients with flwr-datasets partitioners.
 
 flwr-datasets (with `datasets` and its plotting stack) takes seconds to import, so it is
-imported inside the functions that partition: a SuperNode with its own data never loads it.
+imported inside the functions that partition, and the IID scheme (the default) is cut
+without it: a simulated client or a SuperNode with its own data never loads it.
 """
 
 from __future__ import annotations
@@ -81,8 +82,20 @@ def partition_indices(labels: torch.Tensor, spec: PartitionSpec, partition_id: i
         raise ValueError(
             f"partition-id {partition_id} outside [0, {spec.num_partitions - 1}]"
         )
+    if spec.scheme == "iid":
+        return iid_indices(len(labels), spec, partition_id)
     partitioner = _partitioner(spec, labels.numpy().astype(np.int64).tobytes())
     return np.asarray(partitioner.load_partition(partition_id)["index"], dtype=np.int64)
+
+
+def iid_indices(num_samples: int, spec: PartitionSpec, partition_id: int) -> np.ndarray:
+    """Partition `partition_id` of the IID scheme exactly as `_partitioner`'s flwr-datasets
+    IidPartitioner cuts it from the seeded shuffle (contiguous blocks, the first
+    `num_samples % num_partitions` one longer), without importing flwr-datasets."""
+    size, longer = divmod(num_samples, spec.num_partitions)
+    start = size * partition_id + min(partition_id, longer)
+    end = start + size + (1 if partition_id < longer else 0)
+    return np.random.default_rng(spec.seed).permutation(num_samples)[start:end].astype(np.int64)
 
 
 def client_split(

@@ -33,10 +33,10 @@ from typing import NamedTuple, NoReturn
 import numpy as np
 import torch
 
+from data.idx import read_idx, write_idx
 from data.mnist import MNIST_MEAN, MNIST_STD, DataUnavailableError, TensorDataset
 
 SITE_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
-IDX_UBYTE = 0x08
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
 LABEL_FOLDERS = tuple(str(label) for label in range(NUM_CLASSES))
@@ -61,31 +61,6 @@ class SiteArrays(NamedTuple):
     images: np.ndarray
     labels: np.ndarray
     format: str
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An unsigned-byte IDX file as an array of its declared shape."""
-    raw = path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE:
-        raise ValueError(f"{path.name} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    if len(raw) - header != int(np.prod(shape)):
-        raise ValueError(
-            f"{path.name} declares shape {shape} but holds {len(raw) - header} bytes of data"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, IDX_UBYTE, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(header + array.tobytes())
 
 
 def site_files(data_dir: str | Path) -> tuple[Path, Path]:

@@ -4,7 +4,8 @@ ids, which are random per simulation run, and sampled with a seeded generator wh
 state is checkpointed, instead of the process-global `random`."""
 
 import threading
-from logging import WARNING
+import time
+from logging import INFO, WARNING
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,28 +28,40 @@ class KeyedClientManager(SimpleClientManager):
         super().__init__()
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A3]))
         self._keys: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._fetching = threading.Lock()  # one query at a time: a second caller waits for its keys
+
+    def prefetch_keys(self) -> threading.Thread:
+        """Ask every connected client for its key in the background (started, returned):
+        the query, and the clients' start-up it sets off, overlaps what the server does
+        meanwhile (round 0's evaluation)."""
+        def fetch() -> None:
+            start, cids = time.perf_counter(), list(self.all())
+            self._fetch_keys(cids)
+            log(INFO, "client keys: %s clients reported theirs in %.1f s", len(cids), time.perf_counter() - start)
+
+        thread = threading.Thread(target=fetch, daemon=True, name="client-keys")
+        thread.start()
+        return thread
 
     def _fetch_keys(self, cids: list[str]) -> None:
         """Ask the clients without a known key for theirs, in parallel."""
-        missing = [cid for cid in cids if cid not in self._keys]
-        if not missing:
-            return
-        proxies = self.all()
+        with self._fetching:
+            missing = [cid for cid in cids if cid not in self._keys]
+            if not missing:
+                return
+            proxies = self.all()
 
-        def ask(cid: str) -> tuple[str, str]:
-            try:
-                res = proxies[cid].get_properties(GetPropertiesIns({}), timeout=KEY_TIMEOUT_S, group_id=0)
-                return cid, str(res.properties[CLIENT_KEY])
-            except Exception as err:  # a node that cannot build its client still gets an order
-                log(WARNING, "node %s did not report its client key (%s); ordered by node id",
-                    cid, str(err).splitlines()[0][:200])
-                return cid, f"node-{cid}"
+            def ask(cid: str) -> tuple[str, str]:
+                try:
+                    res = proxies[cid].get_properties(GetPropertiesIns({}), timeout=KEY_TIMEOUT_S, group_id=0)
+                    return cid, str(res.properties[CLIENT_KEY])
+                except Exception as err:  # a node that cannot build its client still gets an order
+                    log(WARNING, "node %s did not report its client key (%s); ordered by node id",
+                        cid, str(err).splitlines()[0][:200])
+                    return cid, f"node-{cid}"
 
-        with ThreadPoolExecutor(max_workers=min(32, len(missing))) as pool:
-            found = dict(pool.map(ask, missing))
-        with self._lock:
-            self._keys.update(found)
+            with ThreadPoolExecutor(max_workers=min(32, len(missing))) as pool:
+                self._keys.update(pool.map(ask, missing))
 
     def key(self, cid: str) -> str:
         """The client's stable key."""

@@ -31,7 +31,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from data.mnist import MNIST_TRAIN_SIZE
 from fl_app.assembly import build_server, prepare_run
-from fl_app.client_app import client_fn
+from fl_app.client import client_fn
 from fl_app.config import AppConfig, check_partitioning
 from fl_app.server import RecordingServer
 from strategies.wire import SERVER_ROUND

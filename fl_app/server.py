@@ -96,6 +96,8 @@ class RecordingServer(Server):
             self.client_manager().wait_for(self.quorum)
         self.num_nodes = self.client_manager().num_available()
         self.check_population(self.num_nodes)
+        if prefetch_keys := getattr(self.client_manager(), "prefetch_keys", None):
+            prefetch_keys()  # clients start up (and report their keys) while round 0 evaluates
         if not self.release.client_figures:
             log(INFO, "DP: client-reported figures, federated evaluation and exact clipping "
                 "statistics are withheld (dp-release-unprotected-metrics = false)")

@@ -1,14 +1,19 @@
-"""ServerApp: the run assembled by `fl_app.assembly`, its rounds driven over Flower's grid."""
+"""ServerApp: the run assembled by `fl_app.assembly`, its rounds driven over Flower's grid.
+
+This module imports Flower alone, the assembly (torch, data) when the run starts: the
+simulation process loads the ServerApp and then the ClientApp under one lock before it
+starts Ray, which would otherwise wait seconds for torch's import.
+"""
 
 from flwr.common import Context
 from flwr.server import Grid, ServerApp, ServerConfig
 from flwr.server.compat import start_grid
 
-from fl_app.assembly import build_server, prepare_run, round_timeout
-
 
 def main(grid: Grid, context: Context) -> None:
     """Prepare the run, build its server and run its rounds on `grid` (an error marks it FAILED in MLflow)."""
+    from fl_app.assembly import build_server, prepare_run, round_timeout
+
     run = prepare_run(context.run_config, run_id=context.run_id)
     cfg = run.cfg
     with run.recorder:

@@ -114,6 +114,33 @@ def test_sampling_follows_client_keys_not_node_ids():
     assert len({tuple(c) for c in cohorts[0]}) > 1  # and it does sample
 
 
+def test_prefetched_keys_are_asked_once_and_a_sample_waits_for_them():
+    """The background key query and a sample's query do not ask a client twice."""
+    import threading
+    from flwr.common import Code, GetPropertiesRes, Status
+
+    asked, release = [], threading.Event()
+
+    class Proxy:
+        def __init__(self, cid):
+            self.cid = cid
+
+        def get_properties(self, ins, timeout, group_id):
+            release.wait(10)  # the query is still under way when sampling starts
+            asked.append(self.cid)
+            return GetPropertiesRes(Status(Code.OK, ""), {"client-key": f"partition-{int(self.cid):06d}"})
+
+    manager = KeyedClientManager(seed=7)
+    for cid in ("3", "1", "2"):
+        manager.register(Proxy(cid))
+    prefetch = manager.prefetch_keys()
+    threading.Timer(0.2, release.set).start()
+    assert len(manager.sample(2)) == 2
+    prefetch.join()
+    assert sorted(asked) == ["1", "2", "3"]
+    assert manager.ordered(["3", "2", "1"]) == ["1", "2", "3"]
+
+
 def test_same_seed_gives_the_same_history_whatever_the_node_ids(config, mnist_dir, tmp_path):
     """Different node ids, registration order and (in run b) TensorBoard on: same run."""
     a = run_federation(config, 4, mnist_dir, tmp_path / "a", node_seed=1)

@@ -5,7 +5,7 @@ import pytest
 from flwr.common import Context, FitIns, RecordDict, ndarrays_to_parameters
 
 from data.site_data import SiteDataError
-from fl_app.client_app import FlowerClient, NodeConfigError, client_fn, load_client_data, node_data
+from fl_app.client import FlowerClient, NodeConfigError, client_fn, load_client_data, node_data
 from fl_app.config import AppConfig
 from fl_app.model import seeded_net
 from fl_app.task import get_weights

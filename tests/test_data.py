@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from data.mnist import MNIST_FILES, DataUnavailableError, ensure_mnist, load_mnist
-from data.partition import PartitionSpec, client_split, partition_indices
+from data.partition import PartitionSpec, client_split, partition_indices, partitioner
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,16 @@ def test_loads_normalised_tensors_once(mnist_dir, train):
     assert abs(float(train.images.mean())) < 0.01 and abs(float(train.images.std()) - 1) < 0.01
     assert torch.equal(torch.bincount(test.labels), torch.tensor([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]))
     assert load_mnist(mnist_dir, train=True) is train  # cached per process
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_mnist_is_read_as_torchvision_reads_it(mnist_dir, is_train):
+    from torchvision.datasets import MNIST
+
+    raw = MNIST(mnist_dir, train=is_train, download=False)
+    data = load_mnist(mnist_dir, train=is_train)
+    assert torch.equal(data.images, raw.data.unsqueeze(1).float().div(255).sub(0.1307).div(0.3081))
+    assert torch.equal(data.labels, raw.targets.to(torch.int64))
 
 
 def test_missing_files_give_one_message_naming_directory_and_files(tmp_path):
@@ -49,6 +59,15 @@ def test_iid_gives_ten_disjoint_partitions_of_6000(train):
     shares = label_histograms(train.labels, parts) / 6000
     overall = np.bincount(train.labels.numpy()) / 60_000
     assert np.abs(shares - overall).max() < 0.03  # every client sees the global label mix
+
+
+@pytest.mark.parametrize("num_partitions", [1, 7, 10, 1000])
+def test_iid_partitions_are_flwr_datasets_iid_partitions(train, num_partitions):
+    spec = PartitionSpec("iid", num_partitions, seed=3)
+    reference = partitioner(train.labels, spec)
+    for pid in sorted({0, num_partitions // 2, num_partitions - 1}):
+        expected = np.asarray(reference.load_partition(pid)["index"], dtype=np.int64)
+        assert np.array_equal(partition_indices(train.labels, spec, pid), expected)
 
 
 def test_dirichlet_skews_labels(train):

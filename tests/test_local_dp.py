@@ -3,7 +3,7 @@
 import pytest
 from flwr.common import RecordDict
 
-from fl_app.client_app import FlowerClient, load_client_data
+from fl_app.client import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.model import seeded_net
 from fl_app.task import get_weights

@@ -18,7 +18,7 @@ from flwr.common import RecordDict
 
 import strategies.privacy.mechanism as dp_mechanism
 from federation import CRASH_POINTS, Crash, run_federation
-from fl_app.client_app import FlowerClient, load_client_data
+from fl_app.client import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.in_process import model_digest
 from fl_app.model import seeded_model, seeded_net
