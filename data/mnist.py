@@ -1,9 +1,11 @@
-"""Load MNIST once per process into normalised float tensors."""
+"""Load MNIST once per process into normalised float tensors, or map its training
+images for clients that each need a few of them."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data.cache import locked_cache
@@ -36,6 +38,52 @@ class TensorDataset:
     def subset(self, indices: torch.Tensor) -> "TensorDataset":
         """The samples at `indices`, copied into contiguous tensors."""
         return TensorDataset(self.images[indices], self.labels[indices])
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 1, 28, 28) as normalised float32 (the same result row by row
+    whether the whole split or a few rows are normalised)."""
+    images = pixels.to(torch.float32).div_(255.0)
+    return images.sub_(MNIST_MEAN).div_(MNIST_STD)
+
+
+@dataclass(frozen=True)
+class MappedMNIST:
+    """An MNIST split whose images stay in their IDX file, memory-mapped: the page cache
+    holds one copy for every process, and `subset` normalises only the rows asked for."""
+
+    pixels: np.ndarray  # (N, 28, 28) uint8, memory-mapped
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> TensorDataset:
+        """The samples at `indices`, normalised, as `TensorDataset.subset` gives them."""
+        rows = torch.from_numpy(np.ascontiguousarray(self.pixels[indices.numpy()]))
+        return TensorDataset(normalise(rows.unsqueeze(1)).contiguous(), self.labels[indices])
+
+
+def _idx(path: Path, magic: int) -> np.ndarray:
+    """The uint8 payload of an IDX file, memory-mapped, shaped by its header."""
+    header = np.fromfile(path, dtype=">i4", count=2)
+    if header[0] != magic:
+        raise DataUnavailableError(f"{path} is not an MNIST IDX file (magic {header[0]}, expected {magic})")
+    dims = np.fromfile(path, dtype=">i4", count=1 + (magic & 0xFF))[1:]
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=4 * (1 + len(dims)), shape=tuple(int(d) for d in dims))
+
+
+@locked_cache(maxsize=4)
+def map_mnist(data_dir: str, train: bool) -> MappedMNIST:
+    """The MNIST train or test split from `data_dir`, images memory-mapped, cached."""
+    root = Path(data_dir).expanduser().resolve()
+    if missing_files(root):
+        raise DataUnavailableError(
+            f"MNIST not found in data-dir '{root}': missing {', '.join(missing_files(root))}"
+        )
+    prefix = root / "MNIST" / "raw" / ("train" if train else "t10k")
+    labels = torch.from_numpy(np.array(_idx(Path(f"{prefix}-labels-idx1-ubyte"), 2049), dtype=np.int64))
+    return MappedMNIST(_idx(Path(f"{prefix}-images-idx3-ubyte"), 2051), labels)
 
 
 def missing_files(data_dir: str | Path) -> list[str]:
@@ -120,9 +168,7 @@ def load_mnist(data_dir: str, train: bool) -> TensorDataset:
             f"MNIST not found in data-dir '{root}': missing {', '.join(missing_files(root))}"
         )
     raw = MNIST(str(root), train=train, download=False)
-    images = raw.data.unsqueeze(1).to(torch.float32).div_(255.0)
-    images.sub_(MNIST_MEAN).div_(MNIST_STD)
-    return TensorDataset(images.contiguous(), raw.targets.to(torch.int64))
+    return TensorDataset(normalise(raw.data.unsqueeze(1)).contiguous(), raw.targets.to(torch.int64))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from data.cache import locked_cache
-from data.mnist import TensorDataset
+from data.mnist import MappedMNIST, TensorDataset
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
@@ -86,7 +86,7 @@ def partition_indices(labels: torch.Tensor, spec: PartitionSpec, partition_id: i
 
 
 def client_split(
-    data: TensorDataset,
+    data: TensorDataset | MappedMNIST,
     indices: np.ndarray,
     *,
     seed: int,
