@@ -178,6 +178,7 @@ class FlowerClient(NumPyClient):
         saved = self.state.config_records.get(ACCOUNTANT_RECORD)
         previous = json.loads(str(saved["state"])) if saved else None
         rounds = int(saved["rounds"]) + 1 if saved else 1
+        self.net.train()  # this thread's model may come from an evaluate; Opacus checks the mode first
         loss, accuracy, epsilon, state = train_private(
             self.net, self.train_set, dp, previous, epochs=self.cfg.train.local_epochs,
             batch_size=self.cfg.train.batch_size, seed=seed,
