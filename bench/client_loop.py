@@ -55,7 +55,7 @@ def main() -> None:
         "local-epochs": args.epochs, "batch-size": 32})
     load_mnist(str(args.data_dir), train=True)
     train_set, val_set = load_client_data(cfg, str(args.data_dir), 0, 10)
-    client = FlowerClient(cfg, 0, train_set, val_set)
+    client = FlowerClient(cfg, 0, lambda: (train_set, val_set))
     weights = get_weights(Net())
     n = len(train_set) * args.epochs
     ours, bare = [], []

@@ -9,18 +9,19 @@ IDX_UBYTE = 0x08
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An unsigned-byte IDX file as a (read-only) array of its declared shape."""
-    raw = path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE:
-        raise ValueError(f"{path.name} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    if len(raw) - header != int(np.prod(shape)):
-        raise ValueError(
-            f"{path.name} declares shape {shape} but holds {len(raw) - header} bytes of data"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    """An unsigned-byte IDX file as a read-only array of its declared shape, memory-mapped:
+    the page cache holds one copy for every process that maps the file."""
+    with path.open("rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != IDX_UBYTE:
+            raise ValueError(f"{path.name} is not an unsigned-byte IDX file")
+        dims = f.read(4 * head[3])
+    header = 4 + 4 * head[3]
+    shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(head[3]))
+    data_bytes = path.stat().st_size - header
+    if len(dims) != 4 * head[3] or data_bytes != int(np.prod(shape)):
+        raise ValueError(f"{path.name} declares shape {shape} but holds {data_bytes} bytes of data")
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=header, shape=shape)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

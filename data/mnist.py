@@ -1,4 +1,5 @@
-"""Load MNIST once per process into normalised float tensors."""
+"""Load MNIST once per process into normalised float tensors, or map its training
+images for clients that each need a few of them."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,43 @@ class TensorDataset:
     def subset(self, indices: torch.Tensor) -> "TensorDataset":
         """The samples at `indices`, copied into contiguous tensors."""
         return TensorDataset(self.images[indices], self.labels[indices])
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 1, 28, 28) as normalised float32 (the same result row by row
+    whether the whole split or a few rows are normalised)."""
+    images = pixels.to(torch.float32).div_(255.0)
+    return images.sub_(MNIST_MEAN).div_(MNIST_STD)
+
+
+@dataclass(frozen=True)
+class MappedMNIST:
+    """An MNIST split whose images stay in their IDX file, memory-mapped: the page cache
+    holds one copy for every process, and `subset` normalises only the rows asked for."""
+
+    pixels: np.ndarray  # (N, 28, 28) uint8, memory-mapped
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> TensorDataset:
+        """The samples at `indices`, normalised, as `TensorDataset.subset` gives them."""
+        rows = torch.from_numpy(np.ascontiguousarray(self.pixels[indices.numpy()]))
+        return TensorDataset(normalise(rows.unsqueeze(1)).contiguous(), self.labels[indices])
+
+
+@locked_cache(maxsize=4)
+def map_mnist(data_dir: str, train: bool) -> MappedMNIST:
+    """The MNIST train or test split from `data_dir`, images memory-mapped, cached."""
+    root = Path(data_dir).expanduser().resolve()
+    if missing_files(root):
+        raise DataUnavailableError(
+            f"MNIST not found in data-dir '{root}': missing {', '.join(missing_files(root))}"
+        )
+    prefix = root / "MNIST" / "raw" / ("train" if train else "t10k")
+    labels = torch.from_numpy(np.array(read_idx(Path(f"{prefix}-labels-idx1-ubyte")), dtype=np.int64))
+    return MappedMNIST(read_idx(Path(f"{prefix}-images-idx3-ubyte")), labels)
 
 
 def missing_files(data_dir: str | Path) -> list[str]:
@@ -119,12 +157,9 @@ def load_mnist(data_dir: str, train: bool) -> TensorDataset:
         raise DataUnavailableError(
             f"MNIST not found in data-dir '{root}': missing {', '.join(missing_files(root))}"
         )
-    raw = root / "MNIST" / "raw"
-    split = "train" if train else "t10k"
-    pixels, labels = read_idx(raw / f"{split}-images-idx3-ubyte"), read_idx(raw / f"{split}-labels-idx1-ubyte")
-    images = torch.from_numpy(pixels.astype(np.float32)).unsqueeze(1).div_(255.0)
-    images.sub_(MNIST_MEAN).div_(MNIST_STD)
-    return TensorDataset(images.contiguous(), torch.from_numpy(labels.astype(np.int64)))
+    mapped = map_mnist(str(root), train)
+    pixels = torch.from_numpy(np.array(mapped.pixels))
+    return TensorDataset(normalise(pixels.unsqueeze(1)).contiguous(), mapped.labels)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from data.cache import locked_cache
-from data.mnist import TensorDataset
+from data.mnist import MappedMNIST, TensorDataset
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
@@ -99,7 +99,7 @@ def iid_indices(num_samples: int, spec: PartitionSpec, partition_id: int) -> np.
 
 
 def client_split(
-    data: TensorDataset,
+    data: TensorDataset | MappedMNIST,
     indices: np.ndarray,
     *,
     seed: int,

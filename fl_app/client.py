@@ -9,13 +9,15 @@ node-config or else run-config).
 
 import json
 import threading
+from collections.abc import Callable
+from functools import cached_property
 
 import numpy as np
 from flwr.client import Client, NumPyClient
 from flwr.common import ConfigRecord, Context, NDArrays, RecordDict, Scalar
 
 from data.cache import locked_cache
-from data.mnist import TensorDataset, load_mnist
+from data.mnist import TensorDataset, map_mnist
 from data.partition import PartitionSpec, client_split, partition_indices
 from data.site_data import load_site_data
 from fl_app.attacks import attacked
@@ -57,30 +59,46 @@ def thread_model(name: str) -> nn.Module:
     return models[name]
 
 
+Split = tuple[TensorDataset, TensorDataset]  # (local train set, local validation set)
+
+
 class FlowerClient(NumPyClient):
-    """One site: local training on `train_set` (DP-SGD when `dp-mode = "local"`),
-    evaluation on `val_set`. `client_key` (the partition id, or the node id of a site
-    with its own data) seeds local training; `key` names the client to the server
-    (default: its partition); `attacker` makes it send an `attack`ed update. `state` is the node's context state, which outlives the client object
-    between rounds and carries the local privacy accountant."""
+    """One site: local training on its train set (DP-SGD when `dp-mode = "local"`),
+    evaluation on its validation set, both from `data()`, called at the first fit or
+    evaluate (never for the key query). `client_key` (the partition id, or the node id of
+    a site with its own data) seeds local training; `key` names the client to the server
+    (default: its partition); `attacker` makes it send an `attack`ed update. `state` is
+    the node's context state, which outlives the client object between rounds and carries
+    the local privacy accountant."""
 
     def __init__(
         self,
         cfg: AppConfig,
         client_key: int,
-        train_set: TensorDataset,
-        val_set: TensorDataset,
+        data: Callable[[], Split],
         state: RecordDict | None = None,
         attacker: bool = False,
         key: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.client_key = client_key
-        self.train_set = train_set
-        self.val_set = val_set
+        self.data = data
         self.state = state if state is not None else RecordDict()
         self.attacker = attacker
         self.key = key or f"partition-{client_key:06d}"
+
+    @cached_property
+    def split(self) -> Split:
+        """The local (train, validation) sets, loaded at first use."""
+        return self.data()
+
+    @property
+    def train_set(self) -> TensorDataset:
+        return self.split[0]
+
+    @property
+    def val_set(self) -> TensorDataset:
+        return self.split[1]
 
     @property
     def net(self) -> nn.Module:
@@ -160,6 +178,7 @@ class FlowerClient(NumPyClient):
         saved = self.state.config_records.get(ACCOUNTANT_RECORD)
         previous = json.loads(str(saved["state"])) if saved else None
         rounds = int(saved["rounds"]) + 1 if saved else 1
+        self.net.train()  # this thread's model may come from an evaluate; Opacus checks the mode first
         loss, accuracy, epsilon, state = train_private(
             self.net, self.train_set, dp, previous, epochs=self.cfg.train.local_epochs,
             batch_size=self.cfg.train.batch_size, seed=seed,
@@ -189,8 +208,9 @@ class FlowerClient(NumPyClient):
 def load_client_data(
     cfg: AppConfig, data_dir: str, partition_id: int, num_partitions: int
 ) -> tuple[TensorDataset, TensorDataset]:
-    """This client's (train, validation) split, computed once per process."""
-    full = load_mnist(data_dir, train=True)
+    """This client's (train, validation) split, computed once per process (from the
+    memory-mapped training images: a process holding clients does not load all of MNIST)."""
+    full = map_mnist(data_dir, train=True)
     spec = PartitionSpec(
         scheme=cfg.data.partitioner,
         num_partitions=num_partitions,
@@ -212,10 +232,9 @@ class NodeConfigError(ValueError):
     """A SuperNode's node-config says neither where its data is nor which partition."""
 
 
-def node_data(
-    cfg: AppConfig, node_config: dict[str, Scalar]
-) -> tuple[int | None, TensorDataset, TensorDataset]:
-    """(partition id or None for a site's own data, train split, validation split)."""
+def node_data(cfg: AppConfig, node_config: dict[str, Scalar]) -> tuple[int | None, Callable[[], Split]]:
+    """(partition id or None for a site's own data, what loads its (train, validation)
+    split); a node-config naming no data is refused here, before any data is read."""
     if "partition-id" in node_config or "num-partitions" in node_config:
         missing = [k for k in ("partition-id", "num-partitions") if k not in node_config]
         if missing:
@@ -227,9 +246,10 @@ def node_data(
         partition_id = int(node_config["partition-id"])
         num_partitions = int(node_config["num-partitions"])
         data_dir = str(node_config.get("data-dir", cfg.data.data_dir))
-        return partition_id, *load_client_data(cfg, data_dir, partition_id, num_partitions)
+        return partition_id, lambda: load_client_data(cfg, data_dir, partition_id, num_partitions)
     if "data-dir" in node_config:
-        return None, *load_site_split(cfg, str(node_config["data-dir"]))
+        site_dir = str(node_config["data-dir"])
+        return None, lambda: load_site_split(cfg, site_dir)
     raise NodeConfigError(
         "node-config names no data: start the SuperNode with --node-config "
         "\"data-dir='<MNIST/raw IDX dir, image folders by class or .npz>'\" (the site's own data) or "
@@ -248,9 +268,8 @@ def load_site_split(cfg: AppConfig, data_dir: str) -> tuple[TensorDataset, Tenso
 def client_fn(context: Context) -> Client:
     """Build the client for this node from its node-config and the run-config."""
     cfg = client_config(context.run_config)
-    partition_id, train_set, val_set = node_data(cfg, context.node_config)
+    partition_id, data = node_data(cfg, context.node_config)
     if partition_id is None:
-        return FlowerClient(cfg, context.node_id, train_set, val_set, context.state,
-                            key=f"node-{context.node_id}").to_client()
+        return FlowerClient(cfg, context.node_id, data, context.state, key=f"node-{context.node_id}").to_client()
     attacker = partition_id < cfg.attack.num_attackers
-    return FlowerClient(cfg, partition_id, train_set, val_set, context.state, attacker).to_client()
+    return FlowerClient(cfg, partition_id, data, context.state, attacker).to_client()

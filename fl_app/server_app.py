@@ -11,9 +11,13 @@ from flwr.server.compat import start_grid
 
 
 def main(grid: Grid, context: Context) -> None:
-    """Prepare the run, build its server and run its rounds on `grid` (an error marks it FAILED in MLflow)."""
+    """Prepare the run, build its server and run its rounds on `grid` (an error marks it FAILED in MLflow).
+    In a simulation, this process also runs Flower's simulation runtime, whose message
+    delivery is indexed first (`fl_app.message_delivery`)."""
     from fl_app.assembly import build_server, prepare_run, round_timeout
+    from fl_app.message_delivery import index_message_delivery
 
+    index_message_delivery()
     run = prepare_run(context.run_config, run_id=context.run_id)
     cfg = run.cfg
     with run.recorder:

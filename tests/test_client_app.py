@@ -28,7 +28,7 @@ def test_client_fn_builds_a_client_on_its_partition(default_run_config, mnist_di
 def test_fit_trains_and_reports_examples_and_metrics(default_run_config, mnist_dir):
     cfg = AppConfig.from_run_config(default_run_config | {"data-dir": mnist_dir, "samples-per-client": 300})
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 10)
-    client = FlowerClient(cfg, 0, train_set, val_set)
+    client = FlowerClient(cfg, 0, lambda: (train_set, val_set))
     initial = get_weights(seeded_net(0))
     weights, n, metrics = client.fit(initial, {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
     assert n == 270
@@ -49,8 +49,9 @@ def test_a_site_with_its_own_data_trains_on_all_of_it(default_run_config, mnist_
     res = client_fn(ctx).fit(FitIns(ndarrays_to_parameters(get_weights(seeded_net(0))),
                                     {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05}))
     assert res.num_examples == 180
-    partition_id, train_set, val_set = node_data(AppConfig.from_run_config(run_config), ctx.node_config)
+    partition_id, data = node_data(AppConfig.from_run_config(run_config), ctx.node_config)
     assert partition_id is None
+    train_set, val_set = data()
     assert (len(train_set), len(val_set)) == (180, 20)  # the whole site; samples-per-client is for partitions
 
 
@@ -68,4 +69,17 @@ def test_node_config_without_data_is_refused_clearly(default_run_config, node_co
 
 def test_site_without_usable_data_names_the_directory(default_run_config, tmp_path):
     with pytest.raises(SiteDataError, match=f"No usable data in data-dir '{tmp_path}': expected"):
-        node_data(AppConfig.from_run_config(default_run_config), {"data-dir": str(tmp_path)})
+        node_data(AppConfig.from_run_config(default_run_config), {"data-dir": str(tmp_path)})[1]()
+
+
+def test_the_key_query_reads_no_data(default_run_config, mnist_dir):
+    from flwr.common import GetPropertiesIns
+
+    loaded = []
+    cfg = AppConfig.from_run_config(default_run_config | {"data-dir": mnist_dir})
+    client = FlowerClient(cfg, 7, lambda: loaded.append(1) or load_client_data(cfg, mnist_dir, 7, 10))
+    assert client.to_client().get_properties(GetPropertiesIns({})).properties == {"client-key": "partition-000007"}
+    assert loaded == []
+    client.fit(get_weights(seeded_net(0)), {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
+    client.evaluate(get_weights(seeded_net(0)), {"server-round": 1})
+    assert loaded == [1]

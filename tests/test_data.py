@@ -194,3 +194,15 @@ def test_make_data_without_a_reachable_mirror_says_so_in_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: MNIST not found in data-dir '{tmp_path / 'cache'}'")
     assert "download failed" in err
+
+
+def test_mapped_mnist_gives_the_loaded_samples_bitwise(mnist_dir, train):
+    from data.mnist import map_mnist
+
+    mapped = map_mnist(mnist_dir, train=True)
+    assert len(mapped) == len(train) == 60_000
+    assert torch.equal(mapped.labels, train.labels)
+    rows = torch.tensor([0, 59_999, 12_345, 7])
+    part = mapped.subset(rows)
+    assert part.images.dtype == torch.float32 and part.images.shape == (4, 1, 28, 28)
+    assert torch.equal(part.images, train.subset(rows).images) and torch.equal(part.labels, train.labels[rows])

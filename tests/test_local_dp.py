@@ -25,7 +25,7 @@ def test_client_epsilon_grows_across_rounds_and_ends_within_budget(local_cfg, mn
     weights = get_weights(seeded_net(0))
     epsilons = []
     for server_round in (1, 2, 3):
-        client = FlowerClient(local_cfg, 0, train_set, val_set, state)  # new object each round
+        client = FlowerClient(local_cfg, 0, lambda: (train_set, val_set), state)  # new object each round
         weights, n, metrics = client.fit(weights, {"server-round": server_round, "learning-rate": 0.05, "final-learning-rate": 0.05})
         epsilons.append(metrics[CLIENT_EPSILON])
         assert n == 1  # the exact example count would reveal a sample's presence
@@ -34,6 +34,6 @@ def test_client_epsilon_grows_across_rounds_and_ends_within_budget(local_cfg, mn
     assert 0 < epsilons[0] < epsilons[1] < epsilons[2] <= 4.0
     assert epsilons[2] >= 0.9 * 4.0  # sigma was calibrated for all 3 rounds
 
-    fresh = FlowerClient(local_cfg, 0, train_set, val_set, RecordDict())
+    fresh = FlowerClient(local_cfg, 0, lambda: (train_set, val_set), RecordDict())
     _, _, metrics = fresh.fit(weights, {"server-round": 4, "learning-rate": 0.05, "final-learning-rate": 0.05})
     assert metrics[CLIENT_EPSILON] == pytest.approx(epsilons[0])  # what a reset would under-report

@@ -109,7 +109,7 @@ def client_update(run_config: dict, mnist_dir: str) -> np.ndarray:
     """Client 0's round-1 model, trained with DP-SGD from the seeded initial model."""
     cfg = AppConfig.from_run_config(run_config)
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 10)
-    client = FlowerClient(cfg, 0, train_set, val_set, RecordDict())
+    client = FlowerClient(cfg, 0, lambda: (train_set, val_set), RecordDict())
     weights, _, _ = client.fit(get_weights(seeded_net(cfg.run.seed)), {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
     return flat(weights)
 
@@ -189,7 +189,7 @@ def test_default_central_dp_outputs_hold_no_exact_client_figure(central, mnist_d
 def test_clients_send_no_update_norm_and_no_exact_figures_under_dp(central, mnist_dir):
     cfg = AppConfig.from_run_config(central | {"dp-clipping": "client"})
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 3)
-    client = FlowerClient(cfg, 0, train_set, val_set)
+    client = FlowerClient(cfg, 0, lambda: (train_set, val_set))
     weights, n, metrics = client.fit(get_weights(seeded_model(cfg.train.model, cfg.run.seed)),
                                      {"server-round": 1, "learning-rate": 0.02, "final-learning-rate": 0.02, CLIENT_CLIP_NORM: 1.0})
     assert metrics == {} and n == len(train_set)
