@@ -24,7 +24,7 @@ from fl_app.in_process import run_federation
 from fl_app.run_dir import RunDir
 
 OK = Status(Code.OK, "")
-SMALL = {"samples-per-client": 200, "num-server-rounds": 1, "local-epochs": 1, "eval-samples": 1000,
+SMALL = {"samples-per-client": 200, "num-server-rounds": 1, "local-epochs": 1, "eval-samples": 1000, "lr-schedule": "constant",
          "fraction-evaluate": 1.0, "min-fit-clients": 2}
 DP = {"dp-mode": "central", "min-fit-clients": "auto", "dp-clipping": "server", "dp-clipping-norm": 5.0, "dp-noise-multiplier": 0.01,
       "dp-clients-per-round": 5, "model": "cnn", "strategy": "fedavg", "learning-rate": 0.02,
