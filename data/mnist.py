@@ -151,13 +151,9 @@ def ensure_mnist(data_dir: str | Path, download: bool, mirrors: Sequence[str] = 
 
 @locked_cache(maxsize=4)
 def load_mnist(data_dir: str, train: bool) -> TensorDataset:
-    """The MNIST train or test split from `data_dir` (torchvision layout), cached."""
-    root = Path(data_dir).expanduser().resolve()
-    if missing_files(root):
-        raise DataUnavailableError(
-            f"MNIST not found in data-dir '{root}': missing {', '.join(missing_files(root))}"
-        )
-    mapped = map_mnist(str(root), train)
+    """The MNIST train or test split from `data_dir` (torchvision layout), read whole
+    into memory, cached."""
+    mapped = map_mnist(data_dir, train)
     pixels = torch.from_numpy(np.array(mapped.pixels))
     return TensorDataset(normalise(pixels.unsqueeze(1)).contiguous(), mapped.labels)
 
