@@ -17,6 +17,7 @@ import numpy as np
 import psutil
 import torch
 
+from data.mnist import TensorDataset
 from fl_app.assembly import load_test_set
 from fl_app.client import load_client_data
 from fl_app.config import AppConfig, project_defaults
@@ -162,12 +163,17 @@ def simulate(num_clients: int, config: dict[str, Any], out_dir: Path) -> RunDir:
     return run
 
 
+def train_sets(cfg: AppConfig, data_dir: str, num_clients: int) -> list[TensorDataset]:
+    """The training splits of `num_clients` simulated clients, as the app computes them."""
+    return [load_client_data(cfg, data_dir, pid, num_clients)[0] for pid in range(num_clients)]
+
+
 def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str,
                clients_per_round: int | None = None) -> tuple[float, list[float]]:
     """(total seconds, seconds per round) of FedAvg in one process; `clients_per_round`
     clients drawn at random each round (default: all)."""
     start = time.perf_counter()
-    clients = [load_client_data(cfg, data_dir, pid, num_clients)[0] for pid in range(num_clients)]
+    clients = train_sets(cfg, data_dir, num_clients)
     test_set = load_test_set(cfg, data_dir)
     net = seeded_net(cfg.run.seed).to(device())
     global_weights = get_weights(net)

@@ -19,15 +19,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
-from bench.common import APP_DEFAULTS, add_data_dir, add_json, argument_parser, machine, write_json
+from bench.common import APP_DEFAULTS, add_data_dir, add_json, argument_parser, machine, train_sets, write_json
 from fl_app.assembly import load_test_set
-from fl_app.client import load_client_data
 from fl_app.config import AppConfig
 from fl_app.model import build_model, seeded_model
 from fl_app.schedule import round_learning_rates
@@ -45,7 +43,7 @@ class Recipe:
     optimizer: str  # sgd (momentum), adam, adadelta
     batch_size: int
     learning_rate: float
-    schedule: str  # constant, cosine, exp (×0.7 per round)
+    schedule: str  # constant, cosine, exp (lr-decay-rate per round)
     warmup: int = 0  # rounds of linear warm-up
     momentum: float = 0.9  # sgd only
     local_epochs: int = 1
@@ -64,7 +62,7 @@ class Recipe:
     def run_config(self, rounds: int) -> dict:
         """The run-config values that make the app train this recipe."""
         values = {"optimizer": self.optimizer, "batch-size": self.batch_size, "learning-rate": self.learning_rate,
-                  "lr-schedule": self.schedule, "lr-decay-rate": 0.7, "lr-warmup-rounds": self.warmup,
+                  "lr-schedule": self.schedule, "lr-warmup-rounds": self.warmup,
                   "momentum": self.momentum, "local-epochs": self.local_epochs, "seed": self.seed,
                   "partitioner": self.partitioner, "num-server-rounds": rounds}
         if self.server_momentum:
@@ -119,11 +117,6 @@ def app_config(recipe: Recipe, rounds: int, data_dir: str) -> AppConfig:
     cfg = AppConfig.from_run_config(APP_DEFAULTS | recipe.run_config(rounds) | {"data-dir": data_dir})
     cfg.check(load_strategy=False)
     return cfg
-
-
-def client_sets(cfg: AppConfig, data_dir: str) -> list:
-    """The 10 clients' training splits, as the app computes them."""
-    return [load_client_data(cfg, data_dir, pid, NUM_CLIENTS)[0] for pid in range(NUM_CLIENTS)]
 
 
 def train_group(configs: list[AppConfig], clients: list, test, dev: torch.device) -> list[list[float]]:
@@ -232,7 +225,7 @@ def run_groups(recipes: list[Recipe], data_dir: str, test, rounds: int, deadline
             continue
         started = time.monotonic()
         configs = [app_config(r, rounds, data_dir) for r in members]
-        clients = client_sets(configs[0], data_dir)
+        clients = train_sets(configs[0], data_dir, NUM_CLIENTS)
         passes = sum(len(c) for c in clients) * members[0].local_epochs
         accuracy = train_group(configs, clients, test, dev)
         print(f"recipe_search: group {key} ({len(members)} recipes) {time.monotonic() - started:.0f} s", flush=True)

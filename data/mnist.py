@@ -154,8 +154,7 @@ def load_mnist(data_dir: str, train: bool) -> TensorDataset:
     """The MNIST train or test split from `data_dir` (torchvision layout), read whole
     into memory, cached."""
     mapped = map_mnist(data_dir, train)
-    pixels = torch.from_numpy(np.array(mapped.pixels))
-    return TensorDataset(normalise(pixels.unsqueeze(1)).contiguous(), mapped.labels)
+    return mapped.subset(torch.arange(len(mapped)))
 
 
 def main(argv: list[str] | None = None) -> int:
