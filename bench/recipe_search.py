@@ -1,9 +1,14 @@
 """Recipe search for the reference experiment (10 clients, the reference CNN, FedAvg):
 many local-training recipes at once on one GPU, every client of every recipe trained
 together as one batch of models (torch.func.vmap), then the best re-run on other seeds
-and on Dirichlet(0.5) partitions.
+and on Dirichlet(0.5) partitions. `--grid ceiling` trains the same CNN centrally (one
+client holding the 10 clients' 54,000 samples, a round = an epoch) beside FedAvg with the
+same recipe: what the federation costs in sample passes. `--grid defaults` runs the app's
+default recipe (pyproject) on seeds 1 and 2 and on Dirichlet(0.5).
 
-    python -m bench.recipe_search [--rounds 10] [--budget-s 420] [--top 3] [--optimizers adam sgd adadelta]
+    python -m bench.recipe_search [--rounds 10] [--budget-s 420] [--top 3]
+        [--grid search|ceiling|defaults] [--only RECIPE ...]
+        [--optimizers adam sgd adadelta]
         [--data-dir ../shared/data] [--json recipe_search.json]
 
 Each recipe is a set of run-config values (`Recipe.run_config`), trained as the app's
@@ -50,6 +55,7 @@ class Recipe:
     server_momentum: float = 0.0
     seed: int = 42
     partitioner: str = "iid"
+    num_clients: int = NUM_CLIENTS  # 1: centralized training on the same 54,000 samples
 
     @property
     def name(self) -> str:
@@ -57,6 +63,7 @@ class Recipe:
         parts += [f"warm{self.warmup}"] if self.warmup else []
         parts += [f"e{self.local_epochs}"] if self.local_epochs != 1 else []
         parts += [f"sm{self.server_momentum:g}"] if self.server_momentum else []
+        parts += [f"c{self.num_clients}"] if self.num_clients != NUM_CLIENTS else []
         return "-".join(parts + [self.partitioner, f"s{self.seed}"])
 
     def run_config(self, rounds: int) -> dict:
@@ -71,7 +78,7 @@ class Recipe:
 
     def group(self) -> tuple:
         """Recipes of one group train together: same optimizer, batches, epochs and data."""
-        return self.optimizer, self.batch_size, self.local_epochs, self.seed, self.partitioner
+        return self.optimizer, self.batch_size, self.local_epochs, self.seed, self.partitioner, self.num_clients
 
 
 class Optimizer:
@@ -211,6 +218,30 @@ def search_grid() -> list[Recipe]:
     return recipes[:25] + two_epochs + recipes[25:]  # tried in this order while time lasts
 
 
+def ceiling_grid() -> list[Recipe]:
+    """What bounds FedAvg's passes to 99.0%: the same CNN trained centrally (one client
+    holding all 54,000 samples; Adadelta lr 1, batch 64, x0.7 per epoch is PyTorch's MNIST
+    example) beside FedAvg over the 10 clients with the best centralized recipe, with more
+    local steps per pass (batch 8) and with 2 local epochs."""
+    central = [Recipe("adadelta", 64, 1.0, "exp", num_clients=1),
+               Recipe("adam", 16, 1e-3, "constant", num_clients=1), Recipe("adam", 16, 1e-3, "cosine", num_clients=1)]
+    federated = [Recipe("adam", 16, 1e-3, "cosine")]  # the best centralized recipe, federated
+    federated += [Recipe("adam", 8, lr, "constant") for lr in (5e-4, 1e-3)]
+    federated += [Recipe("adam", 16, 1e-3, "constant", local_epochs=2)]
+    return central + federated
+
+
+def defaults_grid() -> list[Recipe]:
+    """The app's default recipe (pyproject) on seeds 1 and 2 and on Dirichlet(0.5)."""
+    train = AppConfig.from_run_config(APP_DEFAULTS).train
+    recipe = Recipe(train.optimizer, train.batch_size, train.learning_rate, train.lr_schedule,
+                    train.lr_warmup_rounds, train.momentum, train.local_epochs)
+    return [replace(recipe, seed=s, partitioner=p) for s, p in ((1, "iid"), (2, "iid"), (42, "dirichlet"))]
+
+
+GRIDS = {"search": search_grid, "ceiling": ceiling_grid, "defaults": defaults_grid}
+
+
 def run_groups(recipes: list[Recipe], data_dir: str, test, rounds: int, deadline: float,
                dev: torch.device, save: Callable[[list[dict]], None]) -> list[dict]:
     """Train `recipes` group by group until `deadline`; a result per finished recipe,
@@ -225,7 +256,7 @@ def run_groups(recipes: list[Recipe], data_dir: str, test, rounds: int, deadline
             continue
         started = time.monotonic()
         configs = [app_config(r, rounds, data_dir) for r in members]
-        clients = train_sets(configs[0], data_dir, NUM_CLIENTS)
+        clients = train_sets(configs[0], data_dir, members[0].num_clients)
         passes = sum(len(c) for c in clients) * members[0].local_epochs
         accuracy = train_group(configs, clients, test, dev)
         print(f"recipe_search: group {key} ({len(members)} recipes) {time.monotonic() - started:.0f} s", flush=True)
@@ -242,6 +273,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--budget-s", type=float, default=420.0, help="time for both phases")
     parser.add_argument("--top", type=int, default=3, help="recipes re-run on other seeds and Dirichlet(0.5)")
+    parser.add_argument("--grid", choices=tuple(GRIDS), default="search",
+                        help="search: the recipe grid; ceiling: centralized training beside FedAvg; "
+                             "defaults: the app's recipe on other seeds and Dirichlet(0.5)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="RECIPE",
+                        help="run only these recipes of the grid (names as printed)")
     parser.add_argument("--optimizers", nargs="+", default=["adam", "sgd", "adadelta"],
                         help="search only these optimizers' recipes, in this order")
     add_data_dir(parser)
@@ -254,7 +290,8 @@ def main() -> None:
     cfg = AppConfig.from_run_config(APP_DEFAULTS | {"data-dir": data_dir})
     test = load_test_set(cfg, data_dir)
     started = time.monotonic()
-    grid = sorted((r for r in search_grid() if r.optimizer in args.optimizers),
+    grid = sorted((r for r in GRIDS[args.grid]() if r.optimizer in args.optimizers
+                   and (not args.only or r.name in args.only)),
                   key=lambda r: args.optimizers.index(r.optimizer))
     figures = {"machine": machine(), "rounds": args.rounds, "search": [], "checks": []}
 
