@@ -3,11 +3,13 @@ experiment with IID and Dirichlet partitions.
 
     python -m bench.time_to_accuracy [--partitioners iid dirichlet] [--rounds 10 20] \
         [--target 0.99] [--gpus-per-client 0] [--num-clients 10] [--run-config "key=value ..."] \
-        [--json time_to_accuracy.json]
+        [--in-process] [--json time_to_accuracy.json]
 
-Each partitioner gets one run_simulation.py run with the app's defaults (the reference
-experiment: 10 clients x 6000 MNIST samples, all clients every round; Dirichlet alpha
-0.5), changed by `--run-config`, and its own number of rounds. Reports the first round
+Each partitioner gets one run_simulation.py run (or, with `--in-process`, one federation
+in this process through `fl_app.in_process`, whose rounds give the simulation's numbers)
+with the app's defaults (the reference experiment: 10 clients x 6000 MNIST samples, all
+clients every round; Dirichlet alpha 0.5), changed by `--run-config`, and its own number
+of rounds. Reports the first round
 whose centralized test accuracy reaches the target, the sample passes, the training
 seconds until then (the rounds' own times) and the wall time from the command's start
 until then (start-up included; the run's shutdown too, an upper bound), read from the
@@ -28,6 +30,7 @@ from flwr.common.config import parse_config_args
 from bench.common import (APP_DEFAULTS, ROOT, GpuUtilisation, add_data_dir, add_json, argument_parser, machine,
                           write_json)
 from fl_app.config import AppConfig
+from fl_app.in_process import run_federation
 from fl_app.run_dir import RunDir
 
 
@@ -35,15 +38,19 @@ def run(partitioner: str, rounds: int, args: argparse.Namespace, out: Path) -> d
     """One run; its history rows and wall time per round since the command started."""
     config = (f"partitioner='{partitioner}' dirichlet-alpha={args.alpha} data-dir='{args.data_dir.resolve()}' "
               f"data-download=false fraction-evaluate=0.0 output-dir='{out}' {args.run_config}")
-    command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
-               "--rounds", str(rounds), "--gpus-per-client", str(args.gpus_per_client), "--run-config", config]
     gpu = GpuUtilisation()
     gpu.start()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    if args.in_process:
+        run_config = APP_DEFAULTS | parse_config_args([config]) | {"num-server-rounds": rounds}
+        run_federation(run_config, args.num_clients, str(args.data_dir.resolve()), out / "run")
+    else:
+        command = [sys.executable, str(ROOT / "run_simulation.py"), "--num-clients", str(args.num_clients),
+                   "--rounds", str(rounds), "--gpus-per-client", str(args.gpus_per_client), "--run-config", config]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{partitioner} run failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
     wall = time.time() - gpu.started
     gpu.done.set()
-    if done.returncode != 0:
-        raise SystemExit(f"{partitioner} run failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
     (run_dir,) = out.iterdir()
     rows = RunDir(run_dir).read_history()
     reached = next((r for r in rows if r["round"] > 0 and r["centralized_accuracy"] >= args.target), None)
@@ -87,6 +94,9 @@ def main() -> None:
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
     parser.add_argument("--run-config", default="", help="run-config overrides for every run")
+    parser.add_argument("--in-process", action="store_true",
+                        help="the app's clients and server in this process (fl_app.in_process: no SuperLink, "
+                             "no Ray, the same rounds), one client after another")
     add_data_dir(parser)
     add_json(parser, "time_to_accuracy.json")
     args = parser.parse_args()
