@@ -61,16 +61,17 @@ def load_test_set(cfg: AppConfig, data_dir: str) -> TensorDataset:
 
 # The CPU's result depends on torch's thread count in the last bits, and in a simulation
 # that count depends on timing (torch reads OMP_NUM_THREADS, which Ray sets to 1, at its
-# first parallel operation): one thread makes the figures the same on every run and
-# machine, and the same as the in-process federation's (the clients train on one thread).
-EVAL_THREADS = 1
+# first parallel operation): a fixed count makes the figures the same on every run, in
+# the simulation and in process. Two threads evaluate 10,000 test images in 3.7-4.3 s
+# against 6.9-7.1 s on one (2-core machine), while the clients wait between rounds.
+EVAL_THREADS = 2
 
 
 def centralized_evaluator(
     test_set: TensorDataset, model: str,
 ) -> Callable[[int, NDArrays, dict[str, Scalar]], tuple[float, dict[str, Scalar]]]:
     """`evaluate_fn` for the strategy: loss and accuracy of the global `model` on `test_set`,
-    computed on one CPU thread (`EVAL_THREADS`)."""
+    computed on `EVAL_THREADS` CPU threads."""
     net = build_model(model).to(device())
 
     def evaluate_fn(server_round: int, weights: NDArrays, config: dict[str, Scalar]):
