@@ -183,19 +183,20 @@ class ScreenedStrategy(AroundStrategy):
         round rules (see the class), or None for a skipped round."""
         if self._too_many_failures(server_round, len(results), failures):
             return None, {"num_rejected": 0}
-        accepted = self._bounded(server_round, self.screen.fit_results(server_round, results))
+        # only the replies go on: the screen's tensors are freed before the inner strategy
+        # reads its own (one copy of the round's updates at a time, not two)
+        accepted = [(proxy, res) for proxy, res, _ in
+                    self._bounded(server_round, self.screen.fit_results(server_round, results))]
         num_rejected = len(results) - len(accepted)
         minimum = getattr(self.inner, "min_fit_clients", 1)
         if len(accepted) < minimum:
             log(INFO, "round %s skipped: %s usable results, fewer than min-fit-clients = %s",
                 server_round, len(accepted), minimum)
             return None, {"num_rejected": num_rejected}
-        parameters, metrics = self.inner.aggregate_fit(
-            server_round, [(proxy, res) for proxy, res, _ in accepted], failures
-        )
+        parameters, metrics = self.inner.aggregate_fit(server_round, accepted, failures)
         metrics = dict(metrics)
         metrics["num_rejected"] = num_rejected
-        epsilons = [float(res.metrics[CLIENT_EPSILON]) for _, res, _ in accepted if CLIENT_EPSILON in res.metrics]
+        epsilons = [float(res.metrics[CLIENT_EPSILON]) for _, res in accepted if CLIENT_EPSILON in res.metrics]
         if epsilons:  # local DP: each client's own epsilon so far
             metrics.pop(CLIENT_EPSILON, None)
             metrics["client_epsilon_max"] = max(epsilons)
