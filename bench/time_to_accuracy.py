@@ -9,12 +9,12 @@ Each partitioner gets one run_simulation.py run (or, with `--in-process`, one fe
 in this process through `fl_app.in_process`, whose rounds give the simulation's numbers)
 with the app's defaults (the reference experiment: 10 clients x 6000 MNIST samples, all
 clients every round; Dirichlet alpha 0.5), changed by `--run-config`, and its own number
-of rounds. Reports the first round
-whose centralized test accuracy reaches the target, the sample passes, the training
-seconds until then (the rounds' own times) and the wall time from the command's start
-until then (start-up included; the run's shutdown too, an upper bound), read from the
-run's history; on a GPU machine also the mean GPU utilisation during the rounds
-(nvidia-smi, every second; the rounds taken to end 5 s before the command).
+of rounds. Reports the first round whose centralized test accuracy reaches the target,
+the sample passes, the training seconds until then (the rounds' own times) and the wall
+time from the command's start until then (start-up included; the run's shutdown too, an
+upper bound), read from the run's history; on a GPU machine also the mean GPU
+utilisation during the rounds (nvidia-smi, every second; the rounds taken to end 5 s
+before the command).
 """
 
 import argparse
