@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from flwr.common import GetPropertiesIns, Message, MessageTypeLegacy, log
+from flwr.common import GetPropertiesIns, MessageTypeLegacy, RecordDict, log
 from flwr.compat.common.recorddict_compat import getpropertiesins_to_recorddict, recorddict_to_getpropertiesres
 from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.criterion import Criterion
 
+from fl_app.cohort_calls import ask_over_grid
 from strategies.privacy.sampling import fixed_size_sample
 from strategies.wire import CLIENT_KEY
 
@@ -125,13 +126,14 @@ def _ask(proxy: ClientProxy) -> tuple[str, str]:
 
 def _ask_over_grid(proxies: list[GridClientProxy]) -> dict[str, str]:
     """{cid: key} of the nodes behind `proxies` (one grid) that answered, from one
-    `send_and_receive` of the legacy get-properties message each proxy would send."""
-    messages = [Message(content=getpropertiesins_to_recorddict(GetPropertiesIns({})), message_type=MessageTypeLegacy.GET_PROPERTIES,
-                        dst_node_id=proxy.node_id, group_id="", ttl=KEY_TIMEOUT_S) for proxy in proxies]
+    round trip of the legacy get-properties message each proxy would send."""
+    question = getpropertiesins_to_recorddict(GetPropertiesIns({}))
+    answers = ask_over_grid([(proxy, question) for proxy in proxies], MessageTypeLegacy.GET_PROPERTIES,
+                            KEY_TIMEOUT_S, None)
     keys = {}
-    for reply in proxies[0].grid.send_and_receive(messages, timeout=KEY_TIMEOUT_S):
-        if not reply.has_error():
-            properties = recorddict_to_getpropertiesres(reply.content).properties
+    for proxy, answer in zip(proxies, answers):
+        if isinstance(answer, RecordDict):
+            properties = recorddict_to_getpropertiesres(answer).properties
             if CLIENT_KEY in properties:
-                keys[str(reply.metadata.src_node_id)] = str(properties[CLIENT_KEY])
+                keys[proxy.cid] = str(properties[CLIENT_KEY])
     return keys

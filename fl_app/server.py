@@ -9,9 +9,10 @@ from typing import Any
 from flwr.common import FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import History, Server
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures, evaluate_clients, fit_clients
+from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures
 
 from fl_app.checkpoint import Checkpoint, global_rng_state, save_checkpoint, set_global_rng_state
+from fl_app.cohort_calls import evaluate_cohort, fit_cohort
 from fl_app.outputs import RunRecorder
 from strategies.privacy.release import ReleasePolicy
 from strategies.client_reports import EVALUATE_METRICS, FIT_METRICS, is_finite_number
@@ -55,11 +56,11 @@ class RecordingServer(Server):
     constructor (`client_manager`, `strategy`), its attributes `parameters`, `strategy`
     and `max_workers` (`set_max_workers`) and `client_manager()`; `run_fl` (what
     `start_grid` runs) calling `fit(num_rounds, timeout)`, which this class replaces,
-    then the inherited `disconnect_all_clients(timeout)`; the module functions
-    `fit_clients` and `evaluate_clients` (each proxy called in a thread pool, replies
-    with a non-OK status counted as failures) and the types `FitResultsAndFailures` and
-    `EvaluateResultsAndFailures`. `fit_round` and `evaluate_round` keep the names and
-    return values of `Server`'s, which `fit` here calls and `SecAggPlusServer` overrides.
+    then the inherited `disconnect_all_clients(timeout)`; the types
+    `FitResultsAndFailures` and `EvaluateResultsAndFailures`. A round's instructions go
+    out through `fl_app.cohort_calls` (over the grid in one round trip). `fit_round`
+    and `evaluate_round` keep the names and return values of `Server`'s, which `fit`
+    here calls and `SecAggPlusServer` overrides.
     """
 
     def __init__(
@@ -221,9 +222,8 @@ class RecordingServer(Server):
         )
         log(INFO, "configure_fit: strategy sampled %s clients (out of %s)",
             len(instructions), self.client_manager().num_available())
-        results, failures = fit_clients(
-            client_instructions=instructions, max_workers=self.max_workers,
-            timeout=timeout, group_id=server_round,
+        results, failures = fit_cohort(
+            instructions, max_workers=self.max_workers, timeout=timeout, group_id=server_round,
         ) if instructions else ([], [])
         if self.release.server_counts:
             log(INFO, "aggregate_fit: received %s results and %s failures", len(results), len(failures))
@@ -248,7 +248,7 @@ class RecordingServer(Server):
         )
         if not instructions:
             return None
-        results, failures = evaluate_clients(
+        results, failures = evaluate_cohort(
             instructions, max_workers=self.max_workers, timeout=timeout, group_id=server_round,
         )
         results = self._in_key_order(results)

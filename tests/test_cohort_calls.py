@@ -1,0 +1,125 @@
+"""A round's instructions go over the grid in one round trip, and every kind of reply
+lands where Flower's per-proxy calls put it: results, (proxy, res) failures, exceptions."""
+
+import numpy as np
+import pytest
+from flwr.common import (
+    Code,
+    Error,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    GetPropertiesRes,
+    Message,
+    MessageType,
+    MessageTypeLegacy,
+    RecordDict,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.supercore.task_identity import TaskIdentity
+
+from fl_app.client_manager import KeyedClientManager
+from fl_app.cohort_calls import NoReplyError, evaluate_cohort, fit_cohort
+from strategies.wire import CLIENT_KEY
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch):
+    """Messages are built as in a ServerApp process, which knows its run and task."""
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+class FakeGrid:
+    """A grid whose node n answers as `behaviour[n]` says; it records what it is sent."""
+
+    def __init__(self, behaviour: dict[int, str]) -> None:
+        self.behaviour = behaviour
+        self.sent: list[tuple[list[Message], float | None]] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.sent.append((messages, timeout))
+        replies = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{i}"
+            kind = self.behaviour[msg.metadata.dst_node_id]
+            if kind == "silent":
+                continue
+            if kind == "error":
+                replies.append(Message(Error(code=0, reason="client crashed"), reply_to=msg))
+            else:
+                replies.append(Message(self.content(kind, msg), reply_to=msg))
+        return replies
+
+    @staticmethod
+    def content(kind: str, msg: Message) -> RecordDict:
+        node = msg.metadata.dst_node_id
+        if kind == "garbage":
+            return RecordDict()
+        if msg.metadata.message_type == MessageTypeLegacy.GET_PROPERTIES:
+            res = GetPropertiesRes(Status(Code.OK, ""), {CLIENT_KEY: f"partition-{100 - node:06d}"})
+            return compat.getpropertiesres_to_recorddict(res)
+        status = Status(Code.OK if kind == "ok" else Code.FIT_NOT_IMPLEMENTED, "")
+        if msg.metadata.message_type == MessageType.EVALUATE:
+            return compat.evaluateres_to_recorddict(EvaluateRes(status, 0.5, node, {}))
+        weights = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
+        return compat.fitres_to_recorddict(
+            FitRes(status, ndarrays_to_parameters([w + node for w in weights]), node, {}), keep_input=True)
+
+
+def proxies(grid: FakeGrid) -> list[GridClientProxy]:
+    return [GridClientProxy(node, grid, run_id=1) for node in grid.behaviour]  # type: ignore[arg-type]
+
+
+def test_a_round_goes_out_in_one_round_trip_and_each_reply_lands_where_flower_puts_it():
+    grid = FakeGrid({1: "ok", 2: "refused", 3: "error", 4: "silent", 5: "garbage", 6: "ok"})
+    cohort = proxies(grid)
+    ins = FitIns(ndarrays_to_parameters([np.zeros(3, np.float32)]), {"server-round": 4})
+    results, failures = fit_cohort([(p, ins) for p in cohort], max_workers=None, timeout=30.0, group_id=4)
+
+    ((messages, timeout),) = grid.sent  # one send_and_receive for the whole cohort
+    assert timeout == 30.0 and len(messages) == 6
+    assert {m.metadata.ttl for m in messages} == {30.0} and {m.metadata.group_id for m in messages} == {"4"}
+    assert len({id(m.content) for m in messages}) == 1  # one record of the shared FitIns
+    assert [(p.node_id, res.num_examples) for p, res in results] == [(1, 1), (6, 6)]
+    assert [w.tolist() for w in parameters_to_ndarrays(results[1][1].parameters)] == [[6.0, 6.0, 6.0]]
+    refused, crashed, silent, garbage = failures
+    assert refused[0] is cohort[1] and refused[1].status.code == Code.FIT_NOT_IMPLEMENTED
+    assert isinstance(crashed, ValueError) and "client crashed" in str(crashed)
+    assert isinstance(silent, NoReplyError) and "node 4: no reply within 30.0 s" in str(silent)
+    assert isinstance(garbage, Exception) and not isinstance(garbage, NoReplyError)
+
+
+def test_distinct_instructions_keep_their_own_records_and_evaluation_goes_the_same_way():
+    grid = FakeGrid({1: "ok", 2: "ok"})
+    first, second = proxies(grid)
+    fit = [(first, FitIns(ndarrays_to_parameters([np.zeros(2, np.float32)]), {})),
+           (second, FitIns(ndarrays_to_parameters([np.ones(2, np.float32)]), {}))]
+    results, failures = fit_cohort(fit, max_workers=None, timeout=None, group_id=1)
+    assert not failures
+    assert [parameters_to_ndarrays(res.parameters)[0].tolist() for _, res in results] == [[1, 1], [3, 3]]
+
+    grid = FakeGrid({7: "ok", 8: "error"})
+    instruction = EvaluateIns(ndarrays_to_parameters([np.zeros(2, np.float32)]), {})
+    results, failures = evaluate_cohort([(p, instruction) for p in proxies(grid)], None, None, 2)
+    assert [(p.node_id, res.loss, res.num_examples) for p, res in results] == [(7, 0.5, 7)]
+    assert len(failures) == 1 and "client crashed" in str(failures[0])
+    ((messages, _),) = grid.sent
+    assert {m.metadata.message_type for m in messages} == {MessageType.EVALUATE}
+
+
+def test_the_key_query_is_one_round_trip_and_a_silent_node_is_ordered_by_its_id():
+    grid = FakeGrid({1: "ok", 2: "ok", 3: "silent"})
+    manager = KeyedClientManager(seed=0)
+    for proxy in proxies(grid):
+        manager.register(proxy)
+    assert manager.ordered(["1", "2", "3"]) == ["3", "2", "1"]  # node-3 < partition-000098 < ...099
+    assert [manager.key(cid) for cid in ("1", "2", "3")] == ["partition-000099", "partition-000098", "node-3"]
+    ((messages, timeout),) = grid.sent
+    assert len(messages) == 3 and {m.metadata.message_type for m in messages} == {MessageTypeLegacy.GET_PROPERTIES}
