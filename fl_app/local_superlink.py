@@ -17,6 +17,12 @@ import httpx
 import psutil
 
 STARTUP_TIMEOUT_S = 60.0
+# Ray passes task arguments and results up to `max_direct_call_object_size` bytes inline
+# (100 KiB by default) and larger ones through its shared-memory object store. A message
+# of the DP recipe's model (tanh-cnn, 26,010 parameters) is 106 KB: on the 2-core machine
+# one actor round trip of it took 2.7 ms inline against 7.0 ms through the store. The
+# reference CNN's 4.8 MB messages stay in the store (inline: 31.7 ms against 21.9).
+RAY_INLINE_BYTES = 1 << 20
 
 
 def free_port() -> int:
@@ -70,7 +76,9 @@ class LocalSuperLink:
 
     Runtime dependency installation is disabled: the app runs in this environment and
     nothing is downloaded per run. With `ray_address`, the simulation attaches to that
-    running Ray cluster instead of starting its own Ray instance.
+    running Ray cluster instead of starting its own Ray instance. The Ray it starts passes
+    objects up to `RAY_INLINE_BYTES` inline, unless `RAY_max_direct_call_object_size` is
+    set already.
     """
 
     def __init__(self, flwr_home: Path, port: int | None = None, ray_address: str | None = None) -> None:
@@ -90,6 +98,7 @@ class LocalSuperLink:
             "FLWR_HOME": str(self.flwr_home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         }
+        env.setdefault("RAY_max_direct_call_object_size", str(RAY_INLINE_BYTES))
         if self.ray_address:  # the simulation's ray.init() joins this cluster
             env["RAY_ADDRESS"] = self.ray_address
         return env

@@ -4,6 +4,7 @@ import pytest
 
 import run_simulation
 from data.mnist import MNIST_FILES
+from fl_app.local_superlink import RAY_INLINE_BYTES, LocalSuperLink
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -66,3 +67,12 @@ def test_values_that_used_to_fail_after_start_up_stop_with_one_line(capsys, mnis
     for argv, overrides, message in cases:
         code, err = run(capsys, *argv, "--run-config", f"data-dir='{mnist_dir}' {overrides}")
         assert (code, err) == (2, f"run_simulation: {message}\n")
+
+
+def test_the_local_superlink_has_ray_pass_small_models_inline_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_max_direct_call_object_size", raising=False)
+    link = LocalSuperLink(tmp_path)
+    assert link.env()["RAY_max_direct_call_object_size"] == str(RAY_INLINE_BYTES) == "1048576"
+    monkeypatch.setenv("RAY_max_direct_call_object_size", "4096")
+    assert link.env()["RAY_max_direct_call_object_size"] == "4096"
+    assert link.env()["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
