@@ -46,6 +46,16 @@ def make_optimizer(net: nn.Module, settings: TrainConfig, learning_rate: float) 
     raise ValueError(f"unknown optimizer '{settings.optimizer}'")
 
 
+def seed_dropout(dev: torch.device, seed: int) -> None:
+    """Seed the generator of `dev`'s dropout masks as `torch.manual_seed(seed)` does: the
+    CPU's default generator, and every GPU's on CUDA. `torch.manual_seed` also queues a
+    seed for each accelerator backend not started, with a stack trace each (0.18 ms a
+    call against 3 µs on the 2-core machine)."""
+    torch.default_generator.manual_seed(seed)
+    if dev.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+
+
 def proximal_term(net: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx (Li et al. 2020): μ/2 · Σ ‖w − w_global‖² over the trainable parameters,
     `anchor` being the global model the round started from."""
@@ -65,7 +75,7 @@ def train(
     dev = next(net.parameters()).device
     images, labels = data.images.to(dev), data.labels.to(dev)
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout masks
+    seed_dropout(dev, seed)
     first, last = learning_rates
     optimizer = make_optimizer(net, settings, first)
     anchor = [p.detach().clone() for p in net.parameters()] if settings.proximal_mu > 0 else []

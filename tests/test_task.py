@@ -8,7 +8,7 @@ from data.mnist import load_mnist
 from fl_app.config import AppConfig
 from fl_app.model import seeded_net
 from fl_app.schedule import round_learning_rates
-from fl_app.task import evaluate, get_weights, train
+from fl_app.task import evaluate, get_weights, seed_dropout, train
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,12 @@ def test_a_warm_up_as_long_as_the_run_is_refused(default_run_config):
 
     with pytest.raises(ConfigError, match=r"lr-warmup-rounds = 4 \(allowed: fewer than num-server-rounds = 4\)"):
         schedule(default_run_config, **{"lr-warmup-rounds": 4})
+
+
+def test_seed_dropout_draws_the_masks_torch_manual_seed_draws():
+    net = torch.nn.Dropout(0.5)
+    torch.manual_seed(11)
+    expected = net(torch.ones(4096))
+    torch.manual_seed(12)
+    seed_dropout(torch.device("cpu"), 11)
+    assert torch.equal(net(torch.ones(4096)), expected)
