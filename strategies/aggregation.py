@@ -3,7 +3,7 @@
 An *update* is one client's model as a list of arrays in a fixed order.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,31 +30,38 @@ def update_problem(
     return None
 
 
-def weighted_average(updates: Sequence[Update], weights: Sequence[float]) -> list[np.ndarray]:
+def weighted_average(updates: Iterable[Update], weights: Sequence[float]) -> list[np.ndarray]:
     """FedAvg (McMahan et al. 2017): w = Σ_k (n_k / n) w_k with n = Σ_k n_k.
 
     Args:
-        updates: the clients' models w_k.
+        updates: the clients' models w_k, read once each in order: a generator that
+            deserialises one update at a time keeps one in memory, not the round's.
         weights: their example counts n_k (finite, ≥ 0, with a positive sum).
 
     Returns:
-        The average, accumulated in float64, in the dtype of the first update.
+        The average, accumulated in float64 (each element's terms added in the order of
+        `updates`), in the dtype of the first update.
     """
-    if not updates:
-        raise ValueError("no updates to average")
-    if len(updates) != len(weights):
-        raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
     w = np.asarray(weights, dtype=np.float64)
-    if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+    if np.any(w < 0) or not np.isfinite(w).all() or (len(w) and w.sum() <= 0):
         raise ValueError(f"weights must be finite, non-negative, with a positive sum: {weights}")
-    coefficients = w / w.sum()
-    averaged = []
-    for layer in range(len(updates[0])):
-        acc = np.zeros(np.shape(updates[0][layer]), dtype=np.float64)
-        for coefficient, update in zip(coefficients, updates):
-            acc += coefficient * update[layer]
-        averaged.append(acc.astype(updates[0][layer].dtype, copy=False))
-    return averaged
+    coefficients = w / w.sum() if len(w) else w
+    totals: list[np.ndarray] = []
+    dtypes: list[np.dtype] = []
+    count = 0
+    for count, update in enumerate(updates, start=1):
+        if count > len(coefficients):
+            raise ValueError(f"more updates than the {len(coefficients)} weights")
+        if not totals:
+            totals = [np.zeros(np.shape(layer), dtype=np.float64) for layer in update]
+            dtypes = [np.asarray(layer).dtype for layer in update]
+        for total, layer in zip(totals, update):
+            total += coefficients[count - 1] * layer
+    if count == 0:
+        raise ValueError("no updates to average")
+    if count != len(coefficients):
+        raise ValueError(f"{count} updates but {len(coefficients)} weights")
+    return [total.astype(dtype, copy=False) for total, dtype in zip(totals, dtypes)]
 
 
 def server_step(weights: Update, update: Update, learning_rate: float) -> list[np.ndarray]:

@@ -52,7 +52,7 @@ from strategies.privacy.mechanism import (
 from strategies.privacy.randomness import DPRandomness
 from strategies.privacy.sampling import poisson_sample
 from strategies.privacy.statement import central_privacy
-from strategies.screening import Accepted, AroundStrategy, Failures, UpdateScreen
+from strategies.screening import AroundStrategy, Failures, UpdateScreen
 from strategies.state import load_strategy_state, strategy_state
 from strategies.wire import CLIENT_CLIP_NORM
 
@@ -240,12 +240,12 @@ class DPFedAvg(AroundStrategy):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Release the noised mean whatever replies arrived, account, let `inner` step."""
         norms: list[float] = []
-        accepted: Accepted = []
+        accepted: list[tuple[ClientProxy, FitRes]] = []
         if self.secure_aggregation:
             clipped: Iterable[list[np.ndarray]] = self._securely_summed(server_round, results)
         else:
-            accepted = self.screen.fit_results(server_round, results, self._client_clipping_problem)
-            clipped = self._clipped_updates(accepted, norms)
+            screened = self.screen.screened(server_round, results, self._client_clipping_problem)
+            clipped = self._clipped_updates(screened, accepted, norms)
         mean = noisy_mean(
             clipped,
             self.screen.expected_shapes,
@@ -259,7 +259,7 @@ class DPFedAvg(AroundStrategy):
         metrics: dict[str, Scalar] = {}
         if self.fit_metrics_aggregation_fn is not None and accepted:
             metrics.update(self.fit_metrics_aggregation_fn(
-                [(r.num_examples, r.metrics) for _, r, _ in accepted]))
+                [(r.num_examples, r.metrics) for _, r in accepted]))
         if self.secure_aggregation:  # one securely summed aggregate stands for the whole cohort
             rejected = 0 if clipped else len(results)
         else:
@@ -307,13 +307,21 @@ class DPFedAvg(AroundStrategy):
             return f"client-clipped update is longer than S = {self.clipping_norm}"  # its norm stays private
         return None
 
-    def _clipped_updates(self, accepted: Accepted, norms: list[float]) -> Iterator[list[np.ndarray]]:
-        """Each accepted Δ clipped (client mode: as sent), one at a time; norms to `norms`."""
+    def _clipped_updates(
+        self, screened: Iterator[tuple[ClientProxy, FitRes, list[np.ndarray]]],
+        accepted: list[tuple[ClientProxy, FitRes]], norms: list[float],
+    ) -> Iterator[list[np.ndarray]]:
+        """Each screened Δ clipped (client mode: as sent), read and released one at a time;
+        the results to `accepted`, the norms to `norms`."""
+        def weights() -> Iterator[list[np.ndarray]]:
+            for proxy, res, arrays in screened:
+                accepted.append((proxy, res))
+                yield arrays
+
         if self.clipping != "client":
-            weights = (arrays for _, _, arrays in accepted)
-            yield from clipped_deltas(weights, self.global_weights, self.clipping_norm, norms)
+            yield from clipped_deltas(weights(), self.global_weights, self.clipping_norm, norms)
             return
-        for _, _, arrays in accepted:
+        for arrays in weights():
             norms.append(global_l2_norm(arrays))
             yield arrays
 

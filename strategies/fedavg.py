@@ -23,11 +23,12 @@ class WeightedFedAvg(FlowerFedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: Failures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """w = Σ_k n_k/n w_k and the aggregated metrics; None without results."""
+        """w = Σ_k n_k/n w_k and the aggregated metrics; None without results. Each
+        result's tensors are read as the sum reaches them: one update in memory at a time."""
         if not results:
             return None, {}
         aggregated = weighted_average(
-            [parameters_to_ndarrays(r.parameters) for _, r in results],
+            (parameters_to_ndarrays(r.parameters) for _, r in results),
             [r.num_examples for _, r in results],
         )
         metrics: dict[str, Scalar] = {}

@@ -3,7 +3,7 @@
 rules of the app's strategies without central DP (norm and count bounds, the failure and
 `min-fit-clients` skips)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from logging import INFO, WARNING
 
 import numpy as np
@@ -26,6 +26,7 @@ from strategies.wire import CLIENT_EPSILON
 
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
 Accepted = list[tuple[ClientProxy, FitRes, list[np.ndarray]]]
+Measured = list[tuple[ClientProxy, FitRes, float]]  # a result and the length of its change to the model
 Check = Callable[[list[np.ndarray], FitRes], str | None]
 
 
@@ -44,18 +45,19 @@ class UpdateScreen:
         self.expected_dtypes = [a.dtype for a in self.reference]
         self.log_rejections = log_rejections
 
-    def fit_results(
+    def screened(
         self,
         server_round: int,
         results: list[tuple[ClientProxy, FitRes]],
         check: Check | None = None,
         *,
         any_float: bool = False,
-    ) -> Accepted:
+    ) -> Iterator[tuple[ClientProxy, FitRes, list[np.ndarray]]]:
         """(proxy, result, arrays) of every usable fit result that `check` finds no problem
-        with, its metrics reduced to the known ones; `any_float` accepts any float dtype
-        (a result the server computed itself, such as SecAgg+'s dequantized mean)."""
-        accepted = []
+        with, its metrics reduced to the known ones, one at a time (each result's tensors
+        are read when it is reached: a caller that keeps only what it needs of them holds
+        one update, not the round's); `any_float` accepts any float dtype (a result the
+        server computed itself, such as SecAgg+'s dequantized mean)."""
         dtypes = None if any_float else self.expected_dtypes
         for proxy, res in results:
             arrays, problem = _arrays(res)
@@ -67,8 +69,18 @@ class UpdateScreen:
                 self.reject(server_round, proxy, problem)
                 continue
             res.metrics = known_metrics(res.metrics, FIT_METRICS)
-            accepted.append((proxy, res, arrays))
-        return accepted
+            yield proxy, res, arrays
+
+    def fit_results(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        check: Check | None = None,
+        *,
+        any_float: bool = False,
+    ) -> Accepted:
+        """Every result `screened` lets through, with its arrays, in one list."""
+        return list(self.screened(server_round, results, check, any_float=any_float))
 
     def evaluate_results(
         self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]]
@@ -183,10 +195,12 @@ class ScreenedStrategy(AroundStrategy):
         round rules (see the class), or None for a skipped round."""
         if self._too_many_failures(server_round, len(results), failures):
             return None, {"num_rejected": 0}
-        # only the replies go on: the screen's tensors are freed before the inner strategy
-        # reads its own (one copy of the round's updates at a time, not two)
-        accepted = [(proxy, res) for proxy, res, _ in
-                    self._bounded(server_round, self.screen.fit_results(server_round, results))]
+        # the screen keeps each update's length, not its tensors: the inner strategy reads
+        # its own, so the round's updates are never held as arrays twice (FedAvg reads them
+        # one at a time)
+        measured = [(proxy, res, self._change(arrays))
+                    for proxy, res, arrays in self.screen.screened(server_round, results)]
+        accepted = [(proxy, res) for proxy, res, _ in self._bounded(server_round, measured)]
         num_rejected = len(results) - len(accepted)
         minimum = getattr(self.inner, "min_fit_clients", 1)
         if len(accepted) < minimum:
@@ -212,22 +226,25 @@ class ScreenedStrategy(AroundStrategy):
             return True
         return False
 
-    def _bounded(self, server_round: int, accepted: Accepted) -> Accepted:
+    def _change(self, arrays: list[np.ndarray]) -> float:
+        """‖w_k − w‖, the update's change to the round's model (0 when no norm bound applies)."""
+        return global_l2_norm(model_delta(arrays, self.round_weights)) if self.max_update_norm_ratio else 0.0
+
+    def _bounded(self, server_round: int, accepted: Measured) -> Measured:
         """`accepted` without updates far longer than the round's median change, example
         counts capped at `max_examples_ratio` × the median count (see the class)."""
         if len(accepted) < 3:
             return accepted
         if self.max_update_norm_ratio:
-            norms = [global_l2_norm(model_delta(arrays, self.round_weights)) for _, _, arrays in accepted]
-            median = float(np.median(norms))
+            median = float(np.median([norm for _, _, norm in accepted]))
             kept = []
-            for (proxy, res, arrays), norm in zip(accepted, norms):
+            for proxy, res, norm in accepted:
                 if norm > self.max_update_norm_ratio * median:
                     self.screen.reject(server_round, proxy, f"update changes the model by {norm:.3g}, more "
                                        f"than max-update-norm-ratio = {self.max_update_norm_ratio:g} x the "
                                        f"median {median:.3g}")
                 else:
-                    kept.append((proxy, res, arrays))
+                    kept.append((proxy, res, norm))
             accepted = kept
         if self.max_examples_ratio:
             cap = int(self.max_examples_ratio * float(np.median([res.num_examples for _, res, _ in accepted])))

@@ -64,3 +64,28 @@ def test_metric_means_are_example_weighted_and_skip_non_numeric():
     assert means["acc"] == pytest.approx((10 * 0.5 + 30 * 0.9) / 40)
     assert means["loss"] == pytest.approx((10 * 1.0 + 60 * 2.0) / 70)
     assert "name" not in means
+
+
+def test_weighted_average_reads_a_generator_once_each_and_gives_the_same_bits():
+    rng = np.random.default_rng(3)
+    updates = [[rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=7).astype(np.float32)]
+               for _ in range(9)]
+    counts = [int(c) for c in rng.integers(1, 600, size=9)]
+    read = []
+
+    def one_at_a_time():
+        for i, update in enumerate(updates):
+            read.append(i)
+            yield [a.copy() for a in update]
+
+    streamed = weighted_average(one_at_a_time(), counts)
+    assert read == list(range(9))
+    expected = [sum((np.float64(n) / sum(counts)) * u[i].astype(np.float64) for u, n in zip(updates, counts))
+                for i in range(2)]
+    for got, want, listed in zip(streamed, expected, weighted_average(updates, counts)):
+        assert got.dtype == np.float32 and np.array_equal(got, listed)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="8 updates but 9 weights"):
+        weighted_average(iter(updates[:8]), counts)
+    with pytest.raises(ValueError, match="more updates than the 8 weights"):
+        weighted_average(iter(updates), counts[:8])

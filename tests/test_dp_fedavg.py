@@ -269,3 +269,34 @@ def test_a_strategy_restored_from_its_state_releases_what_the_original_does(opti
         released.append(parameters_to_ndarrays(s.aggregate_fit(2, updates, [])[0]))
     for a, b in zip(*released):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("clipping", ["server", "client"])
+def test_the_noised_sum_reads_one_update_at_a_time(clipping, monkeypatch):
+    """Screening, clipping and summing go through the cohort's replies one at a time: as
+    arrays the server holds the update it reads (and the one before), not the round's."""
+    import weakref
+
+    import strategies.screening
+
+    s = strategy(clipping=clipping, noise_multiplier=1e-9, clients_per_round=12)
+    alive: list[weakref.ref] = []
+    most_alive = []
+
+    def tracked(parameters):
+        most_alive.append(sum(ref() is not None for ref in alive))
+        update = parameters_to_ndarrays(parameters)
+        alive.append(weakref.ref(update[0]))
+        return update
+
+    monkeypatch.setattr(strategies.screening, "parameters_to_ndarrays", tracked)
+    s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(12))
+    updates = [trained(i, 0.01) for i in range(12)]
+    if clipping == "client":
+        updates = [clip_update(model_delta(u, GLOBAL), 1.0)[0] for u in updates]
+    params, metrics = s.aggregate_fit(1, [result(f"c{i}", u) for i, u in enumerate(updates)], [])
+    assert len(most_alive) == 12 and max(most_alive) <= 1
+    assert metrics["num_rejected"] == 0 and metrics["clip_fraction"] == 0.0
+    deltas = updates if clipping == "client" else [model_delta(u, GLOBAL) for u in updates]
+    for k, (got, g) in enumerate(zip(parameters_to_ndarrays(params), GLOBAL)):
+        np.testing.assert_allclose(got, g + sum(d[k] for d in deltas) / 12, atol=1e-6)

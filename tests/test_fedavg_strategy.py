@@ -99,3 +99,30 @@ def test_client_reported_epsilons_are_summarised_as_max_and_mean(strategy):
     _, metrics = strategy.aggregate_fit(2, results, [])
     assert (metrics["client_epsilon_max"], metrics["client_epsilon_mean"]) == (3.0, 2.0)
     assert "epsilon" not in metrics and CLIENT_EPSILON not in metrics
+
+
+def test_a_round_is_screened_and_averaged_holding_one_update_as_arrays_at_a_time(strategy, monkeypatch):
+    """The server holds the round's replies serialised; as arrays it holds the update it is
+    reading (and the one before, until the next replaces it), not the round's."""
+    import weakref
+
+    import strategies.fedavg
+    import strategies.screening
+
+    alive: list[weakref.ref] = []
+    most_alive = []
+
+    def tracked(parameters):
+        most_alive.append(sum(ref() is not None for ref in alive))
+        update = parameters_to_ndarrays(parameters)
+        alive.append(weakref.ref(update[0]))  # an update lives as long as its first tensor
+        return update
+
+    monkeypatch.setattr(strategies.screening, "parameters_to_ndarrays", tracked)
+    monkeypatch.setattr(strategies.fedavg, "parameters_to_ndarrays", tracked)
+    results = [fit_result(str(k), arrays(float(k)), 10) for k in range(20)]
+    params, metrics = strategy.aggregate_fit(1, results, [])
+    assert metrics["num_rejected"] == 0 and len(most_alive) == 40  # each update read twice
+    assert max(most_alive) <= 1
+    for layer in parameters_to_ndarrays(params):
+        np.testing.assert_allclose(layer, 9.5)
