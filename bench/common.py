@@ -21,7 +21,7 @@ from data.mnist import TensorDataset
 from fl_app.assembly import load_test_set
 from fl_app.client import load_client_data
 from fl_app.config import AppConfig, project_defaults
-from fl_app.model import seeded_net
+from fl_app.model import seeded_model
 from fl_app.run_dir import RunDir
 from fl_app.schedule import round_learning_rates
 from fl_app.task import device, evaluate, get_weights, set_weights, train
@@ -175,7 +175,7 @@ def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str,
     start = time.perf_counter()
     clients = train_sets(cfg, data_dir, num_clients)
     test_set = load_test_set(cfg, data_dir)
-    net = seeded_net(cfg.run.seed).to(device())
+    net = seeded_model(cfg.train.model, cfg.run.seed).to(device())
     global_weights = get_weights(net)
     rng = np.random.default_rng(cfg.run.seed)
     rounds = []

@@ -1,7 +1,8 @@
 """Scale: many simulated clients with little data each, a fraction of them per round.
 
     python -m bench.scale [--num-clients 1000] [--samples-per-client 60] \
-        [--clients-per-round 100] [--rounds 4] [--gpus-per-client 0] [--json scale.json]
+        [--clients-per-round 100] [--rounds 4] [--model cnn] [--gpus-per-client 0] \
+        [--json scale.json]
 
 Simulation: run_simulation.py with `fraction-fit` = clients-per-round / num-clients, one
 local epoch, batch 32, centralized evaluation on 1000 test samples each round, no
@@ -10,7 +11,8 @@ optimizer steps, averaging and evaluation in a plain PyTorch loop in one process
 in the same invocation (first). Prints the steady-state round (rounds 2..) of both, the
 framework overhead per sampled client, (simulation round - plain round) / clients per
 round, and the peak memory of the whole simulation (PSS of every process: run_simulation,
-SuperLink, ServerApp, Ray and its ClientApp workers). Goal: <= 15 ms per client.
+SuperLink, ServerApp, Ray and its ClientApp workers). Goals: <= 15 ms per client with the
+reference CNN (`cnn`), <= 5 ms with the DP recipe's small model (`--model tanh-cnn`).
 """
 
 import tempfile
@@ -31,6 +33,7 @@ from bench.common import (
     write_json,
 )
 from fl_app.config import AppConfig
+from fl_app.model import MODELS
 
 
 def main() -> None:
@@ -40,13 +43,15 @@ def main() -> None:
     parser.add_argument("--samples-per-client", type=int, default=60)
     parser.add_argument("--clients-per-round", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--model", choices=sorted(MODELS), default="cnn")
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
     add_data_dir(parser)
     add_json(parser, "scale.json")
     args = parser.parse_args()
 
     fraction = args.clients_per_round / args.num_clients
-    overrides = {"data-dir": str(args.data_dir.resolve()), "samples-per-client": args.samples_per_client,
+    overrides = {"data-dir": str(args.data_dir.resolve()), "model": args.model,
+                 "samples-per-client": args.samples_per_client,
                  "local-epochs": 1, "num-server-rounds": args.rounds, "fraction-fit": fraction,
                  "min-fit-clients": args.clients_per_round, "min-available-clients": args.num_clients,
                  "fraction-evaluate": 0.0, "eval-samples": 1000, "validation-fraction": 0.0,
@@ -72,7 +77,8 @@ def main() -> None:
         "machine": machine(),
     }
     write_json(args.json, figures, show=True)
-    print(f"\n{args.num_clients} clients x {args.samples_per_client} samples, {args.clients_per_round} per round: "
+    print(f"\n{args.num_clients} clients x {args.samples_per_client} samples, {args.clients_per_round} per round, "
+          f"model {args.model}: "
           f"steady round {steady_sim:.2f} s (simulation) vs {steady_plain:.2f} s (its compute, plain loop); "
           f"overhead {per_client_ms:.1f} ms per sampled client; peak memory {peak / 2**30:.2f} GiB "
           f"(whole simulation, PSS); simulation wall {sim_total:.1f} s")
