@@ -47,6 +47,7 @@ def weighted_average(updates: Iterable[Update], weights: Sequence[float]) -> lis
         raise ValueError(f"weights must be finite, non-negative, with a positive sum: {weights}")
     coefficients = w / w.sum() if len(w) else w
     totals: list[np.ndarray] = []
+    terms: list[np.ndarray] = []  # one reused float64 array per layer for (n_k / n) w_k
     dtypes: list[np.dtype] = []
     count = 0
     for count, update in enumerate(updates, start=1):
@@ -54,9 +55,11 @@ def weighted_average(updates: Iterable[Update], weights: Sequence[float]) -> lis
             raise ValueError(f"more updates than the {len(coefficients)} weights")
         if not totals:
             totals = [np.zeros(np.shape(layer), dtype=np.float64) for layer in update]
+            terms = [np.empty_like(total) for total in totals]
             dtypes = [np.asarray(layer).dtype for layer in update]
-        for total, layer in zip(totals, update):
-            total += coefficients[count - 1] * layer
+        for total, term, layer in zip(totals, terms, update):
+            np.multiply(layer, coefficients[count - 1], out=term)
+            total += term
     if count == 0:
         raise ValueError("no updates to average")
     if count != len(coefficients):

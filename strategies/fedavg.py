@@ -2,12 +2,13 @@
 
 from typing import Any
 
-from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 from strategies.aggregation import weighted_average, weighted_metric_means
 from strategies.screening import Failures, ScreenedStrategy, UpdateScreen
+from strategies.tensors import read_arrays
 
 # The app's client metrics are example-weighted means unless a strategy is given other functions.
 METRIC_MEANS = {"fit_metrics_aggregation_fn": weighted_metric_means,
@@ -28,7 +29,7 @@ class WeightedFedAvg(FlowerFedAvg):
         if not results:
             return None, {}
         aggregated = weighted_average(
-            (parameters_to_ndarrays(r.parameters) for _, r in results),
+            (read_arrays(r.parameters) for _, r in results),
             [r.num_examples for _, r in results],
         )
         metrics: dict[str, Scalar] = {}

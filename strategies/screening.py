@@ -22,6 +22,7 @@ from strategies.client_reports import (
     metrics_problem,
 )
 from strategies.privacy.mechanism import global_l2_norm, model_delta
+from strategies.tensors import read_arrays
 from strategies.wire import CLIENT_EPSILON
 
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
@@ -106,9 +107,9 @@ class UpdateScreen:
 
 
 def _arrays(res: FitRes) -> tuple[list[np.ndarray], str | None]:
-    """The result's tensors, or why they cannot be read."""
+    """The result's tensors (read-only, over its bytes), or why they cannot be read."""
     try:
-        return parameters_to_ndarrays(res.parameters), None
+        return read_arrays(res.parameters), None
     except Exception as err:  # any bytes a client sends must not stop the server
         return [], f"unreadable tensors ({type(err).__name__})"
 

@@ -11,6 +11,7 @@ from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
 from strategies.fedavg import WeightedFedAvg
 from strategies.screening import UpdateScreen
+from strategies.tensors import read_arrays
 from strategies.wire import CLIENT_CLIP_NORM
 from strategies.privacy.mechanism import clip_update, model_delta
 from strategies.privacy.randomness import DPRandomness
@@ -285,11 +286,11 @@ def test_the_noised_sum_reads_one_update_at_a_time(clipping, monkeypatch):
 
     def tracked(parameters):
         most_alive.append(sum(ref() is not None for ref in alive))
-        update = parameters_to_ndarrays(parameters)
+        update = read_arrays(parameters)
         alive.append(weakref.ref(update[0]))
         return update
 
-    monkeypatch.setattr(strategies.screening, "parameters_to_ndarrays", tracked)
+    monkeypatch.setattr(strategies.screening, "read_arrays", tracked)
     s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(12))
     updates = [trained(i, 0.01) for i in range(12)]
     if clipping == "client":

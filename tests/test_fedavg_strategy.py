@@ -5,6 +5,7 @@ import pytest
 from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from strategies import FedAvg
+from strategies.tensors import read_arrays
 from strategies.wire import CLIENT_EPSILON
 
 OK = Status(code=Code.OK, message="")
@@ -114,15 +115,32 @@ def test_a_round_is_screened_and_averaged_holding_one_update_as_arrays_at_a_time
 
     def tracked(parameters):
         most_alive.append(sum(ref() is not None for ref in alive))
-        update = parameters_to_ndarrays(parameters)
+        update = read_arrays(parameters)
         alive.append(weakref.ref(update[0]))  # an update lives as long as its first tensor
         return update
 
-    monkeypatch.setattr(strategies.screening, "parameters_to_ndarrays", tracked)
-    monkeypatch.setattr(strategies.fedavg, "parameters_to_ndarrays", tracked)
+    monkeypatch.setattr(strategies.screening, "read_arrays", tracked)
+    monkeypatch.setattr(strategies.fedavg, "read_arrays", tracked)
     results = [fit_result(str(k), arrays(float(k)), 10) for k in range(20)]
     params, metrics = strategy.aggregate_fit(1, results, [])
     assert metrics["num_rejected"] == 0 and len(most_alive) == 40  # each update read twice
     assert max(most_alive) <= 1
     for layer in parameters_to_ndarrays(params):
         np.testing.assert_allclose(layer, 9.5)
+
+
+def test_a_reply_carrying_an_npz_archive_is_left_out_and_the_round_goes_on(strategy, caplog):
+    """np.load opens a .npz archive as an NpzFile, whose missing shape used to stop the
+    server's aggregation: one hostile client could end the run."""
+    import io
+
+    archive = io.BytesIO()
+    np.savez(archive, a=np.zeros(3, np.float32))
+    hostile = ndarrays_to_parameters(arrays(5.0))
+    hostile.tensors[1] = archive.getvalue()
+    results = [fit_result("good", arrays(2.0), 50), (SimpleNamespace(cid="npz"), FitRes(OK, hostile, 50, {}))]
+    params, metrics = strategy.aggregate_fit(1, results, [])
+    for layer in parameters_to_ndarrays(params):
+        np.testing.assert_array_equal(layer, 2.0)
+    assert metrics["num_rejected"] == 1
+    assert "left out client npz: unreadable tensors (ValueError)" in caplog.text
