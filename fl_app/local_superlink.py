@@ -20,8 +20,9 @@ STARTUP_TIMEOUT_S = 60.0
 # Ray passes task arguments and results up to `max_direct_call_object_size` bytes inline
 # (100 KiB by default) and larger ones through its shared-memory object store. A message
 # of the DP recipe's model (tanh-cnn, 26,010 parameters) is 106 KB: on the 2-core machine
-# one actor round trip of it took 2.7 ms inline against 7.0 ms through the store. The
-# reference CNN's 4.8 MB messages stay in the store (inline: 31.7 ms against 21.9).
+# an actor's echo of it took 2.7 ms inline against 7.0 ms through the store
+# (`python -m bench.client_call --model tanh-cnn`). The reference CNN's 4.8 MB messages
+# stay in the store.
 RAY_INLINE_BYTES = 1 << 20
 
 
