@@ -25,6 +25,7 @@ import click
 from flwr.common.config import parse_config_args
 
 from data.mnist import MNIST_TRAIN_SIZE, DataUnavailableError, ensure_mnist
+from fl_app.app_bundle import stage_app
 from fl_app.checkpoint import CheckpointError, load_checkpoint
 from fl_app.config import AppConfig, ConfigError, check_partitioning, check_resumable, project_defaults
 from fl_app.local_superlink import LocalSuperLink, flower_executable, write_connection
@@ -130,7 +131,8 @@ def simulate(args: argparse.Namespace, run_config: dict[str, Any], flwr_home: Pa
             f"client-resources-num-gpus={args.gpus_per_client} "
             f"verbose={toml_value(args.verbose)}"
         )
-        command = [flower_executable("flwr"), "run", str(APP_DIR), CONNECTION, "--stream",
+        app_dir = stage_app(APP_DIR, flwr_home / "app")  # the FAB's files, not the whole checkout
+        command = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream",
                    "--federation-config", federation]
         for key, value in run_config.items():
             command += ["--run-config", f"{key}={toml_value(value)}"]
