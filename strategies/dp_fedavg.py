@@ -288,7 +288,7 @@ class DPFedAvg(AroundStrategy):
         """[K × SecAgg+'s mean of the K unit-weighted updates], or [] (none, or refused)."""
         if not results:
             return []
-        mean = self.screen.fit_results(server_round, results[:1], self._secure_mean_problem, any_float=True)
+        mean = list(self.screen.screened(server_round, results[:1], self._secure_mean_problem, any_float=True))
         if not mean:
             return []
         return [[a.astype(np.float64) * len(results) for a in mean[0][2]]]

@@ -26,7 +26,6 @@ from strategies.tensors import read_arrays
 from strategies.wire import CLIENT_EPSILON
 
 Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
-Accepted = list[tuple[ClientProxy, FitRes, list[np.ndarray]]]
 Measured = list[tuple[ClientProxy, FitRes, float]]  # a result and the length of its change to the model
 Check = Callable[[list[np.ndarray], FitRes], str | None]
 
@@ -71,17 +70,6 @@ class UpdateScreen:
                 continue
             res.metrics = known_metrics(res.metrics, FIT_METRICS)
             yield proxy, res, arrays
-
-    def fit_results(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, FitRes]],
-        check: Check | None = None,
-        *,
-        any_float: bool = False,
-    ) -> Accepted:
-        """Every result `screened` lets through, with its arrays, in one list."""
-        return list(self.screened(server_round, results, check, any_float=any_float))
 
     def evaluate_results(
         self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]]
