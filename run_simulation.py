@@ -5,9 +5,10 @@
 
 Validates the configuration first, starts a private SuperLink (free port, its own
 FLWR_HOME, no per-run dependency installation), submits the app with `flwr run
---stream` (from a staged copy of its bundle files), prints the run's log as it goes, and stops the SuperLink and everything
-it spawned on success, failure, Ctrl-C or SIGTERM. Exit status: 0 when the run
-finished:completed, 1 when it failed, 2 on a bad configuration or missing data.
+--stream` (from a staged copy of its bundle files), prints the run's log as it goes,
+and stops the SuperLink and everything it spawned on success, failure, Ctrl-C or
+SIGTERM. Exit status: 0 when the run finished:completed, 1 when it failed, 2 on a bad
+configuration or missing data.
 """
 
 import argparse

@@ -31,6 +31,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.task_identity import TaskIdentity
 
 from bench.common import APP_DEFAULTS, ROOT, add_data_dir, add_json, argument_parser, machine, write_json
+from bench.scale import scale_overrides
 from fl_app.client_app import app
 from fl_app.config import AppConfig
 from fl_app.model import MODELS, seeded_model
@@ -42,11 +43,8 @@ NUM_PARTITIONS = 1000
 
 
 def run_config(model: str, data_dir: str, samples: int) -> dict[str, Any]:
-    """The run-config of `bench.scale`'s simulation for `model`."""
-    return APP_DEFAULTS | {"data-dir": data_dir, "model": model, "samples-per-client": samples,
-                           "local-epochs": 1, "fraction-fit": 0.1, "min-fit-clients": 100,
-                           "min-available-clients": NUM_PARTITIONS, "fraction-evaluate": 0.0,
-                           "validation-fraction": 0.0, "checkpoint-every": 0, "data-download": False}
+    """The run-config of `bench.scale`'s simulation (its defaults) for `model`."""
+    return APP_DEFAULTS | scale_overrides(data_dir, model, samples, NUM_PARTITIONS, clients_per_round=100, rounds=4)
 
 
 def fit_message(config: dict[str, Any], partition: int) -> tuple[Message, Context]:

@@ -18,6 +18,7 @@ reference CNN (`cnn`), <= 5 ms with the DP recipe's small model (`--model tanh-c
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,16 @@ from fl_app.config import AppConfig
 from fl_app.model import MODELS
 
 
+def scale_overrides(data_dir: str, model: str, samples_per_client: int, num_clients: int,
+                    clients_per_round: int, rounds: int) -> dict[str, Any]:
+    """The run-config keys the scale simulation sets (see the module)."""
+    return {"data-dir": data_dir, "model": model, "samples-per-client": samples_per_client,
+            "local-epochs": 1, "num-server-rounds": rounds, "fraction-fit": clients_per_round / num_clients,
+            "min-fit-clients": clients_per_round, "min-available-clients": num_clients,
+            "fraction-evaluate": 0.0, "eval-samples": 1000, "validation-fraction": 0.0,
+            "checkpoint-every": 0, "data-download": False}
+
+
 def main() -> None:
     """Run the plain loop, then the simulation; print and write the figures."""
     parser = argument_parser(__doc__)
@@ -49,13 +60,8 @@ def main() -> None:
     add_json(parser, "scale.json")
     args = parser.parse_args()
 
-    fraction = args.clients_per_round / args.num_clients
-    overrides = {"data-dir": str(args.data_dir.resolve()), "model": args.model,
-                 "samples-per-client": args.samples_per_client,
-                 "local-epochs": 1, "num-server-rounds": args.rounds, "fraction-fit": fraction,
-                 "min-fit-clients": args.clients_per_round, "min-available-clients": args.num_clients,
-                 "fraction-evaluate": 0.0, "eval-samples": 1000, "validation-fraction": 0.0,
-                 "checkpoint-every": 0, "data-download": False}
+    overrides = scale_overrides(str(args.data_dir.resolve()), args.model, args.samples_per_client,
+                                args.num_clients, args.clients_per_round, args.rounds)
     cfg = AppConfig.from_run_config(APP_DEFAULTS | overrides)
     run_config = run_config_text(overrides)
     started = time.perf_counter()

@@ -22,7 +22,7 @@ go through Flower's functions. `ask_over_grid` is the round trip itself; the key
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Message, MessageType, RecordDict
+from flwr.common import Code, EvaluateIns, EvaluateRes, FitIns, FitRes, Message, MessageType, RecordDict
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -32,7 +32,6 @@ from flwr.server.server import (
     evaluate_clients,
     fit_clients,
 )
-from flwr.common import Code
 
 Ins = TypeVar("Ins", FitIns, EvaluateIns)
 Res = TypeVar("Res", FitRes, EvaluateRes)
