@@ -8,6 +8,7 @@ value is `auto` takes its value from pyproject's `[tool.fl-app.auto]` table: the
 otherwise; any other value is used as given.
 """
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -18,6 +19,7 @@ import tomllib
 
 from data.partition import PARTITIONERS
 from fl_app.model import MODELS
+from fl_app.secagg_params import tolerated_dropouts
 from strategies.privacy.accounting import ACCOUNTANTS
 from strategies.privacy.adaptive_clipping import check_count_noise
 from strategies.dp_fedavg import CLIPPING_MODES
@@ -331,6 +333,14 @@ class AppConfig:
                 f"server needs only the sum; got dp-mode = '{dp.mode}', "
                 f"dp-clipping = '{dp.clipping}')"
             )
+        if self.secagg.enabled and tolerated_dropouts(
+            math.floor(dp.clients_per_round), self.secagg.num_shares, self.secagg.reconstruction_threshold
+        ) < 1:
+            raise refuse("secagg-reconstruction-threshold", self.secagg.reconstruction_threshold,
+                         f"a value at which SecAgg+ survives one dropout in a cohort of "
+                         f"dp-clients-per-round = {dp.clients_per_round:g} clients (at least 3; with "
+                         f"secagg-num-shares = {self.secagg.num_shares:g}, a lower threshold): a halted "
+                         f"round would release no update, so one client could change a round by the whole sum")
 
     def to_run_config(self) -> dict[str, Any]:
         """The kebab-case mapping this config was built from."""

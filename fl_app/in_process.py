@@ -27,7 +27,9 @@ from flwr.common import (
     RecordDict,
     parameters_to_ndarrays,
 )
+from flwr.server import ServerConfig
 from flwr.server.client_proxy import ClientProxy
+from flwr.server.server import run_fl
 
 from data.mnist import MNIST_TRAIN_SIZE
 from fl_app.assembly import build_server, prepare_run
@@ -117,5 +119,5 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
         for proxy in extra_clients:
             server.client_manager().register(proxy)
         server.set_max_workers(1)  # one client at a time: dropout draws from torch's global RNG
-        server.fit(cfg.run.num_server_rounds, timeout=None)
+        run_fl(server, ServerConfig(num_rounds=cfg.run.num_server_rounds))  # Flower's loop, its [SUMMARY] included
     return run.recorder.run_dir.read_history()

@@ -187,13 +187,11 @@ class RunRecorder:
 
 def format_round(row: dict[str, Any], num_rounds: int) -> str:
     """`round 3/10 | test acc 98.95% loss 0.0342 | clients 10 | 61.2 s` (plus ε with DP;
-    the sampled cohort's size where the number of replies is withheld)"""
-    clients = row["num_fit_clients"] if row.get("num_fit_clients") is not None else row.get("cohort_size", 0)
-    label = "clients" if row.get("num_fit_clients") is not None else "cohort"
+    no client count where the number of replies is withheld)"""
+    clients = f"clients {row['num_fit_clients']} | " if row.get("num_fit_clients") is not None else ""
     line = (
         f"round {row['round']}/{num_rounds} | test acc {100 * row['centralized_accuracy']:.2f}% "
-        f"loss {row['centralized_loss']:.4f} | {label} {clients} | "
-        f"{row['seconds']:.1f} s"
+        f"loss {row['centralized_loss']:.4f} | {clients}{row['seconds']:.1f} s"
     )
     if "epsilon" in row:
         line += f" | epsilon {row['epsilon']:.3f}"

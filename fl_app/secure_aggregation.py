@@ -6,7 +6,10 @@ samples; the clients' `secaggplus_mod` masks their unit-weighted updates, and th
 strategy's `aggregate_fit` receives the unmasked mean of the K updates. A round the
 protocol cannot carry out (fewer than 2 sampled clients, too many dropouts) still
 reaches `aggregate_fit`, with no results: DP-FedAvg then releases noise only, so every
-round costs exactly one accountant step.
+round costs exactly one accountant step. A cohort of one client (SecAgg+ needs two) sends
+its clipped update as it is: the sum of one update is that update, so the server learns
+nothing more than SecAgg+ would tell it, and the client's presence moves the release by
+at most S, as in any other round.
 """
 
 import time
@@ -34,9 +37,11 @@ class _AggregateFitRecorder:
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
         self.outcome: tuple[Parameters | None, dict[str, Scalar], FitResultsAndFailures] | None = None
+        self.instructions: list = []
 
     def configure_fit(self, *args, **kwargs):
-        return self.strategy.configure_fit(*args, **kwargs)
+        self.instructions = self.strategy.configure_fit(*args, **kwargs)
+        return self.instructions
 
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures
@@ -90,6 +95,10 @@ class SecAggPlusServer(RecordingServer):
         self.workflow(self.grid, legacy)
         if recorder.outcome is not None:
             return recorder.outcome
+        if len(recorder.instructions) == 1:
+            # SecAgg+ needs 2 clients; the sum of a cohort of one is its update, so the
+            # server learns the same from the client's clipped update sent as it is.
+            return self.fit_cohort(server_round, recorder.instructions, timeout)
         log(WARNING, "round %s: SecAgg+ could not run with this cohort; the strategy "
             "aggregates no client update", server_round)
         parameters, metrics = self.strategy.aggregate_fit(server_round, [], [])

@@ -7,6 +7,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 from flwr.common import FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.logger import FLOWER_LOGGER
 from flwr.server import History, Server
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures
@@ -14,7 +15,7 @@ from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures
 from fl_app.checkpoint import Checkpoint, global_rng_state, save_checkpoint, set_global_rng_state
 from fl_app.cohort_calls import evaluate_cohort, fit_cohort
 from fl_app.outputs import RunRecorder
-from strategies.privacy.release import ReleasePolicy
+from strategies.privacy.release import ReleasePolicy, install_log_filter
 from strategies.client_reports import EVALUATE_METRICS, FIT_METRICS, is_finite_number
 from strategies.privacy.statement import LocalPrivacyLedger
 from strategies.state import load_strategy_state, strategy_state
@@ -89,7 +90,16 @@ class RecordingServer(Server):
 
     def fit(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
         """Run the federation for up to `num_rounds` rounds (when resuming: finish the
-        checkpoint's round, then go on)."""
+        checkpoint's round, then go on), Flower's log lines passing the release policy's filter."""
+        log_filter = install_log_filter(self.release)
+        try:
+            return self._fit_rounds(num_rounds, timeout)
+        finally:
+            if log_filter is not None:
+                FLOWER_LOGGER.removeFilter(log_filter)
+
+    def _fit_rounds(self, num_rounds: int, timeout: float | None) -> tuple[History, float]:
+        """`fit`'s rounds."""
         history = History()
         start = time.perf_counter()
         if self.client_manager().num_available() < self.quorum:
@@ -222,6 +232,12 @@ class RecordingServer(Server):
         )
         log(INFO, "configure_fit: strategy sampled %s clients (out of %s)",
             len(instructions), self.client_manager().num_available())
+        return self.fit_cohort(server_round, instructions, timeout)
+
+    def fit_cohort(
+        self, server_round: int, instructions: list, timeout: float | None
+    ) -> tuple[Parameters | None, dict[str, Scalar], FitResultsAndFailures]:
+        """Send a sampled cohort its fit instructions and aggregate the replies."""
         results, failures = fit_cohort(
             instructions, max_workers=self.max_workers, timeout=timeout, group_id=server_round,
         ) if instructions else ([], [])
@@ -261,7 +277,7 @@ class RecordingServer(Server):
         parameters, metrics, (results, failures) = self.fit_round(server_round, timeout)
         if parameters is not None:
             self.parameters = parameters
-        history.add_metrics_distributed_fit(server_round=server_round, metrics=metrics)
+        history.add_metrics_distributed_fit(server_round=server_round, metrics=self.release.metrics(metrics))
         return dict(metrics) | {"num_fit_clients": len(results), "num_fit_failures": len(failures)}
 
     def _evaluate(self, server_round: int, timeout: float | None, history: History) -> dict[str, Any]:

@@ -187,7 +187,8 @@ def test_sigma_is_calibrated_to_the_target_when_not_given():
     assert privacy["noise_multiplier"] == s.noise_multiplier > 0
     assert privacy["rounds_accounted"] == 20 and privacy["epsilon"] == s.accountant.epsilon()
     assert privacy["statement"] == (f"(ε = {round_up(s.accountant.epsilon()):g}, δ = 1e-05) client-level DP for "
-                                    "50 clients over 20 rounds, RDP accountant; NOT A VALID CLAIM: "
+                                    "50 clients over 20 rounds, RDP accountant; trusted server (sees each sampled "
+                                    "update); NOT A VALID CLAIM: "
                                     "dp-reproducible-noise = true makes the noise predictable from the public seed")
 
 

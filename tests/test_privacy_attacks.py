@@ -173,7 +173,7 @@ def test_default_central_dp_outputs_hold_no_exact_client_figure(central, mnist_d
         assert set(row) <= DP_RELEASED_FIELDS | set(ALWAYS_PRESENT), row
         assert all(row[field] is None for field in ALWAYS_PRESENT), row
         assert not set(EXACT_CLIENT_FIGURES) & set(row)
-    assert all(row["cohort_size"] == 3 and row["epsilon"] > 0 for row in rows[1:])
+    assert all("cohort_size" not in row and row["epsilon"] > 0 for row in rows[1:])
     if clipping == "adaptive":  # the noised count is released, the exact one is not
         assert all(np.isfinite(row["noised_unclipped_fraction"]) for row in rows[1:])
     summary = RunDir(tmp_path / "default").read_summary()

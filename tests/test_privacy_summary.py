@@ -11,7 +11,7 @@ from fl_app.outputs import summary_table
 from fl_app.run_dir import RunDir
 from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.privacy.opacus_compat import create_accountant
-from strategies.privacy.statement import round_up
+from strategies.privacy.statement import PUBLIC_DATASET_SIZE, central_assumptions, round_up
 
 
 @pytest.fixture
@@ -44,8 +44,10 @@ def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, t
         "sampling_rate": pytest.approx(2 / 3), "rounds_accounted": 2, "accountant": "rdp",
         "clipping": "server", "clipping_norm": 1.0, "population": 3, "valid_claim": True,
         "unprotected_metrics_released": False}
-    sentence = f"(ε = {round_up(privacy['epsilon']):g}, δ = 0.001) client-level DP for 3 clients over 2 rounds, RDP accountant"
+    sentence = (f"(ε = {round_up(privacy['epsilon']):g}, δ = 0.001) client-level DP for 3 clients over 2 rounds, "
+                "RDP accountant; trusted server (sees each sampled update)")
     assert privacy["statement"] == sentence
+    assert privacy["assumptions"] == central_assumptions(secure_aggregation=False)
     assert f"privacy         {sentence}" in summary_table(summary_of(tmp_path))
     assert RunDir(tmp_path).read_config()["model"] == "tanh-cnn"  # auto: the DP recipe's model
     build_model("tanh-cnn").load_state_dict(torch.load(RunDir(tmp_path).model))
@@ -71,7 +73,9 @@ def test_local_dp_summary_states_each_clients_guarantee(small, mnist_dir, tmp_pa
     assert (privacy["rounds_accounted"], privacy["target_epsilon"], privacy["delta"], privacy["clipping_norm"]) == (
         2, 5.0, 1e-3, 1.0)
     assert privacy["statement"] == (f"(ε = {round_up(epsilon):g}, δ = 0.001) sample-level DP for each of 3 clients' "
-                                    "data (largest ε over clients) over 2 rounds, RDP accountant")
+                                    "data (largest ε over clients) over 2 rounds, RDP accountant; "
+                                    "each site's record count treated as public")
+    assert privacy["assumptions"][0] == PUBLIC_DATASET_SIZE
     assert any(privacy["statement"] in line for line in summary_table(summary_of(tmp_path)))
 
 
@@ -84,3 +88,21 @@ def test_a_plain_run_says_privacy_null(small, mnist_dir, tmp_path):
 
 def test_the_stated_epsilon_is_rounded_up():
     assert [round_up(e) for e in (1.9949, 1.99, 0.12301, 4.990165, 12.34)] == [2.0, 1.99, 0.124, 5.0, 12.4]
+
+
+def test_local_dp_reports_reveal_a_sites_dataset_size_and_the_statement_says_so(small, mnist_dir, tmp_path):
+    """The attack: the server (or a reader of summary.json) tells n = 180 from n = 179 at a
+    bucket edge of ceil(n/B) through the batch rate and σ a site reports. Sample-level DP
+    under add/remove of one record does not cover that, so the statement must declare the
+    record count public (the claim on 2f896fe did not)."""
+    config = small | {"dp-mode": "local", "dp-target-epsilon": 5.0, "dp-delta": 1e-3, "num-server-rounds": 1,
+                      "samples-per-client": 200}
+    run_federation(config, 3, mnist_dir, tmp_path)
+    privacy = summary_of(tmp_path)["privacy"]
+    reported_rate = privacy["sampling_rate"][0]
+
+    def candidates(rate: float) -> set[int]:
+        return {n for n in range(100, 260) if 1 / batches_per_epoch(n, 20) == rate}
+    assert 180 in candidates(reported_rate) and 181 not in candidates(reported_rate)  # n = 180 vs 181 told apart
+    assert PUBLIC_DATASET_SIZE in privacy["assumptions"]
+    assert "record count treated as public" in privacy["statement"]

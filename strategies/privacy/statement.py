@@ -17,17 +17,42 @@ def round_up(value: float, digits: int = 3) -> float:
     return math.ceil(value * scale - 1e-9) / scale
 
 
+TIMING = ("timing is outside ε: anyone who watches a run (or reads per-round seconds and the "
+          "wall time) sees how long each round took, which grows with the slowest sampled client")
+SERVER_SEES_UPDATES = ("the server is trusted: it clips and noises, and it sees every sampled "
+                       "client's update and the exact cohort; ε holds against everyone else "
+                       "(clients, readers of the outputs and logs)")
+SERVER_SEES_SUM = ("the server is trusted to add the noise and to keep the un-noised sum it holds: "
+                   "SecAgg+ hides each client's update from it, not the cohort's sum; ε holds "
+                   "against everyone else (clients, readers of the outputs and logs)")
+SECAGG_DROPOUTS = ("a round whose SecAgg+ halts (more dropouts than the reconstruction threshold "
+                   "tolerates) releases noise only; the guarantee assumes no round loses more "
+                   "clients than that (settings where one dropout halts a cohort of the expected "
+                   "size are refused)")
+PUBLIC_DATASET_SIZE = ("each site's number of records is treated as public: its DP-SGD batch rate "
+                       "(1/batches per epoch) and noise multiplier follow from it and reach the server")
+
+
+def central_assumptions(secure_aggregation: bool) -> list[str]:
+    """What a central DP-FedAvg claim rests on beyond its figures."""
+    if secure_aggregation:
+        return [SERVER_SEES_SUM, SECAGG_DROPOUTS, TIMING]
+    return [SERVER_SEES_UPDATES, TIMING]
+
+
 def statement(
     *, epsilon: float, delta: float, level: str, population: int, rounds: int, accountant: str,
-    valid: bool, per_client: bool = False,
+    valid: bool, per_client: bool = False, trust: str = "",
 ) -> str:
     """`(ε = 1.97, δ = 1e-05) client-level DP for 1000 clients over 20 rounds, RDP
-    accountant` (ε rounded up to 3 significant digits), with a warning appended when the
-    claim is not valid."""
+    accountant; <trust>` (ε rounded up to 3 significant digits), with a warning appended
+    when the claim is not valid."""
     bound = f"(ε = {round_up(epsilon):g}, δ = {delta:g})"
     who = (f"sample-level DP for each of {population} clients' data (largest ε over clients)"
            if per_client else f"{level}-level DP for {population} clients")
     sentence = f"{bound} {who} over {rounds} rounds, {accountant.upper()} accountant"
+    if trust:
+        sentence += f"; {trust}"
     if not valid:
         sentence += ("; NOT A VALID CLAIM: dp-reproducible-noise = true makes the noise "
                      "predictable from the public seed")
@@ -58,8 +83,12 @@ def central_privacy(
         "secure_aggregation": secure_aggregation,
         "reproducible_noise": reproducible_noise,
         "valid_claim": not reproducible_noise,
+        "assumptions": central_assumptions(secure_aggregation),
         "statement": statement(epsilon=epsilon, delta=delta, level="client", population=population,
-                               rounds=rounds_accounted, accountant=accountant, valid=not reproducible_noise),
+                               rounds=rounds_accounted, accountant=accountant, valid=not reproducible_noise,
+                               trust=("trusted server adds the noise (sees each round's un-noised sum, "
+                                      "SecAgg+ hides each update)" if secure_aggregation else
+                                      "trusted server (sees each sampled update)")),
     }
 
 
@@ -114,7 +143,9 @@ class LocalPrivacyLedger:
             "population": population,
             "reproducible_noise": self.reproducible_noise,
             "valid_claim": not self.reproducible_noise,
+            "assumptions": [PUBLIC_DATASET_SIZE, TIMING],
             "statement": statement(epsilon=epsilon_max, delta=self.delta, level="sample",
                                    population=population, rounds=rounds, accountant=self.accountant,
-                                   valid=not self.reproducible_noise, per_client=True),
+                                   valid=not self.reproducible_noise, per_client=True,
+                                   trust="each site's record count treated as public"),
         }
