@@ -153,13 +153,16 @@ def test_values_that_used_to_fail_late_are_refused_up_front(default_run_config):
 
 
 def _readme_config_rows() -> dict[str, list[str]]:
-    """key -> [default cells] of the README's `| key | default | allowed | meaning |` tables."""
+    """key -> [default cells] of the `| key | default | allowed | meaning |` tables in
+    README.md and docs/*.md (docs/configuration.md holds them all)."""
     import re
     from pathlib import Path
 
+    repo = Path(__file__).resolve().parents[1]
     rows: dict[str, list[str]] = {}
     in_table = False
-    for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines():
+    text = "\n".join(path.read_text() for path in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))])
+    for line in text.splitlines():
         if line.startswith("| key | default | allowed | meaning |"):
             in_table = True
             continue
@@ -187,7 +190,7 @@ def _same(cell: str, value) -> bool:
 
 def test_the_readme_config_tables_match_the_declaration(default_run_config):
     """Every key of [tool.flwr.app.config] is documented once, with its default (and, for
-    `auto`, the values of [tool.fl-app.auto]), and the README documents no other key."""
+    `auto`, the values of [tool.fl-app.auto]), and the docs document no other key."""
     import re
 
     from fl_app.config import auto_table
