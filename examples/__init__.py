@@ -1,1 +1,1 @@
-"""Worked examples of extending the app (see README, "Your own strategy")."""
+"""Worked examples of extending the app (see docs/strategies.md, "Your own strategy")."""

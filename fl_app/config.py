@@ -250,7 +250,7 @@ def refuse(key: str, value: Any, allowed: str) -> ConfigError:
 
 @dataclass(frozen=True)
 class AppConfig:
-    """The validated run configuration, by section (README "Configuration")."""
+    """The validated run configuration, by section (docs/configuration.md)."""
 
     run: RunConfig
     data: DataConfig

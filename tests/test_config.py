@@ -152,14 +152,17 @@ def test_values_that_used_to_fail_late_are_refused_up_front(default_run_config):
         check_partitioning(tiny, 10, 60_000)
 
 
-def _readme_config_rows() -> dict[str, list[str]]:
-    """key -> [default cells] of the README's `| key | default | allowed | meaning |` tables."""
+def _documented_config_rows() -> dict[str, list[str]]:
+    """key -> [default cells] of the `| key | default | allowed | meaning |` tables in
+    README.md and docs/*.md (docs/configuration.md holds them all)."""
     import re
     from pathlib import Path
 
+    repo = Path(__file__).resolve().parents[1]
     rows: dict[str, list[str]] = {}
     in_table = False
-    for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines():
+    text = "\n".join(path.read_text() for path in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))])
+    for line in text.splitlines():
         if line.startswith("| key | default | allowed | meaning |"):
             in_table = True
             continue
@@ -185,14 +188,14 @@ def _same(cell: str, value) -> bool:
     return cell == value
 
 
-def test_the_readme_config_tables_match_the_declaration(default_run_config):
+def test_the_documented_config_tables_match_the_declaration(default_run_config):
     """Every key of [tool.flwr.app.config] is documented once, with its default (and, for
-    `auto`, the values of [tool.fl-app.auto]), and the README documents no other key."""
+    `auto`, the values of [tool.fl-app.auto]), and the docs document no other key."""
     import re
 
     from fl_app.config import auto_table
 
-    rows = _readme_config_rows()
+    rows = _documented_config_rows()
     assert set(rows) == set(default_run_config) == set(RULES)
     auto = auto_table()
     for key, (cell, *more) in rows.items():

@@ -1,4 +1,4 @@
-"""A real networked federation, started the way deploy/README.md says: a SuperLink with
+"""A real networked federation, started the way docs/deployment.md says: a SuperLink with
 TLS and SuperNode authentication, SuperNodes with their own data, runs submitted with
 `flwr run . deployment`. Loopback here; separate network namespaces in
 test_deployment_netns.py. The runs are few and short: each round starts a ClientApp
