@@ -22,7 +22,7 @@ from fl_app.task import get_weights
 from strategies.dp_fedavg import DPFedAvg
 from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.fedavg import WeightedFedAvg
-from strategies.privacy.mechanism import clipped_deltas, noisy_mean
+from strategies.privacy.mechanism import clipped_deltas, noisy_mean, sum_updates
 from strategies.privacy.randomness import DPRandomness
 from strategies.screening import UpdateScreen
 
@@ -62,7 +62,7 @@ def main() -> None:
     def math_only() -> None:
         """What the server computes from the clients' weights: Δ, clipped in place, summed
         one client at a time, noised, divided by m."""
-        noisy_mean(clipped_deltas(client_weights, weights, 1.0, []), shapes, clipping_norm=1.0,
+        noisy_mean(sum_updates(clipped_deltas(client_weights, weights, 1.0, []), shapes), clipping_norm=1.0,
                    noise_multiplier=1.0, expected_cohort_size=args.clients, rng=rng)
 
     initial = ndarrays_to_parameters(weights)

@@ -23,10 +23,27 @@ exactly S. Canaries exist only here, never in a deployment. After the run:
 σ): a broken mechanism whose ε the audit must flag. The table and a last line
 `epsilon_reported=… epsilon_lower_95=… epsilon_estimate=…` are printed and written to
 `audit.json` in the run directory.
+
+    python -m fl_app.audit --mechanisms [--run-config "dp-clipping='server'"]
+
+checks instead, in seconds and without training, the sensitivity every mechanism of the
+configured DP-FedAvg declares in its privacy ledger (`DPFedAvg.mechanisms`): adversarial
+neighbouring cohorts (`strategies.privacy.sensitivity`) go through the strategy's own
+screening, clipping and summing (`DPFedAvg.unnoised_round`) on a small model, and each
+released quantity's change is compared with its declared sensitivity. Under secure
+aggregation the clients clip and refuse non-finite updates as the app's clients do, and
+the strategy receives K × SecAgg+'s mean, or nothing when SecAgg+ cannot run (fewer than
+2 sampled clients or updates). The noise is not drawn, so σ only names the mechanisms:
+dp-noise-multiplier, 1 if unset. One line per check and a last line
+`mechanisms=<n> violations=<k>` are printed; the exit status is 1 when k > 0.
+`--fault sensitivity-scale=F` multiplies every declared sensitivity by F (F < 1: an
+understated sensitivity the check must flag).
 """
 
 import argparse
+import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +69,20 @@ from fl_app.model import seeded_model
 from fl_app.run_dir import RunDir
 from fl_app.server import RecordingServer
 from fl_app.task import get_weights
-from strategies.privacy.randomness import os_entropy_seed_sequence
+from strategies.dp_fedavg import DPFedAvg
+from strategies.fedavg import WeightedFedAvg
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.privacy.audit import audit_one_run, one_shot_estimate, random_directions
+from strategies.privacy.mechanism import clip_update
+from strategies.privacy.randomness import DPRandomness, os_entropy_seed_sequence
+from strategies.privacy.sensitivity import Release, Reply, SensitivityCheck, check_sensitivity, neighbouring_cohorts
+from strategies.privacy.sensitivity import report as sensitivity_report
+from strategies.screening import UpdateScreen
 from strategies.wire import CLIENT_CLIP_NORM, CLIENT_KEY
 
 OK = Status(Code.OK, "")
 CANARY_LENGTH = 1e6  # an included canary's update: far beyond any clipping norm, clipped to S
+AUDITED_SHAPES = [(6, 4), (6,), (2, 3, 3)]  # the mechanism audit's small model
 
 
 def flat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -200,28 +225,133 @@ def report(figures: dict[str, Any]) -> list[str]:
     return lines
 
 
-def parse_fault(text: str) -> float:
-    """`noise-scale=F` → F."""
+class AuditedClient(ClientProxy):
+    """A sampled client of the mechanism audit, whose reply is handed to the strategy."""
+
+    def get_properties(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def get_parameters(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def fit(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def evaluate(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def reconnect(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+
+def fit_results(cohort: Sequence[Reply]) -> list[tuple[ClientProxy, FitRes]]:
+    """The replies as the strategy receives them; a failed client sends none."""
+    return [(AuditedClient(f"client-{k}"), FitRes(OK, ndarrays_to_parameters(list(r.arrays)), r.num_examples, {}))
+            for k, r in enumerate(cohort) if r.arrays is not None]
+
+
+def secure_aggregate(cohort: Sequence[Reply], clipping_norm: float) -> list[tuple[ClientProxy, FitRes]]:
+    """What DP-FedAvg receives from a SecAgg+ round (fl_app/secure_aggregation.py): each
+    client clips its update to S and does not send a non-finite one (as fl_app/client.py
+    does); the strategy gets K results holding the mean of the K updates sent, weighted 1
+    each, or none when SecAgg+ cannot run (fewer than 2 sampled clients, or fewer updates
+    than its smallest reconstruction threshold, 2)."""
+    updates = []
+    for reply in cohort:
+        if reply.arrays is not None:
+            with np.errstate(invalid="ignore"):  # a non-finite update clips to NaN
+                update, _ = clip_update(list(reply.arrays), clipping_norm)
+            if all(np.isfinite(a).all() for a in update):
+                updates.append(update)
+    if len(cohort) < 2 or len(updates) < 2:
+        return []
+    mean = [np.mean([u[i].astype(np.float64) for u in updates], axis=0) for i in range(len(updates[0]))]
+    return [(AuditedClient(f"client-{k}"), FitRes(OK, ndarrays_to_parameters(mean), 1, {}))
+            for k in range(len(updates))]
+
+
+def unnoised_release(strategy: DPFedAvg, cohort: Sequence[Reply]) -> Release:
+    """The strategy's released quantities before noise for a round with these replies."""
+    results = (secure_aggregate(cohort, strategy.clipping_norm) if strategy.secure_aggregation
+               else fit_results(cohort))
+    return strategy.unnoised_round(1, results).released()
+
+
+def mechanism_audit(run_config: dict[str, Any], sensitivity_scale: float = 1.0,
+                    rng: np.random.Generator | None = None) -> tuple[list[SensitivityCheck], int]:
+    """The configured DP-FedAvg's sensitivity checks (see the module) and the number of
+    mechanisms it declares; every declared sensitivity × `sensitivity_scale`. σ is
+    dp-noise-multiplier, or 1 where it would be calibrated: no sensitivity depends on it."""
+    cfg = AppConfig.from_run_config(run_config)
+    if cfg.dp.mode != "central":
+        raise ConfigError(f"Invalid run-config: dp-mode = '{cfg.dp.mode}' (allowed: 'central'; the audit "
+                          "checks client-level DP-FedAvg)")
+    rng = rng or np.random.default_rng(cfg.run.seed)
+    reference = [rng.normal(size=shape).astype(np.float32) for shape in AUDITED_SHAPES]
+    initial = ndarrays_to_parameters(reference)
+    strategy = DPFedAvg(
+        WeightedFedAvg(initial_parameters=initial), UpdateScreen(initial, log_rejections=False),
+        clipping=cfg.dp.clipping, clipping_norm=cfg.dp.clipping_norm,
+        noise_multiplier=cfg.dp.noise_multiplier or 1.0, clients_per_round=cfg.dp.clients_per_round,
+        accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta), target_epsilon=None, rounds=None,
+        server_learning_rate=1.0, target_quantile=cfg.dp.target_quantile, clip_learning_rate=cfg.dp.clip_learning_rate,
+        clipped_count_stddev=cfg.dp.clipped_count_stddev, secure_aggregation=cfg.secagg.enabled,
+        randomness=DPRandomness(cfg.run.seed, reproducible=False), min_available_clients=1,
+    )
+    declared = strategy.mechanisms()
+    bounds = {m.name: sensitivity_scale * m.sensitivity_value(strategy.clipping_norm) for m in declared}
+    cases = neighbouring_cohorts(reference, strategy.clipping_norm, sends_deltas=cfg.dp.clipping == "client",
+                                 foreign_clients=not cfg.secagg.enabled, rng=rng)
+    return check_sensitivity(lambda cohort: unnoised_release(strategy, cohort), bounds, cases), len(declared)
+
+
+def audit_mechanisms(run_config: dict[str, Any], sensitivity_scale: float) -> int:
+    """Print the mechanism audit; 1 when a check fails, 2 for a bad configuration."""
+    try:
+        checks, mechanisms = mechanism_audit(run_config, sensitivity_scale)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in sensitivity_report(checks, mechanisms):
+        print(line)
+    return 1 if any(not c.ok for c in checks) else 0
+
+
+def parse_fault(text: str) -> tuple[str, float]:
+    """`noise-scale=F` (0 <= F < 1) or `sensitivity-scale=F` (F > 0) → (name, F)."""
     name, _, value = text.partition("=")
     try:
         scale = float(value)
     except ValueError:
-        scale = -1.0
-    if name != "noise-scale" or not 0 <= scale < 1:
-        raise argparse.ArgumentTypeError(f"--fault {text!r} (allowed: noise-scale=F with 0 <= F < 1)")
-    return scale
+        scale = math.nan
+    if (name == "noise-scale" and 0 <= scale < 1) or (name == "sensitivity-scale" and 0 < scale < math.inf):
+        return name, scale
+    raise argparse.ArgumentTypeError(f"--fault {text!r} (allowed: noise-scale=F with 0 <= F < 1, "
+                                     "sensitivity-scale=F with F > 0 and --mechanisms)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fl_app.audit", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--num-clients", type=int, required=True, help="MNIST clients (partitions)")
+    parser.add_argument("--mechanisms", action="store_true",
+                        help="check every declared mechanism's sensitivity instead (no training)")
+    parser.add_argument("--num-clients", type=int, help="MNIST clients (partitions); required without --mechanisms")
     parser.add_argument("--canaries", type=int, default=1000, help="canary clients, each included with p = 1/2")
     parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
-    parser.add_argument("--fault", type=parse_fault, default=1.0, metavar="noise-scale=F",
-                        help="fault injection: update noise multiplied by F")
+    parser.add_argument("--fault", type=parse_fault, default=None, metavar="noise-scale=F|sensitivity-scale=F",
+                        help="fault injection: update noise (or, with --mechanisms, declared sensitivities) x F")
     args = parser.parse_args(argv)
+    fault_name, fault_scale = args.fault or (None, 1.0)
+    if fault_name == "sensitivity-scale" and not args.mechanisms:
+        parser.error("--fault sensitivity-scale=F needs --mechanisms")
+    if fault_name == "noise-scale" and args.mechanisms:
+        parser.error("--fault noise-scale=F is for the canary audit, not --mechanisms")
+    if not args.mechanisms and args.num_clients is None:
+        parser.error("--num-clients is required (unless --mechanisms)")
     overrides = parse_config_args([args.run_config]) if args.run_config.strip() else {}
+    if args.mechanisms:
+        return audit_mechanisms(project_defaults(APP_DIR) | {"dp-mode": "central", "dp-noise-multiplier": 1.0}
+                                | overrides, fault_scale)
     run_config = project_defaults(APP_DIR) | {"dp-mode": "central", "checkpoint-every": 0} | overrides
     try:
         cfg = AppConfig.from_run_config(run_config)
@@ -231,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             suffix += 1
         run_dir = run_dir.parent / f"{run_dir.name}-{suffix}"
         figures = run_audit(run_config | {"min-available-clients": min(cfg.strategy.min_available_clients, args.num_clients)},
-                            args.num_clients, args.canaries, run_dir, noise_scale=args.fault)
+                            args.num_clients, args.canaries, run_dir, noise_scale=fault_scale)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,12 +6,15 @@ replies (`UpdateScreen`), clips each Δ_k = w_k − w to norm S (or checks the c
 clipping), sums, adds N(0, σ²S² I), divides by the fixed m, steps the accountant once
 with (σ, q) and hands the released model w + η·mean to its inner strategy: a Flower
 server optimizer (FedAvgM, FedAdam, ...) that steps on it, or `WeightedFedAvg`, which
-takes it as it is. Both are post-processing and cost no privacy. The math lives in
+takes it as it is. Both are post-processing and cost no privacy. What a round releases
+is declared in the privacy ledger (`DPFedAvg.mechanisms`), and the accountant steps with
+the noise multiplier the declared mechanisms compose to. The math lives in
 strategies/privacy/ (`mechanism`, `sampling`, `accounting`, `adaptive_clipping`,
-`randomness`); this module only orchestrates it.
+`ledger`, `randomness`); this module only orchestrates it.
 """
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -35,11 +38,14 @@ from flwr.server.strategy import Strategy
 from strategies.aggregation import server_step, weighted_metric_means
 from strategies.privacy.accounting import ClientLevelAccountant, calibrate_noise_multiplier, rounds_within_budget
 from strategies.privacy.adaptive_clipping import (
+    COUNT_SENSITIVITY,
+    centred_unclipped_count,
     check_count_noise,
     next_clipping_norm,
     noised_unclipped_fraction,
     update_noise_multiplier,
 )
+from strategies.privacy.ledger import CLIPPED_SUM, Mechanism, effective_noise_multiplier
 from strategies.privacy.mechanism import (
     NORM_SLACK,
     SECURE_NORM_SLACK,
@@ -47,6 +53,7 @@ from strategies.privacy.mechanism import (
     clipping_statistics,
     global_l2_norm,
     noisy_mean,
+    sum_updates,
     within_norm,
 )
 from strategies.privacy.randomness import DPRandomness
@@ -58,6 +65,26 @@ from strategies.wire import CLIENT_CLIP_NORM
 
 CLIPPING_MODES = ("server", "client", "adaptive")
 OK = Status(Code.OK, "")
+UPDATE_SUM, UNCLIPPED_COUNT = "update_sum", "unclipped_count"  # the mechanisms' names in the ledger
+
+
+@dataclass
+class UnnoisedRound:
+    """What a round releases before its noise, the clipped sum and (adaptive clipping)
+    the centred count of unclipped updates, and the facts its diagnostics need: the
+    accepted results, the update norms and the number of rejected results."""
+
+    update_sum: list[np.ndarray]
+    unclipped_count: float | None
+    accepted: list[tuple[ClientProxy, FitRes]]
+    norms: list[float]
+    rejected: int
+
+    def released(self) -> dict[str, list[np.ndarray] | float]:
+        """The quantities by the names of the mechanisms that noise them (the ledger's)."""
+        if self.unclipped_count is None:
+            return {UPDATE_SUM: self.update_sum}
+        return {UPDATE_SUM: self.update_sum, UNCLIPPED_COUNT: self.unclipped_count}
 
 
 def clients_by_key(client_manager: ClientManager) -> dict[str, ClientProxy]:
@@ -166,6 +193,22 @@ class DPFedAvg(AroundStrategy):
             return update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
         return self.noise_multiplier
 
+    def mechanisms(self) -> list[Mechanism]:
+        """What each round releases about the cohort (the privacy ledger): the noised sum
+        of the clipped updates (sensitivity S) and, under adaptive clipping, the noised
+        centred count of unclipped updates (sensitivity ½, noise std σ_b)."""
+        released = [Mechanism(UPDATE_SUM, "client", CLIPPED_SUM, self.update_sigma)]
+        if self.clipping == "adaptive":
+            released.append(Mechanism(UNCLIPPED_COUNT, "client", COUNT_SENSITIVITY,
+                                      self.clipped_count_stddev / COUNT_SENSITIVITY))
+        return released
+
+    @property
+    def round_noise_multiplier(self) -> float:
+        """The noise multiplier of one round, the declared mechanisms composed: σ up to
+        float rounding (σ_Δ and the count's 2σ_b compose back to σ)."""
+        return effective_noise_multiplier(self.mechanisms())
+
     def fix_population(self, client_manager: ClientManager) -> None:
         """Wait for `min_available_clients`, fix N, check q ∈ (0, 1] and settle σ."""
         client_manager.wait_for(self.min_available_clients)
@@ -209,7 +252,7 @@ class DPFedAvg(AroundStrategy):
             self.fix_population(client_manager)
         if self.target_epsilon is None:
             return None
-        next_epsilon = self.accountant.epsilon_after_next(self.noise_multiplier, self.sampling_rate)
+        next_epsilon = self.accountant.epsilon_after_next(self.round_noise_multiplier, self.sampling_rate)
         if next_epsilon > self.target_epsilon:
             return (f"privacy budget reached: round {server_round} would raise epsilon from "
                     f"{self.accountant.epsilon():.4f} to {next_epsilon:.4f} > "
@@ -239,35 +282,24 @@ class DPFedAvg(AroundStrategy):
         failures: Failures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Release the noised mean whatever replies arrived, account, let `inner` step."""
-        norms: list[float] = []
-        accepted: list[tuple[ClientProxy, FitRes]] = []
-        if self.secure_aggregation:
-            clipped: Iterable[list[np.ndarray]] = self._securely_summed(server_round, results)
-        else:
-            screened = self.screen.screened(server_round, results, self._client_clipping_problem)
-            clipped = self._clipped_updates(screened, accepted, norms)
+        unnoised = self.unnoised_round(server_round, results)
         mean = noisy_mean(
-            clipped,
-            self.screen.expected_shapes,
+            unnoised.update_sum,
             clipping_norm=self.clipping_norm,
             noise_multiplier=self.update_sigma * self.noise_factor,
             expected_cohort_size=self.clients_per_round,
             rng=self.randomness.noise,
         )
         parameters = self._step(server_round, mean)
-        self.accountant.step(self.noise_multiplier, self.sampling_rate)
+        self.accountant.step(self.round_noise_multiplier, self.sampling_rate)
         metrics: dict[str, Scalar] = {}
-        if self.fit_metrics_aggregation_fn is not None and accepted:
+        if self.fit_metrics_aggregation_fn is not None and unnoised.accepted:
             metrics.update(self.fit_metrics_aggregation_fn(
-                [(r.num_examples, r.metrics) for _, r in accepted]))
-        if self.secure_aggregation:  # one securely summed aggregate stands for the whole cohort
-            rejected = 0 if clipped else len(results)
-        else:
-            rejected = len(results) - len(norms)
-        metrics.update(self._diagnostics(norms, rejected))
-        if self.clipping == "adaptive":
+                [(r.num_examples, r.metrics) for _, r in unnoised.accepted]))
+        metrics.update(self._diagnostics(unnoised.norms, unnoised.rejected))
+        if unnoised.unclipped_count is not None:  # adaptive clipping
             fraction = noised_unclipped_fraction(
-                norms, self.clipping_norm, self.clipped_count_stddev, self.clients_per_round,
+                unnoised.unclipped_count, self.clipped_count_stddev, self.clients_per_round,
                 self.randomness.noise,
             )
             metrics["noised_unclipped_fraction"] = fraction
@@ -275,6 +307,25 @@ class DPFedAvg(AroundStrategy):
                 self.clipping_norm, fraction, self.target_quantile, self.clip_learning_rate
             )
         return parameters, metrics
+
+    def unnoised_round(self, server_round: int, results: list[tuple[ClientProxy, FitRes]]) -> UnnoisedRound:
+        """The round's released quantities before noise, computed from the replies as
+        `aggregate_fit` releases them (the screen, clipping or the norm check, SecAgg+'s
+        K × mean): what the sensitivity audit (`strategies.privacy.sensitivity`) measures."""
+        norms: list[float] = []
+        accepted: list[tuple[ClientProxy, FitRes]] = []
+        if self.secure_aggregation:
+            clipped: Iterable[list[np.ndarray]] = self._securely_summed(server_round, results)
+        else:
+            screened = self.screen.screened(server_round, results, self._client_clipping_problem)
+            clipped = self._clipped_updates(screened, accepted, norms)
+        update_sum = sum_updates(clipped, self.screen.expected_shapes)
+        if self.secure_aggregation:  # one securely summed aggregate stands for the whole cohort
+            rejected = 0 if clipped else len(results)
+        else:
+            rejected = len(results) - len(norms)
+        count = centred_unclipped_count(norms, self.clipping_norm) if self.clipping == "adaptive" else None
+        return UnnoisedRound(update_sum, count, accepted, norms, rejected)
 
     def _step(self, server_round: int, mean: list[np.ndarray]) -> Parameters | None:
         """`inner`'s next model from the released w + η·mean, handed over as one result of weight 1."""
@@ -358,7 +409,8 @@ class DPFedAvg(AroundStrategy):
             load_strategy_state(self.inner, state["server_optimizer"])
 
     def summary(self) -> dict[str, Any]:
-        """The run's privacy statement, under `privacy`."""
+        """The run's privacy statement, under `privacy`, with the ledger of one round."""
+        mechanisms = self.mechanisms() if self.noise_multiplier is not None else []
         return {"privacy": central_privacy(
             epsilon=self.accountant.epsilon(),
             target_epsilon=self.target_epsilon,
@@ -373,4 +425,6 @@ class DPFedAvg(AroundStrategy):
             population=len(self.population) if self.population else 0,
             secure_aggregation=self.secure_aggregation,
             reproducible_noise=self.randomness.reproducible,
+            mechanisms=[m.as_dict() for m in mechanisms],
+            effective_noise_multiplier=effective_noise_multiplier(mechanisms) if mechanisms else None,
         )}

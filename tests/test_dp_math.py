@@ -58,7 +58,7 @@ def test_noise_on_the_mean_has_std_sigma_s_over_qn():
     sigma, s, q, n = 1.3, 0.7, 0.25, 40
     shapes = [(1000, 600), (400_000,)]  # 1,000,000 coordinates
     zeros = [[np.zeros(sh, dtype=np.float32) for sh in shapes] for _ in range(3)]
-    mean = noisy_mean(zeros, shapes, clipping_norm=s, noise_multiplier=sigma,
+    mean = noisy_mean(sum_updates(zeros, shapes), clipping_norm=s, noise_multiplier=sigma,
                       expected_cohort_size=q * n, rng=np.random.default_rng(0))
     coords = np.concatenate([m.ravel() for m in mean])
     assert coords.size >= 1_000_000
@@ -69,13 +69,13 @@ def test_noise_on_the_mean_has_std_sigma_s_over_qn():
 def test_mean_divides_the_sum_by_the_expected_not_the_realised_cohort():
     shapes = [(3,)]
     updates = [[np.array([1.0, 2.0, 3.0])], [np.array([3.0, 2.0, 1.0])]]
-    mean = noisy_mean(updates, shapes, clipping_norm=10.0, noise_multiplier=1e-12,
+    mean = noisy_mean(sum_updates(updates, shapes), clipping_norm=10.0, noise_multiplier=1e-12,
                       expected_cohort_size=8.0, rng=np.random.default_rng(0))
     np.testing.assert_allclose(mean[0], [0.5, 0.5, 0.5], atol=1e-9)
 
 
 def test_empty_cohort_releases_noise_only():
-    mean = noisy_mean([], [(10_000,)], clipping_norm=1.0, noise_multiplier=2.0,
+    mean = noisy_mean(sum_updates([], [(10_000,)]), clipping_norm=1.0, noise_multiplier=2.0,
                       expected_cohort_size=5.0, rng=np.random.default_rng(1))
     assert mean[0].std() == pytest.approx(2.0 / 5.0, rel=0.05)
 
@@ -131,23 +131,42 @@ def test_state_dict_continues_the_budget():
 
 
 def test_adaptive_clip_norm_shrinks_when_most_updates_fit_and_grows_when_most_are_clipped():
-    from strategies.privacy.adaptive_clipping import next_clipping_norm, noised_unclipped_fraction
+    from strategies.privacy.adaptive_clipping import centred_unclipped_count, next_clipping_norm, noised_unclipped_fraction
+
+    def fraction(norms, c, m):
+        return noised_unclipped_fraction(centred_unclipped_count(norms, c), 1.0, m, rng)
 
     rng = np.random.default_rng(0)
     small, large = [0.1] * 20, [10.0] * 20
     c = 1.0
     for _ in range(10):
-        c = next_clipping_norm(c, noised_unclipped_fraction(small, c, 1.0, 20, rng), 0.5, 0.2)
+        c = next_clipping_norm(c, fraction(small, c, 20), 0.5, 0.2)
     assert c < 0.5
     c = 1.0
     for _ in range(10):
-        c = next_clipping_norm(c, noised_unclipped_fraction(large, c, 1.0, 20, rng), 0.5, 0.2)
+        c = next_clipping_norm(c, fraction(large, c, 20), 0.5, 0.2)
     assert c > 2.0
     norms = list(np.random.default_rng(1).lognormal(0.0, 0.5, size=1000))
     c = 5.0
     for _ in range(300):
-        c = next_clipping_norm(c, noised_unclipped_fraction(norms, c, 1.0, 1000, rng), 0.5, 0.2)
+        c = next_clipping_norm(c, fraction(norms, c, 1000), 0.5, 0.2)
     assert c == pytest.approx(np.median(norms), rel=0.1)  # converges to the gamma-quantile
+
+
+def test_the_noised_count_is_centred_and_its_centring_added_back_with_the_expected_cohort():
+    """b̃ = (Σ_k (b_k − ½) + N(0, σ_b²) + ½·m) / m: each update moves the noised count by
+    ±½, and the fraction is #unclipped / m when the cohort has its expected size m."""
+    from strategies.privacy.adaptive_clipping import centred_unclipped_count, noised_unclipped_fraction
+
+    assert centred_unclipped_count([0.2, 1.0, 3.0, float("nan")], 1.0) == 0.5 + 0.5 - 0.5 - 0.5
+    assert centred_unclipped_count([], 1.0) == 0.0
+    rng = np.random.default_rng(0)
+    norms = [0.1] * 7 + [5.0] * 3  # 10 updates, 7 unclipped
+    assert centred_unclipped_count(norms, 1.0) == 2.0
+    assert noised_unclipped_fraction(2.0, 1e-12, 10, rng) == pytest.approx(0.7, abs=1e-9)
+    assert noised_unclipped_fraction(2.0, 1e-12, 20, rng) == pytest.approx((2.0 + 10) / 20, abs=1e-9)
+    draws = [noised_unclipped_fraction(0.0, 3.0, 10, rng) for _ in range(20_000)]
+    assert np.std(draws) == pytest.approx(3.0 / 10, rel=0.03) and np.mean(draws) == pytest.approx(0.5, abs=0.01)
 
 
 def test_adaptive_clipping_update_noise_keeps_the_accounted_sigma():

@@ -37,6 +37,9 @@ def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, t
         accountant.step(privacy["noise_multiplier"], 2 / 3)
     assert privacy["epsilon"] == pytest.approx(accountant.epsilon(), rel=1e-12) == rows[-1]["epsilon"]
     assert 0.98 * 8.0 <= privacy["epsilon"] <= 8.0
+    assert privacy["mechanisms"] == [{"name": "update_sum", "unit": "client", "sensitivity": "S",
+                                      "noise_multiplier": privacy["noise_multiplier"]}]
+    assert privacy["effective_noise_multiplier"] == privacy["noise_multiplier"]
     assert {k: privacy[k] for k in ("mode", "level", "target_epsilon", "delta", "sampling_rate",
                                     "rounds_accounted", "accountant", "clipping", "clipping_norm",
                                     "population", "valid_claim", "unprotected_metrics_released")} == {

@@ -4,6 +4,8 @@
 - `sampling`: Poisson and fixed-size client sampling.
 - `accounting`: the client-level accountant and noise calibration (Opacus' RDP / PRV).
 - `adaptive_clipping`: the clipping norm that follows a quantile (Andrew et al. 2021).
+- `ledger`: the mechanisms a round releases and the one noise multiplier they compose to.
+- `sensitivity`: each declared sensitivity measured on adversarial neighbouring cohorts.
 - `randomness`: the OS-entropy generators and the secure Gaussian every mechanism draws from.
 - `local_dp`: sample-level DP-SGD on a client with Opacus.
 - `statement`: the `privacy` object of `summary.json` and its one-line statement.

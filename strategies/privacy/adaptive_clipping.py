@@ -2,16 +2,21 @@
 "Differentially Private Learning with Adaptive Clipping", NeurIPS).
 
 The clipping norm C tracks a target quantile γ of the update norms. Each round every
-client reports b_k = 1[‖Δ_k‖₂ ≤ C]; the server releases the noised fraction
+client's update counts b_k = 1[‖Δ_k‖₂ ≤ C]; the server releases the noised fraction
 
-    b̃ = (Σ_k b_k + N(0, σ_b²)) / m
+    b̃ = (Σ_k (b_k − ½) + N(0, σ_b²) + ½·m) / m
 
 and moves C geometrically: C ← C · exp(−η_C (b̃ − γ)). When most updates are below C
 (b̃ > γ) C shrinks; when most are clipped it grows.
 
-Releasing b̃ is a second Gaussian query on the same cohort. To keep the round's total
-privacy equal to that of one Gaussian mechanism with noise multiplier σ (the one the
-accountant steps with), the update sum gets the slightly larger noise multiplier
+The noised quantity is the centred count Σ_k (b_k − ½): a client joining or leaving the
+cohort moves it by exactly ½ whether its update is clipped or not, so its sensitivity is
+½ (the uncentred Σ_k b_k moves by 1). ½·m, with m the fixed expected cohort size, is
+public and adds the centring back on average, as TensorFlow Privacy's
+QuantileEstimatorQuery does. Releasing b̃ is a second Gaussian query on the same cohort,
+of noise multiplier σ_b / ½ = 2σ_b. To keep the round's total privacy equal to that of
+one Gaussian mechanism with noise multiplier σ (the one the accountant steps with,
+`strategies.privacy.ledger`), the update sum gets the slightly larger noise multiplier
 
     σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−1/2),
 
@@ -24,6 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from strategies.privacy.randomness import secure_gaussian
+
+COUNT_SENSITIVITY = 0.5  # of the centred count: one client moves Σ_k (b_k − ½) by ½
 
 
 def check_count_noise(noise_multiplier: float, count_stddev: float) -> str | None:
@@ -64,18 +71,27 @@ def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> flo
     return (noise_multiplier ** -2 - (2 * count_stddev) ** -2) ** -0.5
 
 
-def noised_unclipped_fraction(
-    norms: Sequence[float],
-    clipping_norm: float,
-    count_stddev: float,
-    expected_cohort_size: float,
-    rng: np.random.Generator,
-) -> float:
-    """b̃ = (#{k: ‖Δ_k‖₂ ≤ C} + N(0, σ_b²)) / m.
+def centred_unclipped_count(norms: Sequence[float], clipping_norm: float) -> float:
+    """Σ_k (b_k − ½) with b_k = 1[‖Δ_k‖₂ ≤ C]: the count the server noises, of sensitivity
+    `COUNT_SENSITIVITY` (a norm that is NaN counts as clipped).
 
     Args:
         norms: ‖Δ_k‖₂ of the round's updates before clipping.
         clipping_norm: C, the round's clipping norm.
+
+    Returns:
+        The centred count of unclipped updates.
+    """
+    return sum(0.5 if n <= clipping_norm else -0.5 for n in norms)
+
+
+def noised_unclipped_fraction(
+    centred_count: float, count_stddev: float, expected_cohort_size: float, rng: np.random.Generator
+) -> float:
+    """b̃ = (Σ_k (b_k − ½) + N(0, σ_b²) + ½·m) / m.
+
+    Args:
+        centred_count: Σ_k (b_k − ½), from `centred_unclipped_count`.
         count_stddev: σ_b.
         expected_cohort_size: m = qN, the fixed denominator.
         rng: the generator of the DP noise.
@@ -83,8 +99,8 @@ def noised_unclipped_fraction(
     Returns:
         The noised fraction of unclipped updates b̃.
     """
-    unclipped = sum(1 for n in norms if n <= clipping_norm)
-    return (unclipped + float(secure_gaussian(rng, count_stddev, 1)[0])) / expected_cohort_size
+    noised = centred_count + float(secure_gaussian(rng, count_stddev, 1)[0])
+    return (noised + 0.5 * expected_cohort_size) / expected_cohort_size
 
 
 def next_clipping_norm(

@@ -102,8 +102,7 @@ def add_gaussian_noise(
 
 
 def noisy_mean(
-    clipped_updates: Iterable[Update],
-    shapes: Sequence[tuple[int, ...]],
+    total: Sequence[np.ndarray],
     *,
     clipping_norm: float,
     noise_multiplier: float,
@@ -114,9 +113,8 @@ def noisy_mean(
     (Σ_k clip(Δ_k, S) + N(0, σ²S² I)) / m.
 
     Args:
-        clipped_updates: the cohort's updates, each of norm ≤ S already (clipped on the
-            server, or by the clients before sending); possibly none.
-        shapes: the model's tensor shapes.
+        total: Σ_k clip(Δ_k, S) (`sum_updates`) over the cohort's updates, each of norm
+            ≤ S already (clipped on the server, or by the clients before sending).
         clipping_norm: S, the sensitivity of the sum.
         noise_multiplier: σ (the update noise multiplier σ_Δ under adaptive clipping).
         expected_cohort_size: m = qN, the fixed, data-independent denominator.
@@ -127,7 +125,6 @@ def noisy_mean(
     """
     if not expected_cohort_size > 0:
         raise ValueError(f"expected cohort size must be > 0, got {expected_cohort_size}")
-    total = sum_updates(clipped_updates, shapes)
     noised = add_gaussian_noise(total, noise_multiplier * clipping_norm, rng)
     for n in noised:
         n /= expected_cohort_size

@@ -63,9 +63,13 @@ def central_privacy(
     *, epsilon: float, target_epsilon: float | None, delta: float, noise_multiplier: float | None,
     sampling_rate: float, rounds_accounted: int, accountant: str, clipping: str, clipping_norm: float,
     clients_per_round: float, population: int, secure_aggregation: bool, reproducible_noise: bool,
+    mechanisms: list[dict[str, Any]], effective_noise_multiplier: float | None,
 ) -> dict[str, Any]:
     """The privacy object of a central DP-FedAvg run (client-level); the server adds
-    `unprotected_metrics_released`."""
+    `unprotected_metrics_released`. `mechanisms` is the ledger of one round (each
+    mechanism's name, unit, sensitivity and noise multiplier, `strategies.privacy.ledger`)
+    and `effective_noise_multiplier` the σ they compose to, the one the accountant steps
+    with."""
     return {
         "mode": "central",
         "level": "client",
@@ -73,6 +77,8 @@ def central_privacy(
         "target_epsilon": target_epsilon,
         "delta": delta,
         "noise_multiplier": noise_multiplier,
+        "mechanisms": mechanisms,
+        "effective_noise_multiplier": effective_noise_multiplier,
         "sampling_rate": sampling_rate,
         "rounds_accounted": rounds_accounted,
         "accountant": accountant,
