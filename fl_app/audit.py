@@ -32,8 +32,8 @@ neighbouring cohorts (`strategies.privacy.sensitivity`) go through the strategy'
 screening, clipping and summing (`DPFedAvg.unnoised_round`) on a small model, and each
 released quantity's change is compared with its declared sensitivity. Under secure
 aggregation the clients clip and refuse non-finite updates as the app's clients do, and
-the strategy receives K × SecAgg+'s mean, or nothing when SecAgg+ cannot run (fewer than
-2 sampled clients or updates). The noise is not drawn, so σ only names the mechanisms:
+the strategy receives K × SecAgg+'s mean, a lone client's clipped update, or nothing when
+SecAgg+ halts (more clients send nothing than the reconstruction threshold tolerates). The noise is not drawn, so σ only names the mechanisms:
 dp-noise-multiplier, 1 if unset. One line per check and a last line
 `mechanisms=<n> violations=<k>` are printed; the exit status is 1 when k > 0.
 `--fault sensitivity-scale=F` multiplies every declared sensitivity by F (F < 1: an
@@ -63,10 +63,11 @@ from flwr.common import (
 from flwr.common.config import parse_config_args
 from flwr.server.client_proxy import ClientProxy
 
-from fl_app.config import APP_DIR, AppConfig, ConfigError, project_defaults
+from fl_app.config import APP_DIR, AppConfig, ConfigError, SecAggConfig, project_defaults
 from fl_app.in_process import run_federation
 from fl_app.model import seeded_model
 from fl_app.run_dir import RunDir
+from fl_app.secagg_params import tolerated_dropouts
 from fl_app.server import RecordingServer
 from fl_app.task import get_weights
 from strategies.dp_fedavg import DPFedAvg
@@ -250,12 +251,13 @@ def fit_results(cohort: Sequence[Reply]) -> list[tuple[ClientProxy, FitRes]]:
             for k, r in enumerate(cohort) if r.arrays is not None]
 
 
-def secure_aggregate(cohort: Sequence[Reply], clipping_norm: float) -> list[tuple[ClientProxy, FitRes]]:
+def secure_aggregate(cohort: Sequence[Reply], clipping_norm: float, secagg: SecAggConfig
+                     ) -> list[tuple[ClientProxy, FitRes]]:
     """What DP-FedAvg receives from a SecAgg+ round (fl_app/secure_aggregation.py): each
     client clips its update to S and does not send a non-finite one (as fl_app/client.py
     does); the strategy gets K results holding the mean of the K updates sent, weighted 1
-    each, or none when SecAgg+ cannot run (fewer than 2 sampled clients, or fewer updates
-    than its smallest reconstruction threshold, 2)."""
+    each; none when SecAgg+ halts (more clients send nothing than `tolerated_dropouts`
+    allows); a cohort of one sends its clipped update as it is."""
     updates = []
     for reply in cohort:
         if reply.arrays is not None:
@@ -263,16 +265,19 @@ def secure_aggregate(cohort: Sequence[Reply], clipping_norm: float) -> list[tupl
                 update, _ = clip_update(list(reply.arrays), clipping_norm)
             if all(np.isfinite(a).all() for a in update):
                 updates.append(update)
-    if len(cohort) < 2 or len(updates) < 2:
+    if not updates:
+        return []
+    if len(cohort) >= 2 and len(cohort) - len(updates) > tolerated_dropouts(
+            len(cohort), secagg.num_shares, secagg.reconstruction_threshold):
         return []
     mean = [np.mean([u[i].astype(np.float64) for u in updates], axis=0) for i in range(len(updates[0]))]
     return [(AuditedClient(f"client-{k}"), FitRes(OK, ndarrays_to_parameters(mean), 1, {}))
             for k in range(len(updates))]
 
 
-def unnoised_release(strategy: DPFedAvg, cohort: Sequence[Reply]) -> Release:
+def unnoised_release(strategy: DPFedAvg, cohort: Sequence[Reply], secagg: SecAggConfig) -> Release:
     """The strategy's released quantities before noise for a round with these replies."""
-    results = (secure_aggregate(cohort, strategy.clipping_norm) if strategy.secure_aggregation
+    results = (secure_aggregate(cohort, strategy.clipping_norm, secagg) if strategy.secure_aggregation
                else fit_results(cohort))
     return strategy.unnoised_round(1, results).released()
 
@@ -302,7 +307,7 @@ def mechanism_audit(run_config: dict[str, Any], sensitivity_scale: float = 1.0,
     bounds = {m.name: sensitivity_scale * m.sensitivity_value(strategy.clipping_norm) for m in declared}
     cases = neighbouring_cohorts(reference, strategy.clipping_norm, sends_deltas=cfg.dp.clipping == "client",
                                  foreign_clients=not cfg.secagg.enabled, rng=rng)
-    return check_sensitivity(lambda cohort: unnoised_release(strategy, cohort), bounds, cases), len(declared)
+    return check_sensitivity(lambda cohort: unnoised_release(strategy, cohort, cfg.secagg), bounds, cases), len(declared)
 
 
 def audit_mechanisms(run_config: dict[str, Any], sensitivity_scale: float) -> int:
