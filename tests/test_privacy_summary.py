@@ -73,6 +73,9 @@ def test_local_dp_summary_states_each_clients_guarantee(small, mnist_dir, tmp_pa
     assert (privacy["mode"], privacy["level"], privacy["clients_reported"], privacy["population"]) == (
         "local", "sample", 3, 3)
     assert privacy["noise_multiplier"] == [sigma, sigma] and privacy["sampling_rate"] == [q, q]
+    assert privacy["mechanisms"] == [{"name": "dp_sgd_step", "unit": "sample", "sensitivity": 1.0,
+                                      "noise_multiplier": sigma}]
+    assert privacy["effective_noise_multiplier"] == sigma
     assert (privacy["rounds_accounted"], privacy["target_epsilon"], privacy["delta"], privacy["clipping_norm"]) == (
         2, 5.0, 1e-3, 1.0)
     assert privacy["statement"] == (f"(ε = {round_up(epsilon):g}, δ = 0.001) sample-level DP for each of 3 clients' "

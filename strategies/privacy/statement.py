@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from strategies.client_reports import LOCAL_DP_METRICS, is_finite_number
+from strategies.privacy.ledger import Mechanism, effective_noise_multiplier
 from strategies.wire import CLIENT_EPSILON, DP_NOISE_MULTIPLIER, DP_ROUNDS, DP_SAMPLE_RATE
 
 
@@ -129,6 +130,10 @@ class LocalPrivacyLedger:
             values = [r[key] for r in reports]
             return [min(values), max(values)] if values else None
 
+        sigmas = spread(DP_NOISE_MULTIPLIER)
+        # one mechanism per Poisson batch of DP-SGD on each site: the sum of per-sample
+        # gradients clipped to C, noised with std σC; σ the smallest any site reported
+        mechanisms = [Mechanism("dp_sgd_step", "sample", self.max_grad_norm, sigmas[0])] if sigmas else []
         epsilons = [r[CLIENT_EPSILON] for r in reports]
         epsilon_max = max(epsilons) if epsilons else 0.0
         rounds = int(max((r[DP_ROUNDS] for r in reports), default=0))
@@ -141,7 +146,9 @@ class LocalPrivacyLedger:
             "clients_reported": len(reports),
             "target_epsilon": self.target_epsilon,
             "delta": self.delta,
-            "noise_multiplier": spread(DP_NOISE_MULTIPLIER),
+            "noise_multiplier": sigmas,
+            "mechanisms": [m.as_dict() for m in mechanisms],
+            "effective_noise_multiplier": effective_noise_multiplier(mechanisms) if mechanisms else None,
             "sampling_rate": spread(DP_SAMPLE_RATE),
             "rounds_accounted": rounds,
             "accountant": self.accountant,
