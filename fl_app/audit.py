@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fault injection: update noise multiplied by F")
     args = parser.parse_args(argv)
     overrides = parse_config_args([args.run_config]) if args.run_config.strip() else {}
-    run_config = project_defaults(APP_DIR) | {"dp-mode": "central", "checkpoint-every": 0} | overrides
+    run_config = project_defaults(APP_DIR) | {"dp-mode": "central"} | overrides
     try:
         cfg = AppConfig.from_run_config(run_config)
         run_dir = Path(cfg.run.output_dir).expanduser().resolve() / "audit"
