@@ -7,8 +7,10 @@ Validates the configuration first, starts a private SuperLink (free port, its ow
 FLWR_HOME, no per-run dependency installation), submits the app with `flwr run
 --stream` (from a staged copy of its bundle files), prints the run's log as it goes,
 and stops the SuperLink and everything it spawned on success, failure, Ctrl-C or
-SIGTERM. Exit status: 0 when the run finished:completed, 1 when it failed, 2 on a bad
-configuration or missing data.
+SIGTERM; if this process is killed, the SuperLink's guardian stops them
+(`fl_app.process_guard`). Exit status: 0 when the run finished:completed, 1 when it
+failed, 2 on a bad configuration, missing data, or a run directory that cannot be
+resumed (finished, damaged, or in use by another run).
 """
 
 import argparse
@@ -31,6 +33,7 @@ from fl_app.checkpoint import CheckpointError, load_checkpoint
 from fl_app.config import AppConfig, ConfigError, check_partitioning, check_resumable, project_defaults
 from fl_app.local_superlink import LocalSuperLink, flower_executable, write_connection
 from fl_app.outputs import output_dir_problem
+from fl_app.run_dir import RunDirInUse, RunLock
 
 APP_DIR = Path(__file__).resolve().parent
 CONNECTION = "run-simulation"
@@ -101,6 +104,7 @@ def resolve_run_config(args: argparse.Namespace) -> dict[str, Any]:
     if merged["resume-from"]:
         checkpoint = load_checkpoint(merged["resume-from"])
         check_resumable(checkpoint.config, merged)
+        RunLock(Path(merged["resume-from"])).release()  # refused while another run writes there
         if checkpoint.num_nodes != args.num_clients:
             raise ConfigError(f"Invalid --num-clients {args.num_clients} (allowed: "
                               f"{checkpoint.num_nodes}, as in the run being resumed)")
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run_config = resolve_run_config(args)
-    except (ConfigError, DataUnavailableError, CheckpointError) as err:
+    except (ConfigError, DataUnavailableError, CheckpointError, RunDirInUse) as err:
         print(f"run_simulation: {err}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

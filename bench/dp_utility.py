@@ -67,7 +67,6 @@ def run_config(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir
         "data-dir": str(data_dir), "output-dir": str(out_dir), "seed": args.seed,
         "samples-per-client": args.samples_per_client, "validation-fraction": 0.0,
         "partitioner": args.partitioner, "min-available-clients": args.num_clients,
-        "checkpoint-every": 0,
         "dp-mode": "central", "dp-delta": args.delta,
     }
     if epsilon > 0:

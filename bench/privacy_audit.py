@@ -29,7 +29,7 @@ def audit_once(args: argparse.Namespace, epsilon: float, noise_scale: float, out
     torch.set_num_threads(1)
     config = APP_DEFAULTS | {
         "data-dir": str(args.data_dir), "samples-per-client": args.samples_per_client,
-        "validation-fraction": 0.0, "min-available-clients": args.num_clients, "checkpoint-every": 0,
+        "validation-fraction": 0.0, "min-available-clients": args.num_clients,
         "dp-mode": "central", "dp-target-epsilon": epsilon, "dp-noise-multiplier": 0.0, "dp-delta": args.delta,
     }
     if args.rounds:

@@ -1,12 +1,13 @@
 """How a run is assembled, in one place for the ServerApp (`fl_app/server_app.py`, over
 Flower's transport) and the in-process federation (`fl_app/in_process.py`).
 
-`prepare_run` validates the run-config and gathers what the run needs: the checkpoint to
-resume (refused if the config changes what the run computes), MNIST and the test set,
-the run directory and its `RunRecorder`, the release policy and, under local DP, the
-ledger of the clients' privacy reports; it logs the `auto` settings and warns of
-reproducible DP noise. A run writes to a new `<output-dir>/<time>-run<run_id>`, to the
-`run_dir` its caller names (in process), or, with `resume-from`, to the resumed run's.
+`prepare_run` validates the run-config and gathers what the run needs: the run
+directory's writer lock, the checkpoint to resume (refused if the run finished or the
+config changes what the run computes), MNIST and the test set, the run directory's
+`RunRecorder`, the release policy and, under local DP, the ledger of the clients'
+privacy reports; it logs the `auto` settings and warns of reproducible DP noise. A run
+writes to a new `<output-dir>/<time>-run<run_id>` (mode 0700), to the `run_dir` its
+caller names (in process), or, with `resume-from`, to the resumed run's.
 
 `build_server` makes the client manager, the strategy and the server that runs the
 rounds: a `RecordingServer` that waits for `min-available-clients` nodes and checks the
@@ -26,12 +27,12 @@ from flwr.server import Grid
 from flwr.server.strategy import Strategy
 
 from data.mnist import MNIST_TRAIN_SIZE, TensorDataset, ensure_mnist, load_mnist
-from fl_app.checkpoint import Checkpoint, load_checkpoint
+from fl_app.checkpoint import Checkpoint, check_run_dir, load_checkpoint, resumed_history
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, auto_settings, check_partitioning, check_resumable
 from fl_app.model import build_model, seeded_model
 from fl_app.outputs import RunRecorder, output_dir_problem, resolve_output_dir
-from fl_app.run_dir import new_run_dir
+from fl_app.run_dir import RunLock, new_run_dir
 from fl_app.schedule import round_learning_rates
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
@@ -171,15 +172,15 @@ class PreparedRun:
 
 
 def prepare_run(run_config: dict[str, Any], *, run_id: int = 0, run_dir: Path | None = None) -> PreparedRun:
-    """Validate `run_config`; load the checkpoint to resume, MNIST and the test set; open the run directory."""
+    """Validate `run_config`; lock the run directory (a new one, or the one to resume: before
+    its checkpoint is read); load the checkpoint to resume, MNIST and the test set; open the
+    run directory's `RunRecorder`, which holds the lock from then on."""
     cfg = AppConfig.from_run_config(run_config)
     check_tracking(cfg.run.tracking)
     if not cfg.run.resume_from and (problem := output_dir_problem(resolve_output_dir(cfg.run.output_dir))):
         raise ConfigError(f"Invalid run-config: output-dir = '{cfg.run.output_dir}' ({problem})")
-    resume = load_checkpoint(cfg.run.resume_from) if cfg.run.resume_from else None
-    data_dir = ensure_mnist(cfg.data.data_dir, cfg.data.data_download)
-    test_set = load_test_set(cfg, str(data_dir))
-    if resume is not None:
+    if cfg.run.resume_from:
+        check_run_dir(cfg.run.resume_from)
         run_dir = Path(cfg.run.resume_from).expanduser().resolve()
         output_dir = run_dir.parent
     else:
@@ -187,15 +188,24 @@ def prepare_run(run_config: dict[str, Any], *, run_id: int = 0, run_dir: Path | 
         if run_dir is None:
             run_dir = new_run_dir(output_dir, run_id)
         else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(output_dir)}
-    if resume is not None:
-        check_resumable(resume.config, resolved)
-    recorder = RunRecorder(
-        run_dir, resolved, cfg.run.num_server_rounds, tensorboard=cfg.run.tensorboard, tracking=cfg.run.tracking,
-        tracking_uri=cfg.run.tracking_uri, model=cfg.train.model, resumed_rows=resume.history if resume else None,
-        resumed_seconds=resume.wall_seconds if resume else 0.0,
-    )
+            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    try:
+        resume = load_checkpoint(cfg.run.resume_from) if cfg.run.resume_from else None
+        data_dir = ensure_mnist(cfg.data.data_dir, cfg.data.data_download)
+        test_set = load_test_set(cfg, str(data_dir))
+        resolved = cfg.to_run_config() | {"data-dir": str(data_dir), "output-dir": str(output_dir)}
+        if resume is not None:
+            check_resumable(resume.config, resolved)
+        recorder = RunRecorder(
+            run_dir, resolved, cfg.run.num_server_rounds, tensorboard=cfg.run.tensorboard,
+            tracking=cfg.run.tracking, tracking_uri=cfg.run.tracking_uri, model=cfg.train.model,
+            resumed_rows=resumed_history(run_dir, resume) if resume else None,
+            resumed_seconds=resume.wall_seconds if resume else 0.0, append_only=cfg.dp.mode != "off", lock=lock,
+        )
+    except BaseException:
+        lock.release()
+        raise
     automatic = auto_settings(run_config)
     if automatic:
         log(INFO, "auto settings%s: %s", " (the DP recipe)" if cfg.dp.mode == "central" else "",

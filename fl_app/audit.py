@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mechanisms:
         return audit_mechanisms(project_defaults(APP_DIR) | {"dp-mode": "central", "dp-noise-multiplier": 1.0}
                                 | overrides, fault_scale)
-    run_config = project_defaults(APP_DIR) | {"dp-mode": "central", "checkpoint-every": 0} | overrides
+    run_config = project_defaults(APP_DIR) | {"dp-mode": "central"} | overrides
     try:
         cfg = AppConfig.from_run_config(run_config)
         run_dir = Path(cfg.run.output_dir).expanduser().resolve() / "audit"

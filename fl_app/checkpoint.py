@@ -18,6 +18,10 @@ dtype and finiteness against the configured model, the history against the round
 strategy's state (model-shaped moments; under central DP the accountant against σ, q,
 δ and the round), the generator states, and that the run directory holds no symbolic
 link. Anything wrong is a `CheckpointError` of one line.
+
+A finished run (its summary.json written) is never resumed. Under DP, released history is
+append-only: a resume never cuts history.jsonl or computes a released round again, so it
+is refused when history.jsonl holds a round after the checkpoint's (`resumed_history`).
 """
 
 import io
@@ -116,20 +120,65 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     return path
 
 
+def check_run_dir(run_dir: str | Path) -> None:
+    """`CheckpointError` (one line) unless `run_dir` is a run directory (it holds config.json)."""
+    run_dir = Path(run_dir).expanduser()
+    if not RunDir(run_dir).config.is_file():
+        raise CheckpointError(f"resume-from = '{run_dir}' is not a run directory (no {RunDir(run_dir).config.name})")
+
+
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
-    """The checkpoint of the run in `run_dir`, every field checked against its run-config
-    and model; `CheckpointError` (one line) if there is none or it is not valid."""
+    """The checkpoint of the unfinished run in `run_dir`, every field checked against its
+    run-config and model, and under DP its history.jsonl against it (`resumed_history`);
+    `CheckpointError` (one line) if there is none, the run finished or it is not valid."""
     run_dir = Path(run_dir).expanduser()
     run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise CheckpointError(f"resume-from = '{run_dir}' is not a run directory (no {run.config.name})")
+    check_run_dir(run_dir)
     link = find_symlink(run_dir)
     if link is not None:
         raise CheckpointError(f"resume-from = '{run_dir}' cannot be resumed: {symlink_message(link)}")
+    if run.summary.exists():
+        raise CheckpointError(f"resume-from = '{run_dir}' cannot be resumed: the run finished (it wrote "
+                              f"{run.summary.name}); start a new run instead")
     if not run.checkpoint.is_file():
         raise CheckpointError(f"resume-from = '{run_dir}' has no {run.checkpoint.name}: the run ended "
                               "before its first checkpoint, or checkpoint-every is 0")
-    return _Validator(run.checkpoint).checkpoint(*_read(run.checkpoint))
+    checkpoint = _Validator(run.checkpoint).checkpoint(*_read(run.checkpoint))
+    resumed_history(run_dir, checkpoint)
+    return checkpoint
+
+
+def resumed_history(run_dir: str | Path, checkpoint: Checkpoint) -> list[dict[str, Any]]:
+    """The history rows a run resumed from `checkpoint` continues from.
+
+    Without DP: the checkpoint's rows (history.jsonl is cut back to them). Under DP the
+    rows history.jsonl holds, never cut: the checkpoint's, then its own round's row when
+    that round was released before the run stopped (the resumed run then goes on with the
+    next round). `CheckpointError` (one line) when history.jsonl holds a later round (a
+    resume would compute a released round again) or rows that differ from the checkpoint's."""
+    if AppConfig.from_run_config(checkpoint.config).dp.mode == "off":
+        return checkpoint.history
+    run_dir = Path(run_dir).expanduser()
+    path = RunDir(run_dir).history
+    try:
+        rows = RunDir(run_dir).read_history()
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"resume-from = '{run_dir}' cannot be resumed: {path.name} is unreadable "
+                              f"({type(err).__name__}: {err})".replace("\n", " ")) from None
+    rounds = [row.get("round") if isinstance(row, dict) else None for row in rows]
+    later = [r for r in rounds if isinstance(r, int) and r > checkpoint.round]
+    if later:
+        raise CheckpointError(
+            f"resume-from = '{run_dir}' cannot be resumed: its {path.name} holds round {max(later)}, released "
+            f"after the checkpoint of round {checkpoint.round}; under DP a released round is never computed again")
+    expected = [json.dumps(row) for row in checkpoint.history]
+    if [json.dumps(row) for row in rows[:len(expected)]] != expected or rounds[len(expected):] not in (
+            [], [checkpoint.round]):
+        raise CheckpointError(
+            f"resume-from = '{run_dir}' cannot be resumed: its {path.name} does not continue the checkpoint's "
+            f"history (allowed under DP: the rows of rounds 0 to {checkpoint.round - 1}, then at most round "
+            f"{checkpoint.round}'s)")
+    return rows
 
 
 def _read(path: Path) -> tuple[Any, dict[str, np.ndarray]]:

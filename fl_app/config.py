@@ -105,9 +105,10 @@ MAX_SCALE = 1e6
 AUTO = "auto"
 APP_DIR = Path(__file__).resolve().parents[1]
 
-# Keys a resumed run may change: they do not alter what is computed.
+# Keys a resumed run may change: they do not alter what is computed, nor which rounds are
+# checkpointed (a resume with fewer checkpoints could be resumed again from an older one).
 RESUMABLE_CHANGES = ("resume-from", "output-dir", "data-dir", "data-download", "round-timeout",
-                     "checkpoint-every", "tensorboard", "tracking", "tracking-uri")
+                     "tensorboard", "tracking", "tracking-uri")
 # Keys that do not apply under central DP, where every round releases a noised model
 # whatever replies arrive (a skip that depends on the replies would itself be a release):
 # they must stay `auto` (or its resolved value), which the `central-dp` column sets to "never skip".
@@ -314,9 +315,9 @@ class AppConfig:
         ):
             raise refuse("dp-clipped-count-stddev", dp.clipped_count_stddev,
                          f"> dp-noise-multiplier / 2 = {dp.noise_multiplier / 2:g} with adaptive clipping")
-        if dp.central and self.run.checkpoint_every > 1:
+        if dp.central and self.run.checkpoint_every != 1:
             raise refuse("checkpoint-every", self.run.checkpoint_every,
-                         "0 or 1 with dp-mode = 'central': each released round is checkpointed before it "
+                         "1 with dp-mode = 'central': each released round is checkpointed before it "
                          "leaves the server, so a resumed run never computes a released round again")
         if self.train.lr_warmup_rounds >= self.run.num_server_rounds:
             raise refuse("lr-warmup-rounds", self.train.lr_warmup_rounds,

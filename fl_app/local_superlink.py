@@ -2,7 +2,8 @@
 
 Flower's `:local:` connection starts a SuperLink that outlives the command on a fixed
 port; this one listens on a free port, keeps its state in its own FLWR_HOME, and is
-stopped with every process it spawned (SuperExec, simulation, Ray).
+stopped with every process it spawned (SuperExec, simulation, Ray): by `stop`, or by its
+guardian (`fl_app.process_guard`) when the process that started it dies.
 """
 
 import os
@@ -14,7 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
+
+from fl_app.process_guard import GUARD_SCRIPT, stop_process_tree
 
 STARTUP_TIMEOUT_S = 60.0
 # Ray passes task arguments and results up to `max_direct_call_object_size` bytes inline
@@ -51,29 +53,13 @@ def write_connection(flwr_home: Path, name: str, address: str) -> None:
     )
 
 
-def stop_process_tree(pid: int, timeout: float = 10.0) -> None:
-    """Terminate `pid` and all its descendants; kill what survives `timeout` seconds."""
-    try:
-        root = psutil.Process(pid)
-        procs = root.children(recursive=True) + [root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=timeout)
-
-
 class LocalSuperLink:
     """A `flower-superlink --simulation` on 127.0.0.1:<free port>, as a context manager.
+
+    On Linux it runs under a guardian (`fl_app.process_guard`, in a session of its own:
+    Ctrl-C reaches this process only) that stops it and everything it started when the
+    thread that called `start` exits, even by SIGKILL: no SuperExec or ServerApp outlives
+    it to go on writing the run directory.
 
     Runtime dependency installation is disabled: the app runs in this environment and
     nothing is downloaded per run. With `ray_address`, the simulation attaches to that
@@ -107,7 +93,9 @@ class LocalSuperLink:
     def start(self) -> "LocalSuperLink":
         """Start the SuperLink and wait until it answers its health check."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        guard = [sys.executable, str(GUARD_SCRIPT), str(os.getpid())] if sys.platform == "linux" else []
         command = [
+            *guard,
             flower_executable("flower-superlink"),
             "--insecure",
             "--simulation",

@@ -19,7 +19,7 @@ from flwr.common import log
 
 from fl_app.model import build_model
 from fl_app.report import plot_curves
-from fl_app.run_dir import RunDir, refuse_symlink, write_atomically
+from fl_app.run_dir import RunDir, RunLock, refuse_symlink, write_atomically
 from fl_app.tracking import make_tracker
 
 HISTORY_FIELDS = (
@@ -69,8 +69,15 @@ TENSORBOARD_SCALARS = {  # history field -> TensorBoard tag
 class RunRecorder:
     """Writes one run's directory as the run goes: a row per round, files at the end.
 
-    `resumed_rows` (from a checkpoint) continue a run in its existing directory:
-    history.jsonl is cut back to them and the wall time carries on from `resumed_seconds`.
+    It holds the directory's writer lock from its creation until it exits (as a context
+    manager) or its process ends: `lock`, taken by the caller before it read anything
+    there (`fl_app.assembly.prepare_run`), or else taken here before anything is written;
+    `RunDirInUse` while another writer holds it.
+
+    `resumed_rows` (see `fl_app.checkpoint.resumed_history`) continue a run in its
+    existing directory and the wall time carries on from `resumed_seconds`; history.jsonl
+    and clients.jsonl are cut back to those rounds, unless `append_only` (DP: released
+    rows are never cut, and history.jsonl holds exactly `resumed_rows`).
 
     `tracking = "mlflow"` logs the run to MLflow at `tracking_uri` (empty: the file store
     `<run dir's parent>/mlruns`); a resumed run is a new MLflow run of the same name
@@ -90,6 +97,8 @@ class RunRecorder:
         model: str = "cnn",
         resumed_rows: list[dict[str, Any]] | None = None,
         resumed_seconds: float = 0.0,
+        append_only: bool = False,
+        lock: RunLock | None = None,
     ) -> None:
         self.run_dir = RunDir(run_dir)
         self.num_rounds = num_rounds
@@ -98,27 +107,42 @@ class RunRecorder:
         self.started = time.perf_counter() - resumed_seconds
         self.resumed_rounds = len(self.rows)
         self.tracker = make_tracker(tracking, tracking_uri, run_dir.parent)  # first: a missing mlflow writes nothing
-        if resumed_rows is None:
+        self.lock = lock or RunLock(run_dir)
+        try:
+            self._open(config, tensorboard, resumed=resumed_rows is not None, append_only=append_only)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, config: dict[str, Any], tensorboard: bool, *, resumed: bool, append_only: bool) -> None:
+        """config.json and an empty history.jsonl for a new run; for a resumed one, its
+        files cut back to the resumed rows unless `append_only`; the TensorBoard writer
+        and the MLflow run."""
+        if not resumed:
             self.run_dir.write_config(config)
-        self.run_dir.write_history(self.rows)
-        if resumed_rows is not None and self.run_dir.clients.exists():  # cut back to the checkpoint's rounds
-            last = self.rows[-1]["round"] if self.rows else -1
-            self.run_dir.write_clients([r for r in self.run_dir.read_clients() if r["round"] <= last])
+            self.run_dir.write_history([])
+        elif not append_only:  # cut back to the checkpoint's rounds
+            self.run_dir.write_history(self.rows)
+            if self.run_dir.clients.exists():
+                last = self.rows[-1]["round"] if self.rows else -1
+                self.run_dir.write_clients([r for r in self.run_dir.read_clients() if r["round"] <= last])
         self.writer = None
         if tensorboard:
             refuse_symlink(self.run_dir.tensorboard)
+            self.run_dir.tensorboard.mkdir(mode=0o700, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
 
-            # a resumed run drops what the interrupted one logged after its checkpoint
+            # a resumed run drops what the interrupted one logged after its last recorded round
             self.writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=len(self.rows) or None)
         if self.tracker is not None:
-            self.tracker.start(run_dir.name, config, self.rows)
+            self.tracker.start(self.run_dir.path.name, config, self.rows)
 
     def __enter__(self) -> "RunRecorder":
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
-        """A run that stops with an error ends its MLflow run as FAILED."""
+        """A run that stops with an error ends its MLflow run as FAILED; the lock is released."""
+        self.lock.release()
         if exc_type is not None and self.tracker is not None:
             self.tracker.end("FAILED")
 

@@ -5,10 +5,16 @@ Files are written whole to a temporary name (created new, `O_EXCL | O_NOFOLLOW`)
 renamed over their target; history.jsonl and clients.jsonl are appended to with
 `O_NOFOLLOW`. Nothing is written through a symbolic link in a run directory: a link at a
 target or temporary name is refused with `SymlinkError` (the run directory itself, or a
-folder above it, may be a link).
+folder above it, may be a link). Run directories are created mode 0700 and their files
+0600: they hold the models and the training state, for the operator only.
+
+One process writes a run directory: its writer holds `RunLock`, an exclusive `flock` on
+`run.lock` in it, taken before anything is read or written and held until the run ends
+(or its process dies); a second writer is refused with `RunDirInUse`.
 """
 
 import errno
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -42,7 +48,7 @@ def refuse_symlink(path: Path) -> None:
         raise SymlinkError(symlink_message(path))
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o666, durable: bool = False) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = False) -> None:
     """Write `data` to `path` through a new temporary file `.<name>.tmp` beside it and a
     rename, refusing a symbolic link at either name (a leftover regular temporary file
     is replaced). `durable`: the file and the directory are synced to disk first."""
@@ -78,16 +84,49 @@ def append_text(path: Path, text: str) -> None:
 
 
 def new_run_dir(output_dir: Path, run_id: int) -> Path:
-    """Create `<output_dir>/<YYYYmmdd-HHMMSS>-run<run_id>` (suffixed if it exists)."""
+    """Create `<output_dir>/<YYYYmmdd-HHMMSS>-run<run_id>` (suffixed if it exists), mode 0700."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-run{run_id}"
     for attempt in range(1000):
         path = output_dir / (stem if attempt == 0 else f"{stem}-{attempt}")
         try:
-            path.mkdir(parents=True)
+            path.mkdir(mode=0o700)
             return path
         except FileExistsError:
             continue
     raise FileExistsError(f"cannot create a new run directory under {output_dir}")
+
+
+class RunDirInUse(RuntimeError):
+    """A run directory whose lock another writer holds."""
+
+
+class RunLock:
+    """The writer's exclusive lock on the run directory `path`: `flock` on `run.lock`
+    (created mode 0600, never through a symbolic link), released by `release()` or when
+    the process ends, however it ends. Another open of the file, in this process or
+    another, cannot take it meanwhile: `RunDirInUse`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        lock = RunDir(path).lock
+        try:
+            self.descriptor: int | None = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise SymlinkError(symlink_message(lock)) from None
+            raise
+        try:
+            fcntl.flock(self.descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise RunDirInUse(f"run directory {path} is in use by another run (locked)") from None
+
+    def release(self) -> None:
+        """Let another writer in (once; later calls do nothing)."""
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+            self.descriptor = None
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
@@ -108,6 +147,11 @@ class RunDir:
     def finished_under(cls, output_dir: Path) -> list["RunDir"]:
         """The run directories in `output_dir` that hold a summary (none if it does not exist)."""
         return [run for folder in sorted(output_dir.glob("*")) if (run := cls(folder)).summary.is_file()]
+
+    @property
+    def lock(self) -> Path:
+        """What its writer holds locked (see `RunLock`)."""
+        return self.path / "run.lock"
 
     @property
     def config(self) -> Path:

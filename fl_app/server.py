@@ -45,7 +45,8 @@ class RecordingServer(Server):
     A round's model leaves the server (federated evaluation, the next round's clients,
     history.jsonl, the outputs) only after its checkpoint is written, when one is due:
     a run resumed from that checkpoint finishes the round's release (federated
-    evaluation, its history row) and goes on with the next round, so it never computes
+    evaluation, its history row), unless its row was recorded already (under DP, where
+    history.jsonl is never cut), and goes on with the next round, so it never computes
     a released round again. `release` decides which figures leave (see `release`);
     `local_privacy` collects the clients' local-DP reports for the summary.
 
@@ -115,7 +116,11 @@ class RecordingServer(Server):
         first_round = 0
         if self.resume is not None:
             first_round = self._restore(self.resume)
-            self._release_round(dict(self.resume.row), time.perf_counter(), timeout, history)
+            if self.recorder.rows and self.recorder.rows[-1]["round"] == self.resume.round:
+                log(INFO, "Round %s was released before the run stopped: going on with round %s",
+                    self.resume.round, first_round)
+            else:
+                self._release_round(dict(self.resume.row), time.perf_counter(), timeout, history)
         else:
             self.parameters = self._initial_parameters()
         stopped = None

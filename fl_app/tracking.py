@@ -89,14 +89,14 @@ class MlflowTracker:
     def finish(self, run_dir: RunDir, summary: dict[str, Any]) -> None:
         """Log the summary's figures (the privacy object's as `privacy_<name>`) and the run
         directory's files but its checkpoint (the operator's alone: the exact training
-        state), then end the run as FINISHED."""
+        state) and its lock, then end the run as FINISHED."""
         figures = dict(summary) | {f"privacy_{k}": v for k, v in (summary.get("privacy") or {}).items()}
         self._log_metrics(self._metrics(figures, 0))
         for folder, _, files in os.walk(run_dir.path):  # does not descend into linked folders
             relative = Path(folder).relative_to(run_dir.path).as_posix()
             for name in sorted(files):
                 path = Path(folder) / name
-                if name.startswith(".") or path.is_symlink() or path == run_dir.checkpoint:
+                if name.startswith(".") or path.is_symlink() or path in (run_dir.checkpoint, run_dir.lock):
                     continue
                 self.client.log_artifact(self.run_id, str(path), None if relative == "." else relative)
         self.end("FINISHED")

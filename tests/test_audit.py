@@ -20,7 +20,7 @@ def audited(default_run_config, mnist_dir) -> dict:
     return default_run_config | {
         "data-dir": mnist_dir, "samples-per-client": 50, "eval-samples": 500, "num-server-rounds": 20,
         "dp-mode": "central", "dp-target-epsilon": 1.0, "dp-delta": 1e-5, "dp-clients-per-round": 60.0,
-        "min-available-clients": 10, "checkpoint-every": 0,
+        "min-available-clients": 10,
     }
 
 

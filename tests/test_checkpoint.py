@@ -21,7 +21,7 @@ from fl_app.checkpoint import Checkpoint, CheckpointError, global_rng_state, loa
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, check_resumable
 from fl_app.model import seeded_model
-from fl_app.run_dir import RunDir
+from fl_app.run_dir import RunDir, RunDirInUse, RunLock
 from fl_app.task import get_weights
 
 TIMING = ("seconds",)
@@ -385,3 +385,117 @@ def test_the_run_directory_itself_may_be_a_link(interrupted, tmp_path):
     """Links inside a run directory are refused, not a linked run directory or outputs folder."""
     (tmp_path / "linked").symlink_to(interrupted)
     assert load_checkpoint(tmp_path / "linked").round == 1
+
+
+def files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory and its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def resume_argv(run_dir: Path, mnist_dir: str, extra: dict | None = None) -> list[str]:
+    """run_simulation.py's arguments to resume the `interrupted` run in `run_dir`, with `extra` run-config."""
+    overrides = {"data-dir": mnist_dir, "resume-from": str(run_dir)} | SMALL | CENTRAL_DP | (extra or {})
+    return ["--num-clients", "4", "--run-config", " ".join(
+        f"{k}={run_simulation.toml_value(v)}" for k, v in overrides.items())]
+
+
+def test_checkpoint_every_cannot_change_on_resume_and_is_1_under_central_dp(interrupted, tmp_path, capsys,
+                                                                            mnist_dir, default_run_config):
+    """The attack: a resume with checkpoint-every = 0 wrote no checkpoint, so a second one
+    went back to the old checkpoint and released its rounds again. Refused with one line
+    before anything runs; the run directory is left as it was."""
+    run_dir = shutil.copytree(interrupted, tmp_path / "run")
+    before = files(run_dir)
+    for every in (0, 2):
+        code = run_simulation.main(resume_argv(run_dir, mnist_dir, {"checkpoint-every": every}))
+        assert (code, capsys.readouterr().err) == (2, (
+            f"run_simulation: Invalid run-config: checkpoint-every = {every} (allowed: 1 with dp-mode = 'central': "
+            "each released round is checkpointed before it leaves the server, so a resumed run never computes "
+            "a released round again)\n"))
+        with pytest.raises(ConfigError, match=f"checkpoint-every = {every} .allowed: 1 with dp-mode = 'central'"):
+            run_federation(default_run_config | SMALL | CENTRAL_DP | {"resume-from": str(run_dir),
+                                                                      "checkpoint-every": every},
+                           4, mnist_dir, tmp_path / "unused")
+    assert files(run_dir) == before
+    saved = AppConfig.from_run_config(default_run_config).to_run_config()
+    with pytest.raises(ConfigError) as refused:  # without DP: as in the run being resumed
+        check_resumable(saved, saved | {"checkpoint-every": 0})
+    assert str(refused.value) == (
+        "Invalid run-config: checkpoint-every = 0 (allowed: 1, as in the run being resumed; only resume-from, "
+        "output-dir, data-dir, data-download, round-timeout, tensorboard, tracking, tracking-uri may change)")
+
+
+def test_under_dp_released_history_is_append_only(interrupted, config, mnist_dir, tmp_path, caplog):
+    """A central-DP run stopped during round 3's training, after round 2's row: its resume
+    goes on with round 3 (round 2 is not released again) and ends as the uninterrupted run.
+    The same directory with round 1's older checkpoint put back is refused, every file
+    unchanged; so is resuming the finished run."""
+    cfg = config | CENTRAL_DP
+    full = run_federation(cfg, 4, mnist_dir, tmp_path / "full", node_seed=1)
+    run_dir = shutil.copytree(interrupted, tmp_path / "run")
+    run = RunDir(run_dir)
+    old_checkpoint = run.checkpoint.read_bytes()  # of round 1
+    with pytest.raises(Crash):
+        run_federation(cfg | {"resume-from": str(run_dir)}, 4, mnist_dir, tmp_path / "unused",
+                       crash_at=(3, "during-fit"))
+    assert [r["round"] for r in run.read_history()] == [0, 1, 2] and load_checkpoint(run_dir).round == 2
+    released = run.history.read_bytes()
+
+    replay = shutil.copytree(run_dir, tmp_path / "replay")
+    RunDir(replay).checkpoint.write_bytes(old_checkpoint)
+    before = files(replay)
+    message = (f"resume-from = '{replay}' cannot be resumed: its history.jsonl holds round 2, released after the "
+               "checkpoint of round 1; under DP a released round is never computed again")
+    with pytest.raises(CheckpointError) as refused:
+        run_federation(cfg | {"resume-from": str(replay)}, 4, mnist_dir, tmp_path / "unused")
+    assert str(refused.value) == message
+    assert files(replay) == before
+
+    caplog.set_level("INFO")
+    resumed = run_federation(cfg | {"resume-from": str(run_dir)}, 4, mnist_dir, tmp_path / "unused")
+    assert run.history.read_bytes().startswith(released)
+    assert "Round 2 was released before the run stopped: going on with round 3" in caplog.text
+    assert [r["round"] for r in resumed] == [0, 1, 2, 3] and comparable(resumed) == comparable(full)
+    wf, wr = torch.load(RunDir(tmp_path / "full").model), torch.load(run.model)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert run.read_summary()["privacy"]["rounds_accounted"] == 3
+
+    finished = files(run_dir)
+    with pytest.raises(CheckpointError) as refused:
+        run_federation(cfg | {"resume-from": str(run_dir)}, 4, mnist_dir, tmp_path / "unused")
+    assert str(refused.value) == (f"resume-from = '{run_dir}' cannot be resumed: the run finished (it wrote "
+                                  "summary.json); start a new run instead")
+    assert files(run_dir) == finished
+
+
+def test_a_finished_run_is_never_resumed(tmp_path, capsys, mnist_dir):
+    """With or without DP, whatever its checkpoint: one line, exit 2, nothing written."""
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_config({})
+    run.write_summary({"rounds": 3})
+    code = run_simulation.main(["--num-clients", "4", "--run-config",
+                                f"data-dir='{mnist_dir}' resume-from='{run.path}'"])
+    assert (code, capsys.readouterr().err) == (2, (
+        f"run_simulation: resume-from = '{run.path}' cannot be resumed: the run finished (it wrote summary.json); "
+        "start a new run instead\n"))
+    assert sorted(p.name for p in run.path.iterdir()) == ["config.json", "summary.json"]
+
+
+def test_a_run_directory_in_use_is_refused_to_a_second_writer(interrupted, config, tmp_path, capsys, mnist_dir):
+    """While a writer holds the lock (here this process; the SIGKILL test has another),
+    run_simulation.py refuses with one line and exit 2, and a ServerApp's prepare_run
+    refuses before reading the checkpoint; a new run into a locked directory too."""
+    run_dir = shutil.copytree(interrupted, tmp_path / "run")
+    before = files(run_dir)
+    lock = RunLock(run_dir)
+    in_use = f"run directory {run_dir} is in use by another run (locked)"
+    code = run_simulation.main(resume_argv(run_dir, mnist_dir))
+    assert (code, capsys.readouterr().err) == (2, f"run_simulation: {in_use}\n")
+    with pytest.raises(RunDirInUse) as refused:
+        run_federation(config | CENTRAL_DP | {"resume-from": str(run_dir)}, 4, mnist_dir, tmp_path / "unused")
+    assert str(refused.value) == in_use
+    with pytest.raises(RunDirInUse):
+        run_federation(config, 4, mnist_dir, run_dir)
+    lock.release()
+    assert files(run_dir) == before | {"run.lock": b""}

@@ -241,3 +241,15 @@ def test_clients_validate_a_run_config_once_and_never_import_the_strategy_module
     cfg = client_config(run_config)
     assert client_config(dict(reversed(list(run_config.items())))) is cfg
     assert cfg.strategy.name == "not_a_module_anywhere:Strategy" and "not_a_module_anywhere" not in sys.modules
+
+
+@pytest.mark.parametrize("every", [0, 2])
+def test_checkpoint_every_is_1_under_central_dp(default_run_config, every):
+    """Every released round is checkpointed before it leaves the server (see test_checkpoint.py)."""
+    central = default_run_config | {"dp-mode": "central", "dp-noise-multiplier": 1.0}
+    assert AppConfig.from_run_config(central).run.checkpoint_every == 1
+    with pytest.raises(ConfigError) as err:
+        AppConfig.from_run_config(central | {"checkpoint-every": every})
+    assert str(err.value).startswith(f"Invalid run-config: checkpoint-every = {every} (allowed: 1 with dp-mode = "
+                                     "'central': each released round is checkpointed before it leaves the server")
+    assert AppConfig.from_run_config(default_run_config | {"checkpoint-every": every}).run.checkpoint_every == every

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,10 +9,11 @@ import torch
 from fl_app.checkpoint import Checkpoint, save_checkpoint
 from fl_app.model import Net, seeded_net
 from fl_app.outputs import HISTORY_FIELDS, RunRecorder
-from fl_app.run_dir import RunDir, SymlinkError, new_run_dir
+from fl_app.run_dir import RunDir, RunDirInUse, RunLock, SymlinkError, new_run_dir
 from fl_app.task import get_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def row(r: int, acc: float) -> dict:
@@ -110,7 +113,8 @@ def test_writes_replace_a_leftover_temporary_file_and_leave_none(tmp_path):
     recorder = RunRecorder(run_dir, {}, num_rounds=1, resumed_rows=[row(0, 0.1)])
     recorder.record(row(1, 0.5))
     recorder.finish(get_weights(seeded_net(3)))
-    assert sorted(os.listdir(run_dir)) == ["config.json", "curves.png", "history.jsonl", "model.pt", "summary.json"]
+    assert sorted(os.listdir(run_dir)) == ["config.json", "curves.png", "history.jsonl", "model.pt", "run.lock",
+                                           "summary.json"]
     assert RunDir(run_dir).read_summary()["rounds"] == 1
 
 
@@ -162,3 +166,45 @@ def test_clients_jsonl_holds_each_clients_figures_where_the_release_policy_allow
     if not dp:
         evaluate = [r for r in rows if r["phase"] == "evaluate"]
         assert len(evaluate) == 6 and all(r["num_examples"] == 10 and 0 <= r["accuracy"] <= 1 for r in evaluate)
+
+
+def test_a_run_directory_and_its_files_are_the_operators_alone(tmp_path):
+    """Run directories 0700 (the TensorBoard folder too), every file the run writes 0600."""
+    run_dir = new_run_dir(tmp_path / "outputs", run_id=1)
+    with RunRecorder(run_dir, {"seed": 1}, num_rounds=1, tensorboard=True) as recorder:
+        recorder.record(row(0, 0.1), get_weights(seeded_net(1)))
+        recorder.record(row(1, 0.5), get_weights(seeded_net(2)))
+        recorder.record_clients([{"round": 1, "phase": "train", "client": "a", "num_examples": 3}])
+        recorder.finish(get_weights(seeded_net(3)))
+    run = RunDir(run_dir)
+    assert run_dir.stat().st_mode & 0o777 == 0o700 and run.tensorboard.stat().st_mode & 0o777 == 0o700
+    files = {p.name: p.stat().st_mode & 0o777 for p in run_dir.iterdir() if p.is_file()}
+    assert files == dict.fromkeys(["config.json", "history.jsonl", "clients.jsonl", "model.pt", "model_best.pt",
+                                   "summary.json", "curves.png", "run.lock"], 0o600)
+
+
+def test_a_second_writer_of_a_run_directory_is_refused(tmp_path):
+    """The lock is per open file, so a second writer in this process is refused as one in
+    another process would be; it writes nothing, and the first writer's exit lets the next in."""
+    run_dir = resumed_run_dir(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with RunRecorder(run_dir, {}, num_rounds=2, resumed_rows=[row(0, 0.1)], append_only=True):
+        with pytest.raises(RunDirInUse) as refused:
+            RunRecorder(run_dir, {}, num_rounds=2)
+        assert str(refused.value) == f"run directory {run_dir} is in use by another run (locked)"
+        with pytest.raises(RunDirInUse):
+            RunLock(run_dir)
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before | {"run.lock": b""}
+    RunLock(run_dir).release()
+
+
+def test_another_process_is_refused_while_a_writer_holds_the_lock(tmp_path):
+    run_dir = resumed_run_dir(tmp_path / "run")
+    lock = RunLock(run_dir)
+    code = f"from pathlib import Path; from fl_app.run_dir import RunLock; RunLock(Path({str(run_dir)!r}))"
+    refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1] == (
+        f"fl_app.run_dir.RunDirInUse: run directory {run_dir} is in use by another run (locked)")
+    lock.release()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
