@@ -30,7 +30,7 @@ from fl_app.checkpoint import Checkpoint, load_checkpoint
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, auto_settings, check_partitioning, check_resumable
 from fl_app.model import build_model, seeded_model
-from fl_app.outputs import RunRecorder, output_dir_problem, resolve_output_dir
+from fl_app.outputs import RunRecorder, check_tensorboard, output_dir_problem, resolve_output_dir
 from fl_app.run_dir import new_run_dir
 from fl_app.schedule import round_learning_rates
 from fl_app.secure_aggregation import SecAggPlusServer
@@ -174,6 +174,7 @@ def prepare_run(run_config: dict[str, Any], *, run_id: int = 0, run_dir: Path | 
     """Validate `run_config`; load the checkpoint to resume, MNIST and the test set; open the run directory."""
     cfg = AppConfig.from_run_config(run_config)
     check_tracking(cfg.run.tracking)
+    check_tensorboard(cfg.run.tensorboard)
     if not cfg.run.resume_from and (problem := output_dir_problem(resolve_output_dir(cfg.run.output_dir))):
         raise ConfigError(f"Invalid run-config: output-dir = '{cfg.run.output_dir}' ({problem})")
     resume = load_checkpoint(cfg.run.resume_from) if cfg.run.resume_from else None

@@ -1,6 +1,7 @@
 """Recording a run as it goes into its run directory (`run_dir`): a history row per
 round, the models, the summary and the curves, and with `tensorboard = true` TensorBoard
-scalars; with `tracking = "mlflow"` the same figures and files also go to MLflow (see
+scalars (the optional dependency `pip install '.[tensorboard]'`, imported only when chosen);
+with `tracking = "mlflow"` the same figures and files also go to MLflow (see
 `tracking`). The per-round log line and the end-of-run summary table.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from flwr.common import log
 
+from fl_app.config import ConfigError
 from fl_app.model import build_model
 from fl_app.report import plot_curves
 from fl_app.run_dir import RunDir, refuse_symlink, write_atomically
@@ -50,6 +52,24 @@ def output_dir_problem(output_dir: Path) -> str | None:
     except OSError as err:
         return f"not writable: {err.strerror or err}"
     return None
+
+
+MISSING_TENSORBOARD = "tensorboard = true needs the optional dependency: pip install '.[tensorboard]'"
+
+
+def summary_writer_class() -> type:
+    """TensorBoard's `SummaryWriter`, imported on first use; `ConfigError` when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(MISSING_TENSORBOARD) from None
+    return SummaryWriter
+
+
+def check_tensorboard(tensorboard: bool) -> None:
+    """Refuse `tensorboard = true` when its optional dependency is not installed."""
+    if tensorboard:
+        summary_writer_class()
 
 
 TENSORBOARD_SCALARS = {  # history field -> TensorBoard tag
@@ -97,7 +117,8 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = list(resumed_rows or [])
         self.started = time.perf_counter() - resumed_seconds
         self.resumed_rounds = len(self.rows)
-        self.tracker = make_tracker(tracking, tracking_uri, run_dir.parent)  # first: a missing mlflow writes nothing
+        writer_class = summary_writer_class() if tensorboard else None  # first: a missing tensorboard
+        self.tracker = make_tracker(tracking, tracking_uri, run_dir.parent)  # or mlflow writes nothing
         if resumed_rows is None:
             self.run_dir.write_config(config)
         self.run_dir.write_history(self.rows)
@@ -105,12 +126,10 @@ class RunRecorder:
             last = self.rows[-1]["round"] if self.rows else -1
             self.run_dir.write_clients([r for r in self.run_dir.read_clients() if r["round"] <= last])
         self.writer = None
-        if tensorboard:
+        if writer_class is not None:
             refuse_symlink(self.run_dir.tensorboard)
-            from torch.utils.tensorboard import SummaryWriter
-
             # a resumed run drops what the interrupted one logged after its checkpoint
-            self.writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=len(self.rows) or None)
+            self.writer = writer_class(str(self.run_dir.tensorboard), purge_step=len(self.rows) or None)
         if self.tracker is not None:
             self.tracker.start(run_dir.name, config, self.rows)
 
