@@ -1,6 +1,7 @@
 """The IDX file format of MNIST's distribution: unsigned-byte arrays with a big-endian
 shape header, read and written with NumPy alone."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ def read_idx(path: Path) -> np.ndarray:
     header = 4 + 4 * head[3]
     shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(head[3]))
     data_bytes = path.stat().st_size - header
-    if len(dims) != 4 * head[3] or data_bytes != int(np.prod(shape)):
+    if len(dims) != 4 * head[3] or data_bytes != math.prod(shape):
         raise ValueError(f"{path.name} declares shape {shape} but holds {data_bytes} bytes of data")
     return np.memmap(path, dtype=np.uint8, mode="r", offset=header, shape=shape)
 

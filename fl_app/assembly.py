@@ -31,7 +31,7 @@ from fl_app.checkpoint import Checkpoint, check_run_dir, load_checkpoint, resume
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, auto_settings, check_partitioning, check_resumable
 from fl_app.model import build_model, seeded_model
-from fl_app.outputs import RunRecorder, output_dir_problem, resolve_output_dir
+from fl_app.outputs import RunRecorder, check_tensorboard, output_dir_problem, resolve_output_dir
 from fl_app.run_dir import RunLock, new_run_dir
 from fl_app.schedule import round_learning_rates
 from fl_app.secure_aggregation import SecAggPlusServer
@@ -177,6 +177,7 @@ def prepare_run(run_config: dict[str, Any], *, run_id: int = 0, run_dir: Path | 
     run directory's `RunRecorder`, which holds the lock from then on."""
     cfg = AppConfig.from_run_config(run_config)
     check_tracking(cfg.run.tracking)
+    check_tensorboard(cfg.run.tensorboard)
     if not cfg.run.resume_from and (problem := output_dir_problem(resolve_output_dir(cfg.run.output_dir))):
         raise ConfigError(f"Invalid run-config: output-dir = '{cfg.run.output_dir}' ({problem})")
     if cfg.run.resume_from:

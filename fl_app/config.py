@@ -48,15 +48,25 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], str | None
     return check
 
 
+def _real(v: Any) -> float | None:
+    """`v` as a float when it is a number (not a bool) that a float holds, else None."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float's range (TOML parsers read any length)
+        return None
+
+
 def _float(low: float, high: float, low_open: bool, high_open: bool) -> Callable[[Any], str | None]:
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
     interval = f"a number in {lo}{low:g}, {high:g}{hi}".replace("inf", "infinity")
 
     def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if (x := _real(v)) is None:
             return interval
-        above = v > low if low_open else v >= low
-        below = v < high if high_open else v <= high
+        above = x > low if low_open else x >= low
+        below = x < high if high_open else x <= high
         return None if above and below else interval
 
     return check
@@ -64,16 +74,16 @@ def _float(low: float, high: float, low_open: bool, high_open: bool) -> Callable
 
 def _off_or_at_least(minimum: float) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
-        numeric = isinstance(v, int | float) and not isinstance(v, bool)
-        return None if numeric and (v == 0 or minimum <= v < INF) else f"0 (off) or a number >= {minimum:g}"
+        x = _real(v)
+        return None if x is not None and (x == 0 or minimum <= x < INF) else f"0 (off) or a number >= {minimum:g}"
 
     return check
 
 
 def _off_or_within(low: float, high: float) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
-        numeric = isinstance(v, int | float) and not isinstance(v, bool)
-        return None if numeric and (v == 0 or low <= v <= high) else f"0 or a number in [{low:g}, {high:g}]"
+        x = _real(v)
+        return None if x is not None and (x == 0 or low <= x <= high) else f"0 or a number in [{low:g}, {high:g}]"
 
     return check
 

@@ -1,6 +1,7 @@
 """Recording a run as it goes into its run directory (`run_dir`): a history row per
 round, the models, the summary and the curves, and with `tensorboard = true` TensorBoard
-scalars; with `tracking = "mlflow"` the same figures and files also go to MLflow (see
+scalars (the optional dependency `pip install '.[tensorboard]'`, imported only when chosen);
+with `tracking = "mlflow"` the same figures and files also go to MLflow (see
 `tracking`). The per-round log line and the end-of-run summary table.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from flwr.common import log
 
+from fl_app.config import ConfigError
 from fl_app.model import build_model
 from fl_app.report import plot_curves
 from fl_app.run_dir import RunDir, RunLock, refuse_symlink, write_atomically
@@ -50,6 +52,24 @@ def output_dir_problem(output_dir: Path) -> str | None:
     except OSError as err:
         return f"not writable: {err.strerror or err}"
     return None
+
+
+MISSING_TENSORBOARD = "tensorboard = true needs the optional dependency: pip install '.[tensorboard]'"
+
+
+def summary_writer_class() -> type:
+    """TensorBoard's `SummaryWriter`, imported on first use; `ConfigError` when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(MISSING_TENSORBOARD) from None
+    return SummaryWriter
+
+
+def check_tensorboard(tensorboard: bool) -> None:
+    """Refuse `tensorboard = true` when its optional dependency is not installed."""
+    if tensorboard:
+        summary_writer_class()
 
 
 TENSORBOARD_SCALARS = {  # history field -> TensorBoard tag
@@ -106,18 +126,19 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = list(resumed_rows or [])
         self.started = time.perf_counter() - resumed_seconds
         self.resumed_rounds = len(self.rows)
-        self.tracker = make_tracker(tracking, tracking_uri, run_dir.parent)  # first: a missing mlflow writes nothing
+        writer_class = summary_writer_class() if tensorboard else None  # first: a missing tensorboard
+        self.tracker = make_tracker(tracking, tracking_uri, run_dir.parent)  # or mlflow writes nothing
         self.lock = lock or RunLock(run_dir)
         try:
-            self._open(config, tensorboard, resumed=resumed_rows is not None, append_only=append_only)
+            self._open(config, writer_class, resumed=resumed_rows is not None, append_only=append_only)
         except BaseException:
             self.lock.release()
             raise
 
-    def _open(self, config: dict[str, Any], tensorboard: bool, *, resumed: bool, append_only: bool) -> None:
+    def _open(self, config: dict[str, Any], writer_class: Any, *, resumed: bool, append_only: bool) -> None:
         """config.json and an empty history.jsonl for a new run; for a resumed one, its
         files cut back to the resumed rows unless `append_only`; the TensorBoard writer
-        and the MLflow run."""
+        (`writer_class`, None without TensorBoard) and the MLflow run."""
         if not resumed:
             self.run_dir.write_config(config)
             self.run_dir.write_history([])
@@ -127,13 +148,11 @@ class RunRecorder:
                 last = self.rows[-1]["round"] if self.rows else -1
                 self.run_dir.write_clients([r for r in self.run_dir.read_clients() if r["round"] <= last])
         self.writer = None
-        if tensorboard:
+        if writer_class is not None:
             refuse_symlink(self.run_dir.tensorboard)
             self.run_dir.tensorboard.mkdir(mode=0o700, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-
             # a resumed run drops what the interrupted one logged after its last recorded round
-            self.writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=len(self.rows) or None)
+            self.writer = writer_class(str(self.run_dir.tensorboard), purge_step=len(self.rows) or None)
         if self.tracker is not None:
             self.tracker.start(self.run_dir.path.name, config, self.rows)
 

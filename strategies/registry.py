@@ -88,7 +88,8 @@ def own_kwargs(name: str, a: StrategyArgs) -> dict[str, Any]:
 def load_strategy_class(path: str) -> type[Strategy]:
     """The class at `package.module:ClassName`; ValueError says what is wrong."""
     module_name, sep, class_name = path.partition(":")
-    if not sep or not module_name or not class_name.isidentifier():
+    dotted = all(part.isidentifier() for part in module_name.split("."))  # no relative or blank names
+    if not sep or not dotted or not class_name.isidentifier():
         raise ValueError(f"strategy = {path!r} (allowed: a built-in name ({', '.join(BUILT_IN)}) "
                          "or 'package.module:ClassName')")
     try:

@@ -10,6 +10,8 @@ bytes it came in: read-only, and without a second copy of the round's updates.
 """
 
 import io
+import math
+import tokenize
 
 import numpy as np
 from flwr.common import Parameters
@@ -25,10 +27,15 @@ def read_array(blob: bytes) -> np.ndarray:
     version = npy.read_magic(stream)
     if version not in HEADER_READERS:
         raise ValueError(f".npy format {version[0]}.{version[1]} is not accepted (1.0 or 2.0)")
-    shape, fortran_order, dtype = HEADER_READERS[version](stream)
+    try:
+        shape, fortran_order, dtype = HEADER_READERS[version](stream)
+    except tokenize.TokenError as err:  # numpy's header parser lets its tokenizer's errors through
+        raise ValueError(f"unreadable .npy header ({err.args[0]})") from None
     if dtype.hasobject:
         raise ValueError("object arrays are not accepted")
-    count = int(np.prod(shape, dtype=np.int64))
+    if dtype.itemsize == 0:  # any count of values would match no data bytes
+        raise ValueError(f"values of {dtype} hold no bytes")
+    count = math.prod(shape)  # exact: a header's dims can be any integers
     offset = stream.tell()
     if len(blob) - offset != count * dtype.itemsize:
         raise ValueError(f"{len(blob) - offset} data bytes for {count} values of {dtype}")

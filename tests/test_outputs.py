@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from fl_app.assembly import prepare_run
 from fl_app.checkpoint import Checkpoint, save_checkpoint
+from fl_app.config import ConfigError
 from fl_app.model import Net, seeded_net
-from fl_app.outputs import HISTORY_FIELDS, RunRecorder
+from fl_app.outputs import HISTORY_FIELDS, MISSING_TENSORBOARD, RunRecorder, check_tensorboard
 from fl_app.run_dir import RunDir, RunDirInUse, RunLock, SymlinkError, new_run_dir
 from fl_app.task import get_weights
 
@@ -208,3 +210,21 @@ def test_another_process_is_refused_while_a_writer_holds_the_lock(tmp_path):
         f"fl_app.run_dir.RunDirInUse: run directory {run_dir} is in use by another run (locked)")
     lock.release()
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_tensorboard_chosen_but_missing_is_one_line(tmp_path, monkeypatch, default_run_config):
+    """Without the optional dependency, `tensorboard = true` stops the run before any work
+    (no output folder, no MNIST, no run directory) with one line saying what to install."""
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails as if not installed
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    check_tensorboard(False)
+    with pytest.raises(ConfigError) as err:
+        check_tensorboard(True)
+    assert str(err.value) == MISSING_TENSORBOARD
+    assert MISSING_TENSORBOARD == "tensorboard = true needs the optional dependency: pip install '.[tensorboard]'"
+    with pytest.raises(ConfigError, match="^tensorboard = true needs"):
+        prepare_run(default_run_config | {"tensorboard": True, "output-dir": str(tmp_path / "outputs"),
+                                          "data-dir": str(tmp_path / "data"), "data-download": False})
+    with pytest.raises(ConfigError, match="^tensorboard = true needs"):
+        RunRecorder(tmp_path / "run", {"seed": 1}, 1, tensorboard=True)
+    assert not list(tmp_path.iterdir())  # refused before any file

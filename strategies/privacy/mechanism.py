@@ -23,6 +23,13 @@ Update = Sequence[np.ndarray]
 
 NORM_SLACK = 1e-5  # float32 rounding allowed on the norm of an update a client clipped
 SECURE_NORM_SLACK = 1e-3  # plus SecAgg+'s quantization error on a securely summed mean
+# Rounding Δ · S/‖Δ‖₂ to the nearest float32 keeps ‖clip(Δ, S)‖₂ within 2·2⁻²⁴ relative of
+# S while the scale is a normal float32 (it is cast to float32 first) and S is far above
+# the absolute rounding (2⁻¹⁵⁰ per value) of subnormal results; below either bound, e.g.
+# an update of values near float32's maximum, rounding to nearest lengthened it by up to
+# percents (0.9% for 10⁶ values at S = 0.01).
+NORMAL_SCALE = float(np.finfo(np.float32).tiny)
+NORMAL_CLIPPING_NORM = 1e-25
 
 
 def global_l2_norm(update: Update) -> float:
@@ -51,7 +58,8 @@ def clip_update(
         in_place: scale the given arrays instead of copies.
 
     Returns:
-        The clipped update (Δ itself when ‖Δ‖₂ ≤ S) and ‖Δ‖₂ before clipping.
+        The clipped update (Δ itself when ‖Δ‖₂ ≤ S; below `NORMAL_SCALE` or
+        `NORMAL_CLIPPING_NORM`, rounded towards zero) and ‖Δ‖₂ before clipping.
     """
     if not clipping_norm > 0:
         raise ValueError(f"clipping norm must be > 0, got {clipping_norm}")
@@ -59,9 +67,26 @@ def clip_update(
     if norm <= clipping_norm:
         return list(update), norm
     scale = clipping_norm / norm
+    if scale < NORMAL_SCALE or clipping_norm < NORMAL_CLIPPING_NORM:
+        clipped = [scaled_towards_zero(a, scale) for a in update]
+        if in_place:
+            for a, c in zip(update, clipped):
+                np.copyto(a, c)
+            clipped = list(update)
+        return clipped, norm
     if in_place:
         return [np.multiply(a, scale, out=a, dtype=a.dtype) for a in update], norm
     return [np.multiply(a, scale, dtype=a.dtype) for a in update], norm
+
+
+def scaled_towards_zero(array: np.ndarray, scale: float) -> np.ndarray:
+    """array · scale in array's dtype (float32), each value rounded towards zero, so that
+    none is longer than the exact product: the product in float64, then cast down."""
+    exact = array.astype(np.float64)
+    exact *= scale
+    scaled = exact.astype(array.dtype)
+    np.nextafter(scaled, 0, out=scaled, where=np.abs(scaled) > np.abs(exact))
+    return scaled
 
 
 def sum_updates(updates: Iterable[Update], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
