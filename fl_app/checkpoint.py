@@ -380,7 +380,8 @@ class _Validator:
                      f"the {cfg.dp.accountant!r} accountant at dp-delta = {cfg.dp.delta!r}")
         q, steps = cfg.dp.clients_per_round / len(population), accountant["history"]
         self.require(isinstance(steps, list) and all(
-            isinstance(s, list) and len(s) == 3 and s[:2] == [sigma, q] and _is_int(s[2]) and s[2] >= 1
+            isinstance(s, list) and len(s) == 3 and _finite(s[0]) and math.isclose(s[0], sigma, rel_tol=1e-9)
+            and s[1] == q and _is_int(s[2]) and s[2] >= 1  # s[0]: the ledger's σ_eff, σ up to rounding
             for s in steps) and sum(s[2] for s in steps) == server_round,
             f"{field}.accountant.history", steps,
             f"[[sigma, q, steps]] = [[{sigma!r}, {q!r}, {server_round}]]: one step per round so far")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from flwr.common import RecordDict
 
-import strategies.privacy.mechanism as dp_mechanism
+import strategies.dp_fedavg as dp_fedavg
 from federation import CRASH_POINTS, Crash, run_federation
 from fl_app.client import FlowerClient, load_client_data
 from fl_app.config import AppConfig
@@ -51,13 +51,13 @@ def flat(arrays) -> np.ndarray:
 def run_and_spy(config: dict, mnist_dir: str, run_dir, monkeypatch) -> np.ndarray:
     """Run one round; return the true Σ clip(Δ_k) the server noised (the attacker's target)."""
     sums = []
-    real = dp_mechanism.sum_updates
+    real = dp_fedavg.sum_updates
 
     def spy(updates, shapes):
         total = real(updates, shapes)
         sums.append(flat(total))
         return total
-    monkeypatch.setattr(dp_mechanism, "sum_updates", spy)
+    monkeypatch.setattr(dp_fedavg, "sum_updates", spy)
     run_federation(config, 3, mnist_dir, run_dir)
     return sums[0]
 
