@@ -2,7 +2,8 @@
 #   make run    - the reference experiment: 10 clients x 6000 IID MNIST samples, 10 rounds
 #   make smoke  - a complete small run (5 clients, 3 rounds) in about 2 minutes
 #   make test   - the test suite (unit + end-to-end simulations)
-# Variables: DATA_DIR (holds MNIST/raw; default ~/.cache/fl-app/data), NUM_CLIENTS, ROUNDS, RUN_CONFIG, PYTHON, VENV.
+# Variables: DATA_DIR (holds MNIST/raw; default ~/.cache/fl-app/data), NUM_CLIENTS, ROUNDS, RUN_CONFIG, PYTHON, VENV,
+#   TORCH (the torch/torchvision pins), TORCH_INDEX (e.g. cpu, cu126: torch from that PyTorch wheel index).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,6 +14,7 @@ CPUS_PER_CLIENT ?= 1
 GPUS_PER_CLIENT ?= 0
 RUN_CONFIG ?=
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -25,7 +27,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (flwr 1.42, flwr-datasets 0.6, tomllib); $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet $(TORCH)$(if $(TORCH_INDEX), --index-url https://download.pytorch.org/whl/$(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

@@ -113,7 +113,11 @@ INF = float("inf")
 MIN_NOISE_MULTIPLIER = 1e-6
 MAX_SCALE = 1e6
 AUTO = "auto"
-APP_DIR = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The directory holding the app's pyproject.toml: fl_app/ itself in an installed wheel
+# (which ships a copy there: pyproject's force-include), else the one above fl_app/ (the
+# checkout, or the app bundle a SuperExec or SuperNode unpacked).
+APP_DIR = PACKAGE_DIR if (PACKAGE_DIR / "pyproject.toml").is_file() else PACKAGE_DIR.parent
 
 # Keys a resumed run may change: they do not alter what is computed, nor which rounds are
 # checkpointed (a resume with fewer checkpoints could be resumed again from an older one).

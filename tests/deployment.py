@@ -1,5 +1,5 @@
 """Harness for the deployment tests: a TLS, node-authenticated federation whose
-SuperLink and SuperNodes are started with the guide's launchers (deploy/), each process
+SuperLink and SuperNodes are started with the guide's launchers (fl_app/deploy/), each process
 with its own FLWR_HOME, on free ports, optionally inside a network namespace. Every
 process started here is stopped by `Federation.stop`."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from deploy.credentials import make_ca, make_node_keys, make_server_certificate
-from deploy.preflight import PreflightError, check_superlink_connection
+from fl_app.deploy.credentials import make_ca, make_node_keys, make_server_certificate
+from fl_app.deploy.preflight import PreflightError, check_superlink_connection
 from fl_app.local_superlink import free_port, stop_process_tree
 from fl_app.run_dir import RunDir
 
@@ -84,7 +84,7 @@ class Federation:
         return proc
 
     def start_superlink(self, listen: str, namespace: str | None = None) -> None:
-        self.start("superlink", [sys.executable, "-m", "deploy.superlink",
+        self.start("superlink", [sys.executable, "-m", "fl_app.deploy.superlink",
                                  "--certificates", str(self.certs), "--host", listen,
                                  "--port", str(self.port),
                                  "--database", str(self.root / "superlink" / "state.db")],
@@ -103,7 +103,7 @@ class Federation:
         wait_until(up, 60, "the SuperLink", interval=0.5)
 
     def supernode_command(self, key: str, data_dir: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "deploy.supernode", "--superlink", self.address,
+        return [sys.executable, "-m", "fl_app.deploy.supernode", "--superlink", self.address,
                 "--root-certificates", str(self.certs / "ca.crt"),
                 "--private-key", str(self.keys / key), "--port", str(free_port()),
                 "--data-dir", str(data_dir), *extra]

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-import run_simulation
 from federation import Crash, run_federation
+from fl_app import simulate
 from fl_app.checkpoint import Checkpoint, CheckpointError, global_rng_state, load_checkpoint, save_checkpoint
 from fl_app.client_manager import KeyedClientManager
 from fl_app.config import AppConfig, ConfigError, check_resumable
@@ -24,6 +24,7 @@ from fl_app.model import seeded_model
 from fl_app.run_dir import RunDir, RunDirInUse, RunLock
 from fl_app.task import get_weights
 
+REPO = Path(__file__).resolve().parents[1]
 TIMING = ("seconds",)
 SMALL = {"samples-per-client": 150, "eval-samples": 500, "local-epochs": 1, "num-server-rounds": 3,
          "fraction-fit": 0.5, "fraction-evaluate": 0.5, "min-fit-clients": 2, "min-available-clients": 2,
@@ -294,9 +295,9 @@ def test_an_intact_checkpoint_passes_every_check(interrupted, mnist_dir):
     checkpoint = load_checkpoint(interrupted)
     assert checkpoint.round == 1 and [r["round"] for r in checkpoint.history] == [0]
     overrides = {"data-dir": mnist_dir, "resume-from": str(interrupted)} | SMALL | CENTRAL_DP
-    args = run_simulation.parse_args(["--num-clients", "4", "--run-config", " ".join(
-        f"{k}={run_simulation.toml_value(v)}" for k, v in overrides.items())])
-    assert run_simulation.resolve_run_config(args)["resume-from"] == str(interrupted)  # the pre-flight passes
+    args = simulate.parse_args(["--num-clients", "4", "--run-config", " ".join(
+        f"{k}={simulate.toml_value(v)}" for k, v in overrides.items())])
+    assert simulate.resolve_run_config(args)["resume-from"] == str(interrupted)  # the pre-flight passes
 
 
 @pytest.mark.parametrize("case", EDITS)
@@ -330,7 +331,7 @@ def test_a_damaged_checkpoint_is_refused_with_one_line(interrupted, tmp_path, ca
     """Through run_simulation.py's pre-flight: one line on stderr, exit 2, nothing started."""
     run_dir = shutil.copytree(interrupted, tmp_path / "run")
     damage(RunDir(run_dir).checkpoint, how)
-    code = run_simulation.main(["--num-clients", "4", "--run-config",
+    code = simulate.main(["--num-clients", "4", "--run-config",
                                 f"data-dir='{mnist_dir}' resume-from='{run_dir}'"])
     err = capsys.readouterr().err
     assert code == 2
@@ -351,7 +352,7 @@ def test_run_simulation_refuses_a_corrupted_checkpoint_before_starting(interrupt
             run_dir = edited_copy(interrupted, tmp_path / case, EDITS[case][0])
             expected = EDITS[case][1]
         result = subprocess.run(
-            [sys.executable, str(Path(run_simulation.__file__)), "--num-clients", "4", "--run-config",
+            [sys.executable, str(REPO / "run_simulation.py"), "--num-clients", "4", "--run-config",
              f"data-dir='{mnist_dir}' resume-from='{run_dir}'"],
             capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
@@ -366,7 +367,7 @@ def test_a_symbolic_link_in_the_run_directory_is_refused_before_anything_runs(in
     victim.write_text("precious")
     run = RunDir(run_dir)
     run.summary.symlink_to(victim)
-    code = run_simulation.main(["--num-clients", "4", "--run-config",
+    code = simulate.main(["--num-clients", "4", "--run-config",
                                 f"data-dir='{mnist_dir}' resume-from='{run_dir}'"])
     assert code == 2
     assert capsys.readouterr().err == (
@@ -396,7 +397,7 @@ def resume_argv(run_dir: Path, mnist_dir: str, extra: dict | None = None) -> lis
     """run_simulation.py's arguments to resume the `interrupted` run in `run_dir`, with `extra` run-config."""
     overrides = {"data-dir": mnist_dir, "resume-from": str(run_dir)} | SMALL | CENTRAL_DP | (extra or {})
     return ["--num-clients", "4", "--run-config", " ".join(
-        f"{k}={run_simulation.toml_value(v)}" for k, v in overrides.items())]
+        f"{k}={simulate.toml_value(v)}" for k, v in overrides.items())]
 
 
 def test_checkpoint_every_cannot_change_on_resume_and_is_1_under_central_dp(interrupted, tmp_path, capsys,
@@ -407,7 +408,7 @@ def test_checkpoint_every_cannot_change_on_resume_and_is_1_under_central_dp(inte
     run_dir = shutil.copytree(interrupted, tmp_path / "run")
     before = files(run_dir)
     for every in (0, 2):
-        code = run_simulation.main(resume_argv(run_dir, mnist_dir, {"checkpoint-every": every}))
+        code = simulate.main(resume_argv(run_dir, mnist_dir, {"checkpoint-every": every}))
         assert (code, capsys.readouterr().err) == (2, (
             f"run_simulation: Invalid run-config: checkpoint-every = {every} (allowed: 1 with dp-mode = 'central': "
             "each released round is checkpointed before it leaves the server, so a resumed run never computes "
@@ -474,7 +475,7 @@ def test_a_finished_run_is_never_resumed(tmp_path, capsys, mnist_dir):
     run.path.mkdir()
     run.write_config({})
     run.write_summary({"rounds": 3})
-    code = run_simulation.main(["--num-clients", "4", "--run-config",
+    code = simulate.main(["--num-clients", "4", "--run-config",
                                 f"data-dir='{mnist_dir}' resume-from='{run.path}'"])
     assert (code, capsys.readouterr().err) == (2, (
         f"run_simulation: resume-from = '{run.path}' cannot be resumed: the run finished (it wrote summary.json); "
@@ -490,7 +491,7 @@ def test_a_run_directory_in_use_is_refused_to_a_second_writer(interrupted, confi
     before = files(run_dir)
     lock = RunLock(run_dir)
     in_use = f"run directory {run_dir} is in use by another run (locked)"
-    code = run_simulation.main(resume_argv(run_dir, mnist_dir))
+    code = simulate.main(resume_argv(run_dir, mnist_dir))
     assert (code, capsys.readouterr().err) == (2, f"run_simulation: {in_use}\n")
     with pytest.raises(RunDirInUse) as refused:
         run_federation(config | CENTRAL_DP | {"resume-from": str(run_dir)}, 4, mnist_dir, tmp_path / "unused")

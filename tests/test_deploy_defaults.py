@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy import credentials, superlink
-from deploy.credentials import make_ca, make_node_keys, make_server_certificate
-from deploy.preflight import check_superlink_connection, check_superlink_credentials
+from fl_app.deploy import credentials, superlink
+from fl_app.deploy.credentials import make_ca, make_node_keys, make_server_certificate
+from fl_app.deploy.preflight import check_superlink_connection, check_superlink_credentials
 from fl_app.local_superlink import free_port, stop_process_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_started_superlink_listens_on_loopback_only(certificates, tmp_path):
     on is bound to a loopback address."""
     port, log = free_port(), tmp_path / "superlink.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.superlink",
+        proc = subprocess.Popen([sys.executable, "-m", "fl_app.deploy.superlink",
                                  "--certificates", str(certificates), "--port", str(port),
                                  "--database", str(tmp_path / "state.db")],
                                 cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(REPO)},
@@ -154,7 +154,7 @@ def test_replacing_a_world_readable_key_leaves_it_owner_only(tmp_path, umask_zer
 
 
 def run_credentials(capsys, *args: str) -> tuple[int, str, str]:
-    """`python -m deploy.credentials ARGS` in-process: (exit code, stdout, stderr)."""
+    """`python -m fl_app.deploy.credentials ARGS` in-process: (exit code, stdout, stderr)."""
     try:
         credentials.main(list(args))
         code = 0
@@ -213,5 +213,5 @@ def test_server_without_a_ca_says_how_to_create_one(tmp_path, capsys):
     assert code == 2
     assert err.splitlines() == [
         f"error: no CA in '{tmp_path / 'none'}' (missing ca.crt, ca.key); create one with: "
-        f"python -m deploy.credentials ca --out {tmp_path / 'none'}"]
+        f"python -m fl_app.deploy.credentials ca --out {tmp_path / 'none'}"]
 

@@ -1,4 +1,4 @@
-"""The operator tooling in deploy/: credentials are what TLS clients accept, and each
+"""The operator tooling in fl_app/deploy/: credentials are what TLS clients accept, and each
 common mistake gets its own message (against small TLS servers on loopback)."""
 
 import datetime as dt
@@ -15,14 +15,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from data.site_data import SiteDataError, load_site_data, read_idx, write_mnist_partition, write_site_data
-from deploy.credentials import make_ca, make_node_keys, make_server_certificate
-from deploy.preflight import (
+from fl_app.deploy.credentials import make_ca, make_node_keys, make_server_certificate
+from fl_app.deploy.preflight import (
     PreflightError,
     check_node_key,
     check_superlink_connection,
     check_superlink_credentials,
 )
-from deploy.supernode import check_data, node_config
+from fl_app.deploy.supernode import check_data, node_config
 from fl_app.local_superlink import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def test_plain_server_and_mismatched_key_are_named(ca, pki, tmp_path):
 
 def test_superlink_launcher_refuses_bad_credentials_before_starting(pki, tmp_path):
     (pki / "server.crt").unlink()
-    result = subprocess.run([sys.executable, "-m", "deploy.superlink", "--certificates", str(pki),
+    result = subprocess.run([sys.executable, "-m", "fl_app.deploy.superlink", "--certificates", str(pki),
                              "--port", str(free_port())], capture_output=True, text=True,
                             cwd=REPO, timeout=60)
     assert result.returncode == 2
@@ -205,7 +205,7 @@ def test_superlink_listening_everywhere_needs_loopback_in_its_certificate(ca, pk
     cert = x509.load_pem_x509_certificate((tmp_path / "ip" / "server.crt").read_bytes())
     assert "127.0.0.1" in [str(ip) for ip in cert.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)]
-    monkeypatch.setattr("deploy.credentials.LOOPBACK", ())
+    monkeypatch.setattr("fl_app.deploy.credentials.LOOPBACK", ())
     make_server_certificate(ca, pki, ["10.1.2.3"])
     assert check_superlink_credentials(pki, "10.1.2.3") == ["10.1.2.3"]
     with pytest.raises(PreflightError, match="not for 127.0.0.1 .*with --host 0.0.0.0"):

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from data.site_data import write_mnist_partition
-from deploy.preflight import PreflightError, check_superlink_connection
 from deployment import CONNECTION, Federation, history, make_credentials, wait_until
+from fl_app.deploy.preflight import PreflightError, check_superlink_connection
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ def test_federation_across_network_namespaces(network, tmp_path, mnist_dir):
     certs, keys = make_credentials(tmp_path, [SUPERLINK_IP], ["site-0", "site-1", "site-2"])
     fed = Federation(tmp_path, certs, keys, SUPERLINK_IP, netns={"operator": network["operator"]})
     try:
-        fed.start("superlink", [sys.executable, "-m", "deploy.superlink", "--certificates", str(certs),
+        fed.start("superlink", [sys.executable, "-m", "fl_app.deploy.superlink", "--certificates", str(certs),
                                 "--host", "0.0.0.0", "--port", str(fed.port),
                                 "--database", str(tmp_path / "superlink" / "state.db")],
                   namespace=network["superlink"])

@@ -10,8 +10,8 @@ HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
 def doc_files() -> list[Path]:
-    """README.md, deploy/README.md and every page under docs/."""
-    return [REPO / "README.md", REPO / "deploy" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    """README.md and every page under docs/."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def prose_lines(text: str) -> list[str]:

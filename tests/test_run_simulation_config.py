@@ -1,14 +1,15 @@
-"""run_simulation.py refuses bad input before starting anything: one line, exit 2."""
+"""The simulation launcher (`fl_app.simulate`: `fl-app-simulate`, `run_simulation.py`) refuses
+bad input before starting anything: one line, exit 2."""
 
 import pytest
 
-import run_simulation
 from data.mnist import MNIST_FILES
+from fl_app import simulate
 from fl_app.local_superlink import RAY_INLINE_BYTES, LocalSuperLink
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
-    code = run_simulation.main(list(argv))
+    code = simulate.main(list(argv))
     return code, capsys.readouterr().err
 
 

@@ -264,7 +264,7 @@ def test_convert_and_the_demo_site_writer_run_as_a_module(tmp_path, mnist_dir):
 
 
 def test_the_supernode_preflight_accepts_each_format(tmp_path, mnist50):
-    from deploy.supernode import check_data
+    from fl_app.deploy.supernode import check_data
 
     write_npz(tmp_path / "site.npz", *mnist50)
     write_image_folders(tmp_path / "images", *mnist50)

@@ -70,7 +70,7 @@ def test_fedprox_with_zero_mu_is_fedavg_and_positive_mu_differs(federation):
 
 
 def test_user_strategy_class_is_loaded_screened_and_learns(federation):
-    rows, _ = federation(strategy="examples.norm_bounded_fedavg:NormBoundedFedAvg")
+    rows, _ = federation(strategy="fl_app.examples.norm_bounded_fedavg:NormBoundedFedAvg")
     assert rows[2]["centralized_accuracy"] > rows[0]["centralized_accuracy"] + 0.2
 
 
@@ -86,7 +86,7 @@ def test_bad_strategy_paths_are_refused_with_a_clear_message(default_run_config,
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("name", [*NON_LINEAR, "examples.norm_bounded_fedavg:NormBoundedFedAvg"])
+@pytest.mark.parametrize("name", [*NON_LINEAR, "fl_app.examples.norm_bounded_fedavg:NormBoundedFedAvg"])
 def test_central_dp_is_refused_with_non_linear_aggregators(default_run_config, name):
     with pytest.raises(ConfigError) as err:
         AppConfig.from_run_config(default_run_config | {"strategy": name, "dp-mode": "central",

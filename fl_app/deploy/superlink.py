@@ -1,5 +1,5 @@
 """Start the SuperLink of a deployment: TLS with the certificates in `--certificates`
-(ca.crt, server.crt, server.key from `deploy.credentials`), only registered SuperNodes
+(ca.crt, server.crt, server.key from `fl_app.deploy.credentials`), only registered SuperNodes
 admitted (`--enable-supernode-auth`), no runtime dependency installation (the app's
 dependencies are installed on this host beforehand), state kept in `--database`.
 
@@ -9,8 +9,8 @@ address. The Control and ServerApp APIs have no authentication here: the SuperLi
 listens on loopback (127.0.0.1) unless `--host` says otherwise, and with another
 address it prints a warning naming the port to firewall.
 
-    python -m deploy.superlink --certificates certificates               # this machine only
-    python -m deploy.superlink --certificates certificates --host 0.0.0.0 --port 8000
+    python -m fl_app.deploy.superlink --certificates certificates               # this machine only
+    python -m fl_app.deploy.superlink --certificates certificates --host 0.0.0.0 --port 8000
 """
 
 import argparse
@@ -18,9 +18,9 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from deploy.credentials import CA_KEY
-from deploy.launch import exec_command, executable, fail
-from deploy.preflight import PreflightError, check_superlink_credentials
+from fl_app.deploy.credentials import CA_KEY
+from fl_app.deploy.launch import exec_command, executable, fail
+from fl_app.deploy.preflight import PreflightError, check_superlink_credentials
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -60,7 +60,7 @@ def exposure_warning(host: str, port: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.superlink", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fl_app.deploy.superlink", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--certificates", type=Path, required=True,
                         help="directory with ca.crt, server.crt, server.key")

@@ -16,10 +16,10 @@ SuperNode in OpenSSH format, the private key for `flower-supernode
 Private keys are created readable and writable by their owner only (mode 0600) from
 the start. All cryptography is the `cryptography` package's; nothing here is hand-rolled.
 
-    python -m deploy.credentials ca --out ca
-    python -m deploy.credentials server --ca ca --out certificates \
+    python -m fl_app.deploy.credentials ca --out ca
+    python -m fl_app.deploy.credentials server --ca ca --out certificates \
         --host superlink.example.org --host 10.0.0.5
-    python -m deploy.credentials node-keys --out keys site-a site-b site-c
+    python -m fl_app.deploy.credentials node-keys --out keys site-a site-b site-c
 """
 
 import argparse
@@ -141,7 +141,7 @@ def make_server_certificate(
     if missing:
         raise CredentialsError(
             f"no CA in '{ca_dir}' (missing {', '.join(missing)}); create one with: "
-            f"python -m deploy.credentials ca --out {ca_dir}"
+            f"python -m fl_app.deploy.credentials ca --out {ca_dir}"
         )
     hosts = list(dict.fromkeys([*hosts, *LOOPBACK]))
     ca_pem = (ca_dir / CA_CERT).read_bytes()
@@ -201,7 +201,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.credentials", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fl_app.deploy.credentials", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     ca = commands.add_parser("ca", help="create a certificate authority")

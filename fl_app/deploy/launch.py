@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from deploy.preflight import PreflightError
+from fl_app.deploy.preflight import PreflightError
 from fl_app.local_superlink import flower_executable
 
 

@@ -15,10 +15,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
+from fl_app.deploy.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
 
 WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # listen-all -> the SuperLink's own loopback address
-REISSUE = "python -m deploy.credentials server --ca <ca dir> --out <dir> --host <name or IP> ..."
+REISSUE = "python -m fl_app.deploy.credentials server --ca <ca dir> --out <dir> --host <name or IP> ..."
 
 # OpenSSL verification codes (X509_V_ERR_*) that have a specific remedy.
 CERT_NOT_YET_VALID, CERT_EXPIRED = 9, 10
@@ -145,7 +145,7 @@ def check_node_key(path: Path) -> None:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PreflightError(
             f"SuperNode private key '{path}' is not an OpenSSH EC private key; create one "
-            "with: python -m deploy.credentials node-keys --out <dir> <name>"
+            "with: python -m fl_app.deploy.credentials node-keys --out <dir> <name>"
         )
 
 

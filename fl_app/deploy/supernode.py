@@ -4,12 +4,12 @@ key, the CA certificate, its data, and a verified TLS connection to the SuperLin
 A site with its own data (MNIST IDX files, class folders of images or a .npz; see
 data/site_data.py):
 
-    python -m deploy.supernode --superlink superlink.example.org:8000 \
+    python -m fl_app.deploy.supernode --superlink superlink.example.org:8000 \
         --root-certificates ca.crt --private-key keys/site-a --data-dir /data/site-a
 
 Demo mode, partition 0 of 3 of MNIST found in --data-dir:
 
-    python -m deploy.supernode ... --partition-id 0 --num-partitions 3 --data-dir ~/mnist
+    python -m fl_app.deploy.supernode ... --partition-id 0 --num-partitions 3 --data-dir ~/mnist
 """
 
 import argparse
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from data.mnist import DataUnavailableError, missing_files
 from data.site_data import load_site_data
-from deploy.launch import exec_command, executable, fail
-from deploy.preflight import (
+from fl_app.deploy.launch import exec_command, executable, fail
+from fl_app.deploy.preflight import (
     PreflightError,
     check_node_key,
     check_superlink_connection,
@@ -68,7 +68,7 @@ def supernode_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.supernode", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fl_app.deploy.supernode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--superlink", required=True, help="the SuperLink's host:port")
     parser.add_argument("--root-certificates", type=Path, required=True,

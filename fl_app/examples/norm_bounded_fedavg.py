@@ -1,6 +1,6 @@
 """A user strategy: FedAvg that bounds every client's change to the global model.
 
-Run it with `--run-config "strategy='examples.norm_bounded_fedavg:NormBoundedFedAvg'"`.
+Run it with `--run-config "strategy='fl_app.examples.norm_bounded_fedavg:NormBoundedFedAvg'"`.
 The app constructs the class with Flower's FedAvg keyword arguments (fractions, minimum
 client counts, evaluate_fn, on_fit_config_fn, on_evaluate_config_fn,
 initial_parameters, fit/evaluate_metrics_aggregation_fn) and puts its screen in front,
