@@ -103,12 +103,12 @@ def test_declared_dependencies_are_exactly_the_imported_ones(pyproject, imported
 
 def test_the_expected_distributions_are_declared(pyproject):
     """The fixed points of the rule above: what the code is known to import (scipy in the
-    privacy audit, Pillow for image folders) is required; test-only and feature-only
-    distributions are not."""
+    privacy audit, Pillow for image folders, click for the launcher fl_app/simulate.py) is
+    required; test-only and feature-only distributions are not."""
     project = pyproject["project"]
     required = {requirement_name(r) for r in project["dependencies"]}
-    assert {"flwr", "torch", "numpy", "opacus", "scipy", "pillow"} <= required
-    assert not {"torchvision", "tensorboard", "mlflow-skinny", "click", "hypothesis"} & required
+    assert {"flwr", "torch", "numpy", "opacus", "scipy", "pillow", "click"} <= required
+    assert not {"torchvision", "tensorboard", "mlflow-skinny", "hypothesis"} & required
     assert set(project["optional-dependencies"]) == {"tensorboard", "mlflow", "test"}
     opacus = next(r for r in project["dependencies"] if requirement_name(r) == "opacus")
     assert "<1.7" in opacus  # the code uses optimizer.secure_mode and accountant.history
