@@ -262,7 +262,7 @@ def write_image_folders(data_dir: str | Path, images: np.ndarray, labels: np.nda
 
     data_dir = Path(data_dir).expanduser().resolve()
     width = max(5, len(str(len(images) - 1)))
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         folder = data_dir / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(folder / f"{index:0{width}d}.png")

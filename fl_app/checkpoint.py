@@ -290,7 +290,7 @@ class _Validator:
         a wider one (server optimizers such as FedAdam compute in float64)."""
         self.require(isinstance(weights, list) and len(weights) == len(self.model), field, weights,
                      f"a list of the {len(self.model)} arrays of model '{self.cfg.train.model}'")
-        for i, (array, (name, shape, dtype)) in enumerate(zip(weights, self.model)):
+        for i, (array, (name, shape, dtype)) in enumerate(zip(weights, self.model, strict=True)):
             self.require(isinstance(array, np.ndarray) and array.shape == shape and array.dtype.kind == "f"
                          and np.can_cast(dtype, array.dtype, "safe"), f"{field}[{i}] ({name})", array,
                          f"a {dtype} (or wider float) array of shape {shape}, as in model '{self.cfg.train.model}'")

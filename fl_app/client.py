@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 from flwr.client import Client, NumPyClient
 from flwr.common import ConfigRecord, Context, NDArrays, RecordDict, Scalar
+from torch import nn
 
 from data.cache import locked_cache
 from data.mnist import TensorDataset, map_mnist
@@ -22,8 +23,6 @@ from data.partition import PartitionSpec, client_split, partition_indices
 from data.site_data import load_site_data
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig, client_config
-from torch import nn
-
 from fl_app.model import build_model
 from fl_app.task import device, evaluate, get_weights, make_optimizer, set_weights, train
 from strategies.privacy.mechanism import clip_update, model_delta
@@ -41,7 +40,6 @@ from strategies.wire import (
     TRAIN_ACCURACY,
     TRAIN_LOSS,
 )
-
 
 ACCOUNTANT_RECORD = "local-dp-accountant"
 

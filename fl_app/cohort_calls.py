@@ -90,7 +90,7 @@ def _call_cohort(
     failures: list[tuple[ClientProxy, Res] | BaseException] = []
     answers = ask_over_grid(calls, message_type, timeout, group_id)  # type: ignore[arg-type]
     del calls
-    for (proxy, _), answer in zip(instructions, answers):
+    for (proxy, _), answer in zip(instructions, answers, strict=True):
         if isinstance(answer, Exception):
             failures.append(answer)
             continue

@@ -116,7 +116,7 @@ def _draw_metric(ax: Axes, runs: Runs, metric: str, ylabel: str, scale: float, l
 def plot_curves(rows: list[dict[str, Any]]) -> bytes:
     """One run's accuracy and loss per round, side by side, as PNG (the run's curves.png)."""
     fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, METRICS, strict=True):
         _draw_metric(ax, {"": rows}, *metric)
     png = io.BytesIO()
     _save(fig, png, dpi=100)

@@ -15,8 +15,8 @@ from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures
 from fl_app.checkpoint import Checkpoint, global_rng_state, save_checkpoint, set_global_rng_state
 from fl_app.cohort_calls import evaluate_cohort, fit_cohort
 from fl_app.outputs import RunRecorder
-from strategies.privacy.release import ReleasePolicy, install_log_filter
 from strategies.client_reports import EVALUATE_METRICS, FIT_METRICS, is_finite_number
+from strategies.privacy.release import ReleasePolicy, install_log_filter
 from strategies.privacy.statement import LocalPrivacyLedger
 from strategies.state import load_strategy_state, strategy_state
 from strategies.wire import ACCURACY

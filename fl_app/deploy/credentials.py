@@ -47,7 +47,7 @@ class CredentialsError(RuntimeError):
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset as TorchTensorDataset
+from torch.utils.data import DataLoader
+from torch.utils.data import TensorDataset as TorchTensorDataset
 
 from data.mnist import TensorDataset
 from strategies.privacy.accounting import calibrate_noise_multiplier
