@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 Update = Sequence[np.ndarray]
+Metric = bool | bytes | float | int | str  # a client metric, as Flower's `Scalar`
 
 
 def update_problem(
@@ -73,8 +74,8 @@ def server_step(weights: Update, update: Update, learning_rate: float) -> list[n
 
 
 def weighted_metric_means(
-    metrics: Sequence[tuple[int, Mapping[str, float | int | bool | str | bytes]]],
-) -> dict[str, float]:
+    metrics: Sequence[tuple[int, Mapping[str, Metric]]],
+) -> dict[str, Metric]:
     """Example-weighted mean of every numeric metric, over the clients reporting it."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}

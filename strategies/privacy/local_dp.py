@@ -111,7 +111,7 @@ def train_private(
             optimizer.zero_grad(set_to_none=True)
             out = model(x)
             loss = F.nll_loss(out, y, reduction="sum") / max(len(y), 1)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             optimizer.step()  # an empty batch adds noise only, and is accounted
             loss_sum += float(loss) * len(y)
             correct += int((out.argmax(1) == y).sum())
