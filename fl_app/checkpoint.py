@@ -114,7 +114,8 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     arrays: dict[str, np.ndarray] = {}
     document = _split({"format": FORMAT, **checkpoint.__dict__}, arrays)
     buffer = io.BytesIO()
-    np.savez(buffer, __document__=np.frombuffer(json.dumps(document).encode(), dtype=np.uint8), **arrays)
+    document_bytes = np.frombuffer(json.dumps(document).encode(), dtype=np.uint8)
+    np.savez(buffer, __document__=document_bytes, **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays could be allow_pickle
     path = RunDir(run_dir).checkpoint
     write_atomically(path, buffer.getvalue(), mode=0o600, durable=True)
     return path

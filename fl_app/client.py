@@ -9,7 +9,7 @@ node-config or else run-config).
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 
 import numpy as np
@@ -175,7 +175,11 @@ class FlowerClient(NumPyClient):
         )
         saved = self.state.config_records.get(ACCOUNTANT_RECORD)
         previous = json.loads(str(saved["state"])) if saved else None
-        rounds = int(saved["rounds"]) + 1 if saved else 1
+        rounds = 1
+        if saved:
+            done = saved["rounds"]
+            assert isinstance(done, int), "written as an int below"
+            rounds = done + 1
         self.net.train()  # this thread's model may come from an evaluate; Opacus checks the mode first
         loss, accuracy, epsilon, state = train_private(
             self.net, self.train_set, dp, previous, epochs=self.cfg.train.local_epochs,
@@ -230,7 +234,7 @@ class NodeConfigError(ValueError):
     """A SuperNode's node-config says neither where its data is nor which partition."""
 
 
-def node_data(cfg: AppConfig, node_config: dict[str, Scalar]) -> tuple[int | None, Callable[[], Split]]:
+def node_data(cfg: AppConfig, node_config: Mapping[str, Scalar]) -> tuple[int | None, Callable[[], Split]]:
     """(partition id or None for a site's own data, what loads its (train, validation)
     split); a node-config naming no data is refused here, before any data is read."""
     if "partition-id" in node_config or "num-partitions" in node_config:

@@ -60,7 +60,7 @@ class KeyedClientManager(SimpleClientManager):
             if not missing:
                 return
             proxies = self.all()
-            over_grid = [proxies[cid] for cid in missing if isinstance(proxies[cid], GridClientProxy)]
+            over_grid = [proxy for proxy in (proxies[cid] for cid in missing) if isinstance(proxy, GridClientProxy)]
             others = [cid for cid in missing if not isinstance(proxies[cid], GridClientProxy)]
             found: dict[str, str] = {}
             for start in range(0, len(over_grid), KEY_BATCH):

@@ -57,9 +57,9 @@ def seed_dropout(dev: torch.device, seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def proximal_term(net: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+def proximal_term(net: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor | float:
     """FedProx (Li et al. 2020): μ/2 · Σ ‖w − w_global‖² over the trainable parameters,
-    `anchor` being the global model the round started from."""
+    `anchor` being the global model the round started from (0.0 when `anchor` is empty)."""
     return 0.5 * mu * sum(torch.sum((p - a) ** 2) for p, a in zip(net.parameters(), anchor, strict=True))
 
 
