@@ -2,6 +2,7 @@
 #   make run    - the reference experiment: 10 clients x 6000 IID MNIST samples, 10 rounds
 #   make smoke  - a complete small run (5 clients, 3 rounds) in about 2 minutes
 #   make test   - the test suite (unit + end-to-end simulations)
+#   make lint   - ruff and mypy (their settings in pyproject.toml)
 # Variables: DATA_DIR (holds MNIST/raw; default ~/.cache/fl-app/data), NUM_CLIENTS, ROUNDS, RUN_CONFIG, PYTHON, VENV,
 #   TORCH (the torch/torchvision pins), TORCH_INDEX (e.g. cpu, cu126: torch from that PyTorch wheel index).
 
@@ -20,7 +21,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := $(abspath $(DATA_DIR))
 
-.PHONY: install data run smoke test clean
+.PHONY: install data run smoke test lint clean
 
 install: $(STAMP)
 
@@ -52,6 +53,10 @@ smoke: data
 test: data
 	FL_APP_MNIST_DIR="$(DATA)" $(BIN)/python -m pytest -m "not integration" -n 2 --dist loadfile
 	FL_APP_MNIST_DIR="$(DATA)" $(BIN)/python -m pytest -m integration
+
+# ruff over the whole checkout; mypy over the files pyproject's [tool.mypy] names.
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -20,8 +20,8 @@ from bench.common import add_json, argument_parser, machine, write_json
 from fl_app.model import Net
 from fl_app.task import get_weights
 from strategies.dp_fedavg import DPFedAvg
-from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.fedavg import WeightedFedAvg
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.privacy.mechanism import clipped_deltas, noisy_mean, sum_updates
 from strategies.privacy.randomness import DPRandomness
 from strategies.screening import UpdateScreen
@@ -57,7 +57,7 @@ def main() -> None:
     updates = [[rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in weights] for _ in range(args.clients)]
     shapes = [w.shape for w in weights]
 
-    client_weights = [[w + d for w, d in zip(weights, u)] for u in updates]
+    client_weights = [[w + d for w, d in zip(weights, u, strict=True)] for u in updates]
 
     def math_only() -> None:
         """What the server computes from the clients' weights: Δ, clipped in place, summed

@@ -192,7 +192,7 @@ def plain_loop(cfg: AppConfig, num_clients: int, data_dir: str,
             new.append(get_weights(net))
             counts.append(len(data))
         total = sum(counts)
-        global_weights = [sum(w[i] * (n / total) for w, n in zip(new, counts)).astype(new[0][i].dtype)
+        global_weights = [sum(w[i] * (n / total) for w, n in zip(new, counts, strict=True)).astype(new[0][i].dtype)
                           for i in range(len(new[0]))]
         set_weights(net, global_weights)
         evaluate(net, test_set)

@@ -180,7 +180,7 @@ def main() -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             summaries = list(pool.map(run_once, [args] * len(outs), args.epsilon, [data_dir] * len(outs), outs))
     runs = []
-    for epsilon, summary in zip(args.epsilon, summaries):
+    for epsilon, summary in zip(args.epsilon, summaries, strict=True):
         runs.append({"target_epsilon": epsilon, "privacy": summary["privacy"], "model": summary["model"],
                      "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"],
                      "seconds": round(summary["bench_seconds"], 1),
@@ -193,7 +193,7 @@ def main() -> None:
                       f"δ = {args.delta:g}, the DP recipe")
     print(f"{args.num_clients} clients x {args.samples_per_client} samples ({args.partitioner}), "
           f"delta = {args.delta:g}{', held-out evaluation' if args.holdout else ''}")
-    for run, summary in zip(runs, summaries):
+    for run, summary in zip(runs, summaries, strict=True):
         print(f"target epsilon {run['target_epsilon']:g}: {run['seconds']} s")
         print(result_line(summary, args.delta))
 

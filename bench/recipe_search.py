@@ -260,7 +260,7 @@ def run_groups(recipes: list[Recipe], data_dir: str, test, rounds: int, deadline
         passes = sum(len(c) for c in clients) * members[0].local_epochs
         accuracy = train_group(configs, clients, test, dev)
         print(f"recipe_search: group {key} ({len(members)} recipes) {time.monotonic() - started:.0f} s", flush=True)
-        for recipe, acc in zip(members, accuracy):
+        for recipe, acc in zip(members, accuracy, strict=True):
             results.append(summary(recipe, acc, passes))
             print(f"  {recipe.name}: " + " ".join(f"{a * 100:.2f}" for a in acc)
                   + f" | 99.0% at round {results[-1]['round_to_99']}", flush=True)

@@ -27,8 +27,16 @@ from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from bench.common import (APP_DEFAULTS, ROOT, GpuUtilisation, add_data_dir, add_json, argument_parser, machine,
-                          write_json)
+from bench.common import (
+    APP_DEFAULTS,
+    ROOT,
+    GpuUtilisation,
+    add_data_dir,
+    add_json,
+    argument_parser,
+    machine,
+    write_json,
+)
 from fl_app.config import AppConfig
 from fl_app.in_process import run_federation
 from fl_app.run_dir import RunDir
@@ -105,7 +113,7 @@ def main() -> None:
 
     results = []
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
-        for partitioner, rounds in zip(args.partitioners, args.rounds):
+        for partitioner, rounds in zip(args.partitioners, args.rounds, strict=True):
             result = run(partitioner, rounds, args, Path(tmp) / partitioner)
             results.append(result)
             print(json.dumps(result), flush=True)

@@ -24,7 +24,7 @@ def locked_cache(maxsize: int) -> Callable[[Callable[P, R]], Callable[P, R]]:
         @wraps(function)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             with lock:
-                return cached(*args, **kwargs)
+                return cached(*args, **kwargs)  # type: ignore[arg-type]  # lru_cache wants Hashable; P.kwargs cannot say so
 
         wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
         wrapper.cache_info = cached.cache_info  # type: ignore[attr-defined]

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description=main.__doc__.split(";")[0])
+    parser = argparse.ArgumentParser(description=(main.__doc__ or "").split(";")[0])
     parser.add_argument("data_dir", help="folder to hold MNIST/raw/*-ubyte")
     parser.add_argument("--mirror", action="append", help="URL of a folder serving the four *-ubyte.gz files "
                         "(repeatable; default: torchvision's MNIST mirrors)")

@@ -7,8 +7,9 @@ without it: a simulated client or a SuperNode with its own data never loads it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ def _make_partitioner(spec: PartitionSpec) -> Partitioner:
 
     if spec.scheme == "iid":
         return IidPartitioner(num_partitions=spec.num_partitions)
-    by_label = {
+    by_label: dict[str, tuple[Callable[..., Partitioner], dict[str, Any]]] = {
         "dirichlet": (DirichletPartitioner, {"alpha": spec.dirichlet_alpha}),
         "shards": (ShardPartitioner, {"num_shards_per_partition": spec.shards_per_client}),
     }

@@ -135,6 +135,7 @@ def read_image(file: Path, name: Path) -> tuple[np.ndarray, str, tuple[int, int]
     """An image file as uint8 (28, 28) grayscale; with its original mode and size."""
     from PIL import Image, UnidentifiedImageError
 
+    image: Image.Image  # an ImageFile when read, a plain Image once converted or resized
     try:
         with Image.open(file) as image:
             image.load()
@@ -157,7 +158,9 @@ def read_image_folders(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     folders = class_folders(data_dir)
     if bad := [f.name for f in folders if f.name not in LABEL_FOLDERS]:
         raise Unusable(f"folder '{bad[0]}' is not a label: class folders are named 0 to 9")
-    images, labels, converted, resized = [], [], Counter(), Counter()
+    images, labels = [], []
+    converted: Counter[str] = Counter()
+    resized: Counter[str] = Counter()
     for folder in folders:
         for file in sorted(f for f in folder.rglob("*") if f.is_file() and not is_hidden(f, folder)):
             name = file.relative_to(data_dir)
@@ -262,7 +265,7 @@ def write_image_folders(data_dir: str | Path, images: np.ndarray, labels: np.nda
 
     data_dir = Path(data_dir).expanduser().resolve()
     width = max(5, len(str(len(images) - 1)))
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         folder = data_dir / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(folder / f"{index:0{width}d}.png")

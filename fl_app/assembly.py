@@ -125,7 +125,8 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
         accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta),
         target_epsilon=cfg.dp.target_epsilon or None,
         rounds=cfg.run.num_server_rounds,
-        server_learning_rate=1.0 if cfg.strategy.name in registry.SERVER_OPTIMIZERS else cfg.strategy.server_learning_rate,
+        server_learning_rate=(1.0 if cfg.strategy.name in registry.SERVER_OPTIMIZERS
+                              else cfg.strategy.server_learning_rate),
         target_quantile=cfg.dp.target_quantile,
         clip_learning_rate=cfg.dp.clip_learning_rate,
         clipped_count_stddev=cfg.dp.clipped_count_stddev,

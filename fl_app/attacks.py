@@ -15,9 +15,9 @@ Arrays = list[np.ndarray]
 
 def attacked(attack: str, honest: Arrays, reference: Arrays, scale: float, rng: np.random.Generator) -> Arrays:
     """What the attacker sends in place of `honest`."""
-    change = [h.astype(np.float64) - r for h, r in zip(honest, reference)]
+    change = [h.astype(np.float64) - r for h, r in zip(honest, reference, strict=True)]
     if attack == "sign-flip":
-        sent = [r - scale * c for r, c in zip(reference, change)]
+        sent = [r - scale * c for r, c in zip(reference, change, strict=True)]
     elif attack == "scaled-noise":
         size = sum(c.size for c in change)
         norm = np.sqrt(sum(float(np.sum(c * c)) for c in change))
@@ -27,4 +27,4 @@ def attacked(attack: str, honest: Arrays, reference: Arrays, scale: float, rng: 
         sent = [np.full(h.shape, np.nan) for h in honest]
     else:
         raise ValueError(f"unknown attack {attack!r}")
-    return [s.astype(h.dtype) for s, h in zip(sent, honest)]
+    return [s.astype(h.dtype) for s, h in zip(sent, honest, strict=True)]

@@ -114,7 +114,8 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     arrays: dict[str, np.ndarray] = {}
     document = _split({"format": FORMAT, **checkpoint.__dict__}, arrays)
     buffer = io.BytesIO()
-    np.savez(buffer, __document__=np.frombuffer(json.dumps(document).encode(), dtype=np.uint8), **arrays)
+    document_bytes = np.frombuffer(json.dumps(document).encode(), dtype=np.uint8)
+    np.savez(buffer, __document__=document_bytes, **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays could be allow_pickle
     path = RunDir(run_dir).checkpoint
     write_atomically(path, buffer.getvalue(), mode=0o600, durable=True)
     return path
@@ -290,7 +291,7 @@ class _Validator:
         a wider one (server optimizers such as FedAdam compute in float64)."""
         self.require(isinstance(weights, list) and len(weights) == len(self.model), field, weights,
                      f"a list of the {len(self.model)} arrays of model '{self.cfg.train.model}'")
-        for i, (array, (name, shape, dtype)) in enumerate(zip(weights, self.model)):
+        for i, (array, (name, shape, dtype)) in enumerate(zip(weights, self.model, strict=True)):
             self.require(isinstance(array, np.ndarray) and array.shape == shape and array.dtype.kind == "f"
                          and np.can_cast(dtype, array.dtype, "safe"), f"{field}[{i}] ({name})", array,
                          f"a {dtype} (or wider float) array of shape {shape}, as in model '{self.cfg.train.model}'")

@@ -9,12 +9,13 @@ node-config or else run-config).
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 
 import numpy as np
 from flwr.client import Client, NumPyClient
 from flwr.common import ConfigRecord, Context, NDArrays, RecordDict, Scalar
+from torch import nn
 
 from data.cache import locked_cache
 from data.mnist import TensorDataset, map_mnist
@@ -22,8 +23,6 @@ from data.partition import PartitionSpec, client_split, partition_indices
 from data.site_data import load_site_data
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig, client_config
-from torch import nn
-
 from fl_app.model import build_model
 from fl_app.task import device, evaluate, get_weights, make_optimizer, set_weights, train
 from strategies.privacy.mechanism import clip_update, model_delta
@@ -41,7 +40,6 @@ from strategies.wire import (
     TRAIN_ACCURACY,
     TRAIN_LOSS,
 )
-
 
 ACCOUNTANT_RECORD = "local-dp-accountant"
 
@@ -177,7 +175,11 @@ class FlowerClient(NumPyClient):
         )
         saved = self.state.config_records.get(ACCOUNTANT_RECORD)
         previous = json.loads(str(saved["state"])) if saved else None
-        rounds = int(saved["rounds"]) + 1 if saved else 1
+        rounds = 1
+        if saved:
+            done = saved["rounds"]
+            assert isinstance(done, int), "written as an int below"
+            rounds = done + 1
         self.net.train()  # this thread's model may come from an evaluate; Opacus checks the mode first
         loss, accuracy, epsilon, state = train_private(
             self.net, self.train_set, dp, previous, epochs=self.cfg.train.local_epochs,
@@ -232,7 +234,7 @@ class NodeConfigError(ValueError):
     """A SuperNode's node-config says neither where its data is nor which partition."""
 
 
-def node_data(cfg: AppConfig, node_config: dict[str, Scalar]) -> tuple[int | None, Callable[[], Split]]:
+def node_data(cfg: AppConfig, node_config: Mapping[str, Scalar]) -> tuple[int | None, Callable[[], Split]]:
     """(partition id or None for a site's own data, what loads its (train, validation)
     split); a node-config naming no data is refused here, before any data is read."""
     if "partition-id" in node_config or "num-partitions" in node_config:

@@ -9,8 +9,8 @@ time); other proxies (the in-process federation's) are asked one by one in threa
 
 import threading
 import time
-from logging import INFO, WARNING
 from concurrent.futures import ThreadPoolExecutor
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -60,7 +60,7 @@ class KeyedClientManager(SimpleClientManager):
             if not missing:
                 return
             proxies = self.all()
-            over_grid = [proxies[cid] for cid in missing if isinstance(proxies[cid], GridClientProxy)]
+            over_grid = [proxy for proxy in (proxies[cid] for cid in missing) if isinstance(proxy, GridClientProxy)]
             others = [cid for cid in missing if not isinstance(proxies[cid], GridClientProxy)]
             found: dict[str, str] = {}
             for start in range(0, len(over_grid), KEY_BATCH):
@@ -131,7 +131,7 @@ def _ask_over_grid(proxies: list[GridClientProxy]) -> dict[str, str]:
     answers = ask_over_grid([(proxy, question) for proxy in proxies], MessageTypeLegacy.GET_PROPERTIES,
                             KEY_TIMEOUT_S, None)
     keys = {}
-    for proxy, answer in zip(proxies, answers):
+    for proxy, answer in zip(proxies, answers, strict=True):
         if isinstance(answer, RecordDict):
             properties = recorddict_to_getpropertiesres(answer).properties
             if CLIENT_KEY in properties:

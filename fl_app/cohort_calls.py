@@ -70,11 +70,11 @@ def ask_over_grid(
 
 def over_one_grid(proxies: Sequence[ClientProxy]) -> bool:
     """Whether `proxies` are `GridClientProxy`s of distinct nodes on one grid."""
-    if not proxies or not all(isinstance(p, GridClientProxy) for p in proxies):
+    grid_proxies = [p for p in proxies if isinstance(p, GridClientProxy)]
+    if not proxies or len(grid_proxies) < len(proxies):
         return False
-    grid = proxies[0].grid  # type: ignore[attr-defined]
-    return all(p.grid is grid for p in proxies) and \
-        len({p.node_id for p in proxies}) == len(proxies)  # type: ignore[attr-defined]
+    grid = grid_proxies[0].grid
+    return all(p.grid is grid for p in grid_proxies) and len({p.node_id for p in grid_proxies}) == len(grid_proxies)
 
 
 def _call_cohort(
@@ -84,13 +84,16 @@ def _call_cohort(
 ) -> tuple[list[tuple[ClientProxy, Res]], list[tuple[ClientProxy, Res] | BaseException]]:
     """Send `instructions` over their grid; sort the replies into results and failures."""
     records: dict[int, RecordDict] = {}
-    calls = [(proxy, records.setdefault(id(ins), to_record(ins))) for proxy, ins in instructions]
+    calls: list[tuple[GridClientProxy, RecordDict]] = []
+    for proxy, ins in instructions:
+        assert isinstance(proxy, GridClientProxy), "callers check over_one_grid first"
+        calls.append((proxy, records.setdefault(id(ins), to_record(ins))))
     del records
     results: list[tuple[ClientProxy, Res]] = []
     failures: list[tuple[ClientProxy, Res] | BaseException] = []
-    answers = ask_over_grid(calls, message_type, timeout, group_id)  # type: ignore[arg-type]
+    answers = ask_over_grid(calls, message_type, timeout, group_id)
     del calls
-    for (proxy, _), answer in zip(instructions, answers):
+    for (proxy, _), answer in zip(instructions, answers, strict=True):
         if isinstance(answer, Exception):
             failures.append(answer)
             continue

@@ -9,20 +9,19 @@ otherwise; any other value is used as given.
 """
 
 import math
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from data.partition import PARTITIONERS
 from fl_app.model import MODELS
 from fl_app.secagg_params import tolerated_dropouts
+from strategies.dp_fedavg import CLIPPING_MODES
 from strategies.privacy.accounting import ACCOUNTANTS
 from strategies.privacy.adaptive_clipping import check_count_noise
-from strategies.dp_fedavg import CLIPPING_MODES
 from strategies.registry import BUILT_IN, LINEAR, load_strategy_class
 
 OPTIMIZERS = ("sgd", "adam", "adadelta")
@@ -438,7 +437,8 @@ def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int, po
             f"Invalid run-config: dp-clients-per-round = {cfg.dp.clients_per_round:g} "
             f"(allowed: at most the {population} clients of this federation)"
         )
-    if cfg.data.samples_per_client and round(cfg.data.samples_per_client * cfg.data.validation_fraction) >= cfg.data.samples_per_client:
+    capped = cfg.data.samples_per_client
+    if capped and round(capped * cfg.data.validation_fraction) >= capped:
         raise ConfigError(
             f"Invalid run-config: validation-fraction = {cfg.data.validation_fraction} (allowed: a "
             f"fraction that leaves at least one of samples-per-client = {cfg.data.samples_per_client} "

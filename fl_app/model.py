@@ -73,4 +73,6 @@ def seeded_model(name: str, seed: int) -> nn.Module:
 
 def seeded_net(seed: int) -> Net:
     """A freshly initialised reference `Net` whose weights depend only on `seed`."""
-    return seeded_model("cnn", seed)
+    net = seeded_model("cnn", seed)
+    assert isinstance(net, Net), "MODELS['cnn'] is Net"
+    return net

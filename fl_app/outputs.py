@@ -200,7 +200,7 @@ class RunRecorder:
         """`weights` as the run model's state dict in `path` (loaded once to prove it fits)."""
         net = build_model(self.model)
         keys = list(net.state_dict().keys())
-        state = OrderedDict((k, torch.from_numpy(np.array(w))) for k, w in zip(keys, weights))
+        state = OrderedDict((k, torch.from_numpy(np.array(w))) for k, w in zip(keys, weights, strict=True))
         net.load_state_dict(state)
         model = io.BytesIO()
         torch.save(state, model)

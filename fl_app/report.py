@@ -79,8 +79,11 @@ def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[l
 
 def _style(ax: Axes, title: str, ylabel: str, legend_below: bool = False) -> None:
     """Labels, whole rounds on the x axis, a light grid and the legend."""
+    from matplotlib.ticker import MaxNLocator
+
     ax.set(xlabel="round", ylabel=ylabel, title=title)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    if isinstance(locator := ax.xaxis.get_major_locator(), MaxNLocator):  # a linear axis' AutoLocator
+        locator.set_params(integer=True)
     ax.grid(alpha=0.3)
     if legend_below:  # long labels (privacy statements) under the axes, not over the lines
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.15), frameon=False)
@@ -116,7 +119,7 @@ def _draw_metric(ax: Axes, runs: Runs, metric: str, ylabel: str, scale: float, l
 def plot_curves(rows: list[dict[str, Any]]) -> bytes:
     """One run's accuracy and loss per round, side by side, as PNG (the run's curves.png)."""
     fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, METRICS, strict=True):
         _draw_metric(ax, {"": rows}, *metric)
     png = io.BytesIO()
     _save(fig, png, dpi=100)

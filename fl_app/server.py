@@ -15,8 +15,8 @@ from flwr.server.server import EvaluateResultsAndFailures, FitResultsAndFailures
 from fl_app.checkpoint import Checkpoint, global_rng_state, save_checkpoint, set_global_rng_state
 from fl_app.cohort_calls import evaluate_cohort, fit_cohort
 from fl_app.outputs import RunRecorder
-from strategies.privacy.release import ReleasePolicy, install_log_filter
 from strategies.client_reports import EVALUATE_METRICS, FIT_METRICS, is_finite_number
+from strategies.privacy.release import ReleasePolicy, install_log_filter
 from strategies.privacy.statement import LocalPrivacyLedger
 from strategies.state import load_strategy_state, strategy_state
 from strategies.wire import ACCURACY
@@ -105,7 +105,8 @@ class RecordingServer(Server):
         start = time.perf_counter()
         if self.client_manager().num_available() < self.quorum:
             log(INFO, "Waiting for %s nodes to connect (min-available-clients)", self.quorum)
-            self.client_manager().wait_for(self.quorum)
+            # Flower's ClientManager.wait_for lacks the default timeout of SimpleClientManager's
+            self.client_manager().wait_for(self.quorum)  # type: ignore[call-arg]
         self.num_nodes = self.client_manager().num_available()
         self.check_population(self.num_nodes)
         if prefetch_keys := getattr(self.client_manager(), "prefetch_keys", None):
@@ -133,7 +134,9 @@ class RecordingServer(Server):
             row: dict[str, Any] = {"round": server_round, "num_fit_clients": 0}
             if server_round > 0:
                 row.update(self._fit(server_round, timeout, history))
-            loss, metrics = self.strategy.evaluate(server_round, parameters=self.parameters)
+            evaluated = self.strategy.evaluate(server_round, parameters=self.parameters)
+            assert evaluated is not None, "every strategy of the app evaluates centrally"
+            loss, metrics = evaluated
             history.add_loss_centralized(server_round=server_round, loss=loss)
             history.add_metrics_centralized(server_round=server_round, metrics=metrics)
             row.update(centralized_loss=loss, centralized_accuracy=metrics["accuracy"])
@@ -174,7 +177,7 @@ class RecordingServer(Server):
 
     def _save_checkpoint(self, server_round: int, row: dict[str, Any]) -> None:
         """Write the round's checkpoint: model, history, strategy, sampler and RNG states."""
-        manager_state = getattr(self.client_manager(), "state_dict", dict)()
+        manager_state: dict[str, Any] = getattr(self.client_manager(), "state_dict", dict)()
         save_checkpoint(self.recorder.run_dir.path, Checkpoint(
             round=server_round,
             weights=parameters_to_ndarrays(self.parameters),
@@ -288,9 +291,11 @@ class RecordingServer(Server):
     def _evaluate(self, server_round: int, timeout: float | None, history: History) -> dict[str, Any]:
         """One federated evaluation round: the row's federated figures (none without replies)."""
         res = self.evaluate_round(server_round=server_round, timeout=timeout)
-        if res is None or res[0] is None:
+        if res is None:
             return {}
         loss, metrics, _ = res
+        if loss is None:
+            return {}
         history.add_loss_distributed(server_round=server_round, loss=loss)
         history.add_metrics_distributed(server_round=server_round, metrics=metrics)
         return {"federated_loss": loss, "federated_accuracy": metrics.get(ACCURACY)}

@@ -145,6 +145,7 @@ def simulate(args: argparse.Namespace, run_config: dict[str, Any], flwr_home: Pa
         run_id = None
         with subprocess.Popen(command, env=link.env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, bufsize=1) as flwr_run:
+            assert flwr_run.stdout is not None, "stdout=PIPE"
             try:
                 for line in flwr_run.stdout:
                     sys.stdout.write(line)

@@ -1,6 +1,7 @@
 """Local training and evaluation of `Net` on in-memory tensors."""
 
 from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ def set_weights(net: nn.Module, weights: list[np.ndarray]) -> None:
     if len(keys) != len(weights):
         raise ValueError(f"expected {len(keys)} arrays, got {len(weights)}")
     net.load_state_dict(
-        OrderedDict((k, torch.from_numpy(np.asarray(w))) for k, w in zip(keys, weights)),
+        OrderedDict((k, torch.from_numpy(np.asarray(w))) for k, w in zip(keys, weights, strict=True)),
         strict=True,
     )
 
@@ -56,10 +57,10 @@ def seed_dropout(dev: torch.device, seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def proximal_term(net: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+def proximal_term(net: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor | float:
     """FedProx (Li et al. 2020): μ/2 · Σ ‖w − w_global‖² over the trainable parameters,
-    `anchor` being the global model the round started from."""
-    return 0.5 * mu * sum(torch.sum((p - a) ** 2) for p, a in zip(net.parameters(), anchor))
+    `anchor` being the global model the round started from (0.0 when `anchor` is empty)."""
+    return 0.5 * mu * sum(torch.sum((p - a) ** 2) for p, a in zip(net.parameters(), anchor, strict=True))
 
 
 def train(

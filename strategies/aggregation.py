@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 Update = Sequence[np.ndarray]
+Metric = bool | bytes | float | int | str  # a client metric, as Flower's `Scalar`
 
 
 def update_problem(
@@ -18,7 +19,7 @@ def update_problem(
     float dtype — or non-finite values), or None when it can."""
     if len(update) != len(expected_shapes):
         return f"{len(update)} tensors, expected {len(expected_shapes)}"
-    for i, (array, shape) in enumerate(zip(update, expected_shapes)):
+    for i, (array, shape) in enumerate(zip(update, expected_shapes, strict=True)):
         if tuple(array.shape) != tuple(shape):
             return f"tensor {i} has shape {tuple(array.shape)}, expected {tuple(shape)}"
         if expected_dtypes is None and not np.issubdtype(array.dtype, np.floating):
@@ -57,24 +58,24 @@ def weighted_average(updates: Iterable[Update], weights: Sequence[float]) -> lis
             totals = [np.zeros(np.shape(layer), dtype=np.float64) for layer in update]
             terms = [np.empty_like(total) for total in totals]
             dtypes = [np.asarray(layer).dtype for layer in update]
-        for total, term, layer in zip(totals, terms, update):
+        for total, term, layer in zip(totals, terms, update, strict=True):
             np.multiply(layer, coefficients[count - 1], out=term)
             total += term
     if count == 0:
         raise ValueError("no updates to average")
     if count != len(coefficients):
         raise ValueError(f"{count} updates but {len(coefficients)} weights")
-    return [total.astype(dtype, copy=False) for total, dtype in zip(totals, dtypes)]
+    return [total.astype(dtype, copy=False) for total, dtype in zip(totals, dtypes, strict=True)]
 
 
 def server_step(weights: Update, update: Update, learning_rate: float) -> list[np.ndarray]:
     """w + η·u, computed in float64 and returned in the dtypes of w."""
-    return [(w.astype(np.float64) + learning_rate * u).astype(w.dtype) for w, u in zip(weights, update)]
+    return [(w.astype(np.float64) + learning_rate * u).astype(w.dtype) for w, u in zip(weights, update, strict=True)]
 
 
 def weighted_metric_means(
-    metrics: Sequence[tuple[int, Mapping[str, float | int | bool | str | bytes]]],
-) -> dict[str, float]:
+    metrics: Sequence[tuple[int, Mapping[str, Metric]]],
+) -> dict[str, Metric]:
     """Example-weighted mean of every numeric metric, over the clients reporting it."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}

@@ -8,7 +8,7 @@ server field (`round`, `num_fit_clients`, ...) in history.jsonl or the summary.
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 from strategies.wire import (
     ACCURACY,
@@ -24,8 +24,10 @@ LOCAL_DP_METRICS = (CLIENT_EPSILON, DP_NOISE_MULTIPLIER, DP_SAMPLE_RATE, DP_ROUN
 FIT_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, *LOCAL_DP_METRICS)
 EVALUATE_METRICS = (ACCURACY,)
 
+V = TypeVar("V")
 
-def is_finite_number(value: Any) -> bool:
+
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
     """An int or float (not a bool) with a finite value."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -50,6 +52,6 @@ def metrics_problem(metrics: Mapping[str, Any], known: tuple[str, ...]) -> str |
     return None
 
 
-def known_metrics(metrics: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, float | int]:
+def known_metrics(metrics: Mapping[str, V], known: tuple[str, ...]) -> dict[str, V]:
     """The metrics under `known` names (already checked by `metrics_problem`)."""
     return {name: metrics[name] for name in known if name in metrics}

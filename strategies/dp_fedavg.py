@@ -59,7 +59,7 @@ from strategies.privacy.mechanism import (
 from strategies.privacy.randomness import DPRandomness
 from strategies.privacy.sampling import poisson_sample
 from strategies.privacy.statement import central_privacy
-from strategies.screening import AroundStrategy, Failures, UpdateScreen
+from strategies.screening import AroundStrategy, FitFailures, UpdateScreen
 from strategies.state import load_strategy_state, strategy_state
 from strategies.wire import CLIENT_CLIP_NORM
 
@@ -189,6 +189,7 @@ class DPFedAvg(AroundStrategy):
     @property
     def update_sigma(self) -> float:
         """The update sum's noise multiplier: σ, or σ_Δ under adaptive clipping."""
+        assert self.noise_multiplier is not None, "σ is settled when the population is fixed"
         if self.clipping == "adaptive":
             return update_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
         return self.noise_multiplier
@@ -211,7 +212,8 @@ class DPFedAvg(AroundStrategy):
 
     def fix_population(self, client_manager: ClientManager) -> None:
         """Wait for `min_available_clients`, fix N, check q ∈ (0, 1] and settle σ."""
-        client_manager.wait_for(self.min_available_clients)
+        # Flower's ClientManager.wait_for lacks the default timeout of SimpleClientManager's
+        client_manager.wait_for(self.min_available_clients)  # type: ignore[call-arg]
         self.population = sorted(clients_by_key(client_manager))
         if self.sampling_rate > 1:
             raise ValueError(
@@ -223,12 +225,13 @@ class DPFedAvg(AroundStrategy):
                 "allows the leak of a whole client's data", self.accountant.delta,
                 1 / len(self.population))
         if self.noise_multiplier is None:
+            assert self.target_epsilon is not None and self.rounds is not None, "__init__ requires them without σ"
             self.noise_multiplier = calibrate_noise_multiplier(
                 self.target_epsilon, self.accountant.delta, self.sampling_rate, self.rounds,
                 self.accountant.kind,
             )
         elif self.target_epsilon is not None and self.rounds is not None:
-            self._warn_of_an_early_stop()
+            self._warn_of_an_early_stop(self.noise_multiplier, self.target_epsilon, self.rounds)
         if self.clipping == "adaptive" and (problem := check_count_noise(self.noise_multiplier,
                                                                          self.clipped_count_stddev)):
             raise ValueError(problem)  # a calibrated σ can leave no room for the count noise
@@ -236,15 +239,15 @@ class DPFedAvg(AroundStrategy):
             len(self.population), self.sampling_rate, self.noise_multiplier,
             self.clipping_norm, self.accountant.kind)
 
-    def _warn_of_an_early_stop(self) -> None:
+    def _warn_of_an_early_stop(self, noise_multiplier: float, target_epsilon: float, rounds: int) -> None:
         """Log how many rounds the budget allows, if fewer than planned."""
-        allowed = rounds_within_budget(self.noise_multiplier, self.sampling_rate, self.target_epsilon,
-                                       self.accountant.delta, self.accountant.kind, self.rounds)
-        if allowed < self.rounds:
+        allowed = rounds_within_budget(noise_multiplier, self.sampling_rate, target_epsilon,
+                                       self.accountant.delta, self.accountant.kind, rounds)
+        if allowed < rounds:
             log(WARNING, "dp-noise-multiplier = %g with dp-target-epsilon = %g: the budget allows "
                 "%s of the %s rounds, so training stops after round %s (set dp-noise-multiplier = 0 "
-                "to calibrate sigma for all %s rounds instead)", self.noise_multiplier,
-                self.target_epsilon, allowed, self.rounds, allowed, self.rounds)
+                "to calibrate sigma for all %s rounds instead)", noise_multiplier,
+                target_epsilon, allowed, rounds, allowed, rounds)
 
     def stop_reason(self, server_round: int, client_manager: ClientManager) -> str | None:
         """Why round `server_round` must not run (it would exceed the ε budget), or None."""
@@ -269,6 +272,7 @@ class DPFedAvg(AroundStrategy):
         config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
         if self.clipping == "client":
             config[CLIENT_CLIP_NORM] = self.clipping_norm
+        assert self.population is not None, "fixed by fix_population"
         cohort = poisson_sample(self.population, self.sampling_rate, self.randomness.sampling)
         self.cohort_size = len(cohort)
         connected = clients_by_key(client_manager)
@@ -279,7 +283,7 @@ class DPFedAvg(AroundStrategy):
         self,
         server_round: int,
         results: list[tuple[ClientProxy, FitRes]],
-        failures: Failures,
+        failures: FitFailures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Release the noised mean whatever replies arrived, account, let `inner` step."""
         unnoised = self.unnoised_round(server_round, results)
@@ -330,7 +334,9 @@ class DPFedAvg(AroundStrategy):
     def _step(self, server_round: int, mean: list[np.ndarray]) -> Parameters | None:
         """`inner`'s next model from the released w + η·mean, handed over as one result of weight 1."""
         released = ndarrays_to_parameters(server_step(self.global_weights, mean, self.server_learning_rate))
-        parameters, _ = self.inner.aggregate_fit(server_round, [(None, FitRes(OK, released, 1, {}))], [])
+        # no client stands behind the released model: Flower's strategies never read a result's proxy
+        parameters, _ = self.inner.aggregate_fit(
+            server_round, [(None, FitRes(OK, released, 1, {}))], [])  # type: ignore[list-item]
         return parameters
 
     def _securely_summed(

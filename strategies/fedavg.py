@@ -7,7 +7,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 from strategies.aggregation import weighted_average, weighted_metric_means
-from strategies.screening import Failures, ScreenedStrategy, UpdateScreen
+from strategies.screening import FitFailures, ScreenedStrategy, UpdateScreen
 from strategies.tensors import read_arrays
 
 # The app's client metrics are example-weighted means unless a strategy is given other functions.
@@ -22,7 +22,7 @@ class WeightedFedAvg(FlowerFedAvg):
         self,
         server_round: int,
         results: list[tuple[ClientProxy, FitRes]],
-        failures: Failures,
+        failures: FitFailures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """w = Σ_k n_k/n w_k and the aggregated metrics; None without results. Each
         result's tensors are read as the sum reaches them: one update in memory at a time."""

@@ -77,12 +77,13 @@ def own_kwargs(name: str, a: StrategyArgs) -> dict[str, Any]:
     """The hyperparameters of built-in strategy `name`."""
     if name in SERVER_OPTIMIZERS:
         return _server_optimizer(name, a)
-    return {
+    hyperparameters: dict[str, dict[str, Any]] = {
         "fedtrimmedavg": {"beta": a.trim_fraction},
         "krum": {"num_malicious_clients": a.num_malicious_clients},
         "bulyan": {"num_malicious_clients": a.num_malicious_clients, "to_keep": 0},  # Krum inside
         "qfedavg": {"q_param": a.qfedavg_q, "qffl_learning_rate": a.client_learning_rate},
-    }.get(name, {})
+    }
+    return hyperparameters.get(name, {})
 
 
 def load_strategy_class(path: str) -> type[Strategy]:

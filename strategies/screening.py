@@ -25,7 +25,8 @@ from strategies.privacy.mechanism import global_l2_norm, model_delta
 from strategies.tensors import read_arrays
 from strategies.wire import CLIENT_EPSILON
 
-Failures = list[tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException]
+FitFailures = list[tuple[ClientProxy, FitRes] | BaseException]
+EvaluateFailures = list[tuple[ClientProxy, EvaluateRes] | BaseException]
 Measured = list[tuple[ClientProxy, FitRes, float]]  # a result and the length of its change to the model
 Check = Callable[[list[np.ndarray], FitRes], str | None]
 
@@ -123,7 +124,7 @@ class AroundStrategy(Strategy):
         self,
         server_round: int,
         results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: Failures,
+        failures: EvaluateFailures,
     ) -> tuple[float | None, dict[str, Scalar]]:
         """The inner strategy's evaluation aggregate over the usable replies."""
         usable = self.screen.evaluate_results(server_round, results)
@@ -178,7 +179,7 @@ class ScreenedStrategy(AroundStrategy):
         self,
         server_round: int,
         results: list[tuple[ClientProxy, FitRes]],
-        failures: Failures,
+        failures: FitFailures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """The inner strategy's aggregation over the results that pass the screen and the
         round rules (see the class), or None for a skipped round."""
@@ -206,7 +207,7 @@ class ScreenedStrategy(AroundStrategy):
             metrics["client_epsilon_mean"] = sum(epsilons) / len(epsilons)
         return parameters, metrics
 
-    def _too_many_failures(self, server_round: int, num_results: int, failures: Failures) -> bool:
+    def _too_many_failures(self, server_round: int, num_results: int, failures: FitFailures) -> bool:
         """Whether failures exceed `max_failure_fraction` of the round's replies (logged)."""
         replies = num_results + len(failures)
         if failures and len(failures) > self.max_failure_fraction * replies:

@@ -33,8 +33,8 @@ def strategy_args(default_run_config):
     run-config defaults' value (pyproject) for every field not given."""
     from dataclasses import replace
 
-    from fl_app.config import AppConfig
     from fl_app.assembly import strategy_args as app_strategy_args
+    from fl_app.config import AppConfig
 
     defaults = app_strategy_args(AppConfig.from_run_config(default_run_config), test_set=None)
 

@@ -80,9 +80,10 @@ def test_weighted_average_reads_a_generator_once_each_and_gives_the_same_bits():
 
     streamed = weighted_average(one_at_a_time(), counts)
     assert read == list(range(9))
-    expected = [sum((np.float64(n) / sum(counts)) * u[i].astype(np.float64) for u, n in zip(updates, counts))
+    expected = [sum((np.float64(n) / sum(counts)) * u[i].astype(np.float64)
+                    for u, n in zip(updates, counts, strict=True))
                 for i in range(2)]
-    for got, want, listed in zip(streamed, expected, weighted_average(updates, counts)):
+    for got, want, listed in zip(streamed, expected, weighted_average(updates, counts), strict=True):
         assert got.dtype == np.float32 and np.array_equal(got, listed)
         np.testing.assert_allclose(got, want, rtol=1e-6)
     with pytest.raises(ValueError, match="8 updates but 9 weights"):

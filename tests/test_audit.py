@@ -39,6 +39,7 @@ def test_the_audit_flags_a_broken_mechanism_and_only_that(audited, tmp_path, noi
 
 
 def test_the_audit_refuses_a_run_without_central_dp(capsys):
-    assert main(["--num-clients", "3", "--canaries", "10", "--run-config", "dp-mode='local' dp-target-epsilon=1.0"]) == 2
+    local = "dp-mode='local' dp-target-epsilon=1.0"
+    assert main(["--num-clients", "3", "--canaries", "10", "--run-config", local]) == 2
     assert capsys.readouterr().err.strip() == ("error: Invalid run-config: dp-mode = 'local' (allowed: 'central'; "
                                                "the audit measures client-level DP-FedAvg)")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from federation import Crash, run_federation
+
 from fl_app import simulate
 from fl_app.checkpoint import Checkpoint, CheckpointError, global_rng_state, load_checkpoint, save_checkpoint
 from fl_app.client_manager import KeyedClientManager
@@ -64,7 +64,7 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path, default_run_config):
     assert RunDir(tmp_path).checkpoint.stat().st_mode & 0o777 == 0o600  # the operator's alone
     loaded = load_checkpoint(tmp_path)
     assert loaded.round == 1 and loaded.row == ckpt.row and loaded.wall_seconds == 12.5 and loaded.config == ckpt.config
-    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded.weights, ckpt.weights))
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded.weights, ckpt.weights, strict=True))
     assert np.array_equal(loaded.strategy["attributes"]["m_t"][0], np.ones_like(weights[0]))
     assert loaded.sampler["rng"] == rng.bit_generator.state  # 128-bit PCG64 state survives JSON
     assert np.isnan(loaded.history[0]["centralized_loss"]) and loaded.history[0]["federated_loss"] is None
@@ -118,6 +118,7 @@ def test_sampling_follows_client_keys_not_node_ids():
 def test_prefetched_keys_are_asked_once_and_a_sample_waits_for_them():
     """The background key query and a sample's query do not ask a client twice."""
     import threading
+
     from flwr.common import Code, GetPropertiesRes, Status
 
     asked, release = [], threading.Event()

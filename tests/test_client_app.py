@@ -33,7 +33,7 @@ def test_fit_trains_and_reports_examples_and_metrics(default_run_config, mnist_d
     weights, n, metrics = client.fit(initial, {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
     assert n == 270
     assert [w.shape for w in weights] == [w.shape for w in initial]
-    assert any(not np.array_equal(a, b) for a, b in zip(weights, initial))
+    assert any(not np.array_equal(a, b) for a, b in zip(weights, initial, strict=True))
     assert 0 < metrics["train_loss"] < 3 and 0 <= metrics["train_accuracy"] <= 1
     loss, n_val, eval_metrics = client.evaluate(weights, {"server-round": 1})
     assert n_val == 30 and math.isfinite(loss) and 0 <= eval_metrics["accuracy"] <= 1

@@ -142,7 +142,8 @@ def test_values_that_used_to_fail_late_are_refused_up_front(default_run_config):
     cfg = AppConfig.from_run_config(central | {"dp-clients-per-round": 10})
     with pytest.raises(ConfigError, match=r"dp-clients-per-round = 10 \(allowed: at most the 3 clients"):
         check_partitioning(cfg, 3, 60_000)
-    with pytest.raises(ConfigError, match=r"dp-noise-multiplier = 1e-300 \(allowed: 0 or a number in \[1e-06, 1e\+06\]"):
+    with pytest.raises(ConfigError,
+                       match=r"dp-noise-multiplier = 1e-300 \(allowed: 0 or a number in \[1e-06, 1e\+06\]"):
         AppConfig.from_run_config(central | {"dp-noise-multiplier": 1e-300})
     with pytest.raises(ConfigError, match=r"dp-clipping-norm = 1e\+308 \(allowed: a number in \(0, 1e\+06\]"):
         AppConfig.from_run_config(central | {"dp-clipping-norm": 1e308})
@@ -174,7 +175,7 @@ def _documented_config_rows() -> dict[str, list[str]]:
         keys = re.findall(r"`([a-z0-9-]+)`", cells[0])
         defaults = cells[1].split(", ") if len(keys) > 1 else [cells[1]]
         assert len(defaults) == len(keys), line
-        for key, default in zip(keys, defaults):
+        for key, default in zip(keys, defaults, strict=True):
             rows.setdefault(key, []).append(default)
     return rows
 

@@ -16,7 +16,8 @@ def test_loads_normalised_tensors_once(mnist_dir, train):
     assert train.images.shape == (60_000, 1, 28, 28) and train.images.dtype == torch.float32
     assert test.images.shape == (10_000, 1, 28, 28) and test.labels.dtype == torch.int64
     assert abs(float(train.images.mean())) < 0.01 and abs(float(train.images.std()) - 1) < 0.01
-    assert torch.equal(torch.bincount(test.labels), torch.tensor([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]))
+    assert torch.equal(torch.bincount(test.labels),
+                       torch.tensor([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]))
     assert load_mnist(mnist_dir, train=True) is train  # cached per process
 
 
@@ -93,8 +94,8 @@ def test_partitions_are_deterministic_given_seed(train, scheme):
     a = all_partitions(train.labels, scheme, seed=1, **kw)
     b = all_partitions(train.labels, scheme, seed=1, **kw)
     c = all_partitions(train.labels, scheme, seed=2, **kw)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, z) for x, z in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
 
 
 def test_client_split_caps_and_splits_deterministically(train):
@@ -180,7 +181,8 @@ def test_make_data_fetches_mnist_once_from_a_mirror(mnist_dir, tmp_path, capsys)
     finally:
         server.shutdown()
     for name in MNIST_FILES:
-        assert (tmp_path / "cache" / "MNIST" / "raw" / name).read_bytes() == (Path(mnist_dir) / "MNIST" / "raw" / name).read_bytes()
+        cached, original = tmp_path / "cache" / "MNIST" / "raw" / name, Path(mnist_dir) / "MNIST" / "raw" / name
+        assert cached.read_bytes() == original.read_bytes()
     out = capsys.readouterr()
     assert out.out.splitlines() == [f"MNIST is in {tmp_path / 'cache' / 'MNIST' / 'raw'}"] * 2
     assert out.err.count("\n") == 1 and "t10k-labels-idx1-ubyte.gz: wrong MD5" in out.err

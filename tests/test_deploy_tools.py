@@ -138,7 +138,7 @@ def test_certificate_for_another_host_is_named(ca, pki, tmp_path):
 
 
 def test_expired_certificate_is_named(ca, pki, tmp_path):
-    past = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    past = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
     make_server_certificate(ca, tmp_path / "old", ["127.0.0.1"], days=30, valid_from=past)
     with TLSServer(tmp_path / "old") as server:
         with pytest.raises(PreflightError, match="certificate expired on 2020-01-31"):

@@ -8,9 +8,9 @@ import subprocess
 
 import psutil
 import pytest
+from deployment import SCRIPTS, Federation, history, make_credentials, wait_until
 
 from data.site_data import write_mnist_partition
-from deployment import SCRIPTS, Federation, history, make_credentials, wait_until
 from fl_app.deploy.credentials import make_ca, make_node_keys
 from fl_app.local_superlink import free_port
 from strategies.privacy.accounting import ClientLevelAccountant

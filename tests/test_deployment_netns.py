@@ -8,9 +8,9 @@ import sys
 import uuid
 
 import pytest
+from deployment import CONNECTION, Federation, history, make_credentials, wait_until
 
 from data.site_data import write_mnist_partition
-from deployment import CONNECTION, Federation, history, make_credentials, wait_until
 from fl_app.deploy.preflight import PreflightError, check_superlink_connection
 
 pytestmark = pytest.mark.integration

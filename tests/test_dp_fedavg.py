@@ -7,15 +7,15 @@ from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from opacus.accountants import RDPAccountant
 
-from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
 from strategies.fedavg import WeightedFedAvg
-from strategies.screening import UpdateScreen
-from strategies.tensors import read_arrays
-from strategies.wire import CLIENT_CLIP_NORM
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.privacy.mechanism import clip_update, model_delta
 from strategies.privacy.randomness import DPRandomness
 from strategies.privacy.statement import round_up
+from strategies.screening import UpdateScreen
+from strategies.tensors import read_arrays
+from strategies.wire import CLIENT_CLIP_NORM
 
 OK = Status(code=Code.OK, message="")
 SHAPES = [(4, 3), (5,)]
@@ -97,7 +97,7 @@ def test_client_and_server_clipping_give_identical_aggregates():
     client_sent = [clip_update(model_delta(u, GLOBAL), 1.0) for u in updates]
     client_params, client_metrics = client.aggregate_fit(
         1, [result(f"c{i}", c) for i, (c, _) in enumerate(client_sent)], [])
-    for a, b in zip(parameters_to_ndarrays(server_params), parameters_to_ndarrays(client_params)):
+    for a, b in zip(parameters_to_ndarrays(server_params), parameters_to_ndarrays(client_params), strict=True):
         np.testing.assert_array_equal(a, b)
     norms = [n for _, n in client_sent]
     assert 0 < np.mean([n > 1.0 for n in norms]) < 1
@@ -114,7 +114,7 @@ def test_aggregate_is_global_plus_noised_sum_over_expected_cohort():
     params, metrics = s.aggregate_fit(1, [result(f"c{i}", u) for i, u in enumerate(updates)], [])
     expected = [g + 0.5 * (model_delta(updates[0], GLOBAL)[k] + model_delta(updates[1], GLOBAL)[k]) / 4
                 for k, g in enumerate(GLOBAL)]
-    for got, want in zip(parameters_to_ndarrays(params), expected):
+    for got, want in zip(parameters_to_ndarrays(params), expected, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-6)
     assert metrics["clip_fraction"] == 0.0 and metrics["epsilon"] > 0
 
@@ -123,7 +123,7 @@ def test_empty_cohort_releases_noise_and_is_accounted():
     s = strategy(noise_multiplier=2.0, clients_per_round=4, clipping_norm=0.5)
     s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(8))
     params, metrics = s.aggregate_fit(1, [], [])
-    moved = np.concatenate([(p - g).ravel() for p, g in zip(parameters_to_ndarrays(params), GLOBAL)])
+    moved = np.concatenate([(p - g).ravel() for p, g in zip(parameters_to_ndarrays(params), GLOBAL, strict=True)])
     assert np.all(moved != 0) and s.accountant.rounds == 1
     assert np.std(moved) == pytest.approx(2.0 * 0.5 / 4, rel=0.5)
     assert metrics["cohort_size"] >= 0 and metrics["epsilon"] > 0
@@ -139,7 +139,7 @@ def test_too_long_client_clipped_update_never_reaches_the_model(caplog, release)
     honest = clip_update(model_delta(trained(0, 0.001), GLOBAL), 1.0)[0]
     cheat = [np.full(sh, 10.0, dtype=np.float32) for sh in SHAPES]
     params, metrics = s.aggregate_fit(1, [result("h", honest), result("x", cheat)], [])
-    for got, g, h in zip(parameters_to_ndarrays(params), GLOBAL, honest):
+    for got, g, h in zip(parameters_to_ndarrays(params), GLOBAL, honest, strict=True):
         np.testing.assert_allclose(got, g + h / 2, atol=1e-6)
     assert metrics["num_rejected"] == 1
     assert ("left out client x: client-clipped update is longer than S = 1.0" in caplog.text) == release
@@ -216,14 +216,14 @@ def test_secure_aggregation_recovers_the_sum_from_the_mean_and_refuses_a_bad_mea
     mean = [np.full(sh, 0.01, dtype=np.float32) for sh in SHAPES]  # what SecAgg+ hands over
     results = [(Proxy(f"c{i}"), FitRes(OK, ndarrays_to_parameters(mean), 1, {})) for i in range(3)]
     params, metrics = s.aggregate_fit(1, results, [])
-    for got, g in zip(parameters_to_ndarrays(params), GLOBAL):
+    for got, g in zip(parameters_to_ndarrays(params), GLOBAL, strict=True):
         np.testing.assert_allclose(got, g + 3 * 0.01 / 4, atol=1e-6)  # K x mean / m
     assert metrics["num_rejected"] == 0
     too_long = [np.full(sh, 10.0, dtype=np.float32) for sh in SHAPES]  # norm > S = 1
     bad = [(Proxy(f"c{i}"), FitRes(OK, ndarrays_to_parameters(too_long), 1, {})) for i in range(3)]
     params, metrics = s.aggregate_fit(2, bad, [])
     assert metrics["num_rejected"] == 3
-    for got, g in zip(parameters_to_ndarrays(params), GLOBAL):  # no configure_fit: same start
+    for got, g in zip(parameters_to_ndarrays(params), GLOBAL, strict=True):  # no configure_fit: same start
         np.testing.assert_allclose(got, g, atol=1e-6)  # noise only (σ ≈ 0)
 
 
@@ -269,7 +269,7 @@ def test_a_strategy_restored_from_its_state_releases_what_the_original_does(opti
     for s in (original, restored):
         s.configure_fit(2, params, cm)
         released.append(parameters_to_ndarrays(s.aggregate_fit(2, updates, [])[0]))
-    for a, b in zip(*released):
+    for a, b in zip(*released, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -300,5 +300,5 @@ def test_the_noised_sum_reads_one_update_at_a_time(clipping, monkeypatch):
     assert len(most_alive) == 12 and max(most_alive) <= 1
     assert metrics["num_rejected"] == 0 and metrics["clip_fraction"] == 0.0
     deltas = updates if clipping == "client" else [model_delta(u, GLOBAL) for u in updates]
-    for k, (got, g) in enumerate(zip(parameters_to_ndarrays(params), GLOBAL)):
+    for k, (got, g) in enumerate(zip(parameters_to_ndarrays(params), GLOBAL, strict=True)):
         np.testing.assert_allclose(got, g + sum(d[k] for d in deltas) / 12, atol=1e-6)

@@ -5,7 +5,14 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from strategies.privacy.accounting import ClientLevelAccountant, calibrate_noise_multiplier
-from strategies.privacy.mechanism import clip_update, clipped_deltas, global_l2_norm, model_delta, noisy_mean, sum_updates
+from strategies.privacy.mechanism import (
+    clip_update,
+    clipped_deltas,
+    global_l2_norm,
+    model_delta,
+    noisy_mean,
+    sum_updates,
+)
 from strategies.privacy.sampling import poisson_sample
 
 
@@ -20,7 +27,7 @@ def test_clipping_scales_large_updates_to_exactly_s(seed):
     clipped, norm = clip_update(update, clipping_norm=1.5)
     assert norm == pytest.approx(global_l2_norm(update)) and norm > 1.5
     assert global_l2_norm(clipped) == pytest.approx(1.5, rel=1e-6)
-    for a, c in zip(update, clipped):  # same direction, every tensor scaled alike
+    for a, c in zip(update, clipped, strict=True):  # same direction, every tensor scaled alike
         np.testing.assert_allclose(c, a * (1.5 / norm), rtol=1e-6)
 
 
@@ -34,7 +41,7 @@ def test_server_clipping_in_one_workspace_equals_clipping_each_copy():
     """The server clips Δ_k = w_k − w in one reused set of arrays and sums each before the
     next: the same sum (bitwise) and norms as clipping separate copies, inputs untouched."""
     reference = random_update(0, scale=1.0)
-    weights = [[r + d for r, d in zip(reference, random_update(10 + k, scale))]
+    weights = [[r + d for r, d in zip(reference, random_update(10 + k, scale), strict=True)]
                for k, scale in enumerate([0.001, 5.0, 0.3, 20.0])]
     before = [[a.copy() for a in w] for w in weights]
     shapes = [a.shape for a in reference]
@@ -42,16 +49,16 @@ def test_server_clipping_in_one_workspace_equals_clipping_each_copy():
     norms: list[float] = []
     total = sum_updates(clipped_deltas(weights, reference, 1.0, norms), shapes)
     expected = sum_updates([c for c, _ in copies], shapes)
-    assert all(np.array_equal(t, e) for t, e in zip(total, expected))
+    assert all(np.array_equal(t, e) for t, e in zip(total, expected, strict=True))
     assert norms == [n for _, n in copies] and min(norms) < 1.0 < max(norms)
-    assert all(np.array_equal(a, b) for w, c in zip(weights, before) for a, b in zip(w, c))
+    assert all(np.array_equal(a, b) for w, c in zip(weights, before, strict=True) for a, b in zip(w, c, strict=True))
 
 
 def test_clipping_leaves_small_updates_untouched():
     update = random_update(0, scale=1e-3)
     clipped, norm = clip_update(update, clipping_norm=1.5)
     assert norm < 1.5
-    assert all(np.array_equal(a, c) for a, c in zip(update, clipped))
+    assert all(np.array_equal(a, c) for a, c in zip(update, clipped, strict=True))
 
 
 def test_noise_on_the_mean_has_std_sigma_s_over_qn():
@@ -131,7 +138,11 @@ def test_state_dict_continues_the_budget():
 
 
 def test_adaptive_clip_norm_shrinks_when_most_updates_fit_and_grows_when_most_are_clipped():
-    from strategies.privacy.adaptive_clipping import centred_unclipped_count, next_clipping_norm, noised_unclipped_fraction
+    from strategies.privacy.adaptive_clipping import (
+        centred_unclipped_count,
+        next_clipping_norm,
+        noised_unclipped_fraction,
+    )
 
     def fraction(norms, c, m):
         return noised_unclipped_fraction(centred_unclipped_count(norms, c), 1.0, m, rng)

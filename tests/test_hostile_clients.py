@@ -19,14 +19,15 @@ from flwr.common import (
 )
 from flwr.server.client_proxy import ClientProxy
 
-from strategies.wire import CLIENT_EPSILON, CLIENT_KEY
 from fl_app.in_process import run_federation
 from fl_app.run_dir import RunDir
+from strategies.wire import CLIENT_EPSILON, CLIENT_KEY
 
 OK = Status(Code.OK, "")
-SMALL = {"samples-per-client": 200, "num-server-rounds": 1, "local-epochs": 1, "eval-samples": 1000, "lr-schedule": "constant",
-         "fraction-evaluate": 1.0, "min-fit-clients": 2}
-DP = {"dp-mode": "central", "min-fit-clients": "auto", "dp-clipping": "server", "dp-clipping-norm": 5.0, "dp-noise-multiplier": 0.01,
+SMALL = {"samples-per-client": 200, "num-server-rounds": 1, "local-epochs": 1, "eval-samples": 1000,
+         "lr-schedule": "constant", "fraction-evaluate": 1.0, "min-fit-clients": 2}
+DP = {"dp-mode": "central", "min-fit-clients": "auto", "dp-clipping": "server", "dp-clipping-norm": 5.0,
+      "dp-noise-multiplier": 0.01,
       "dp-clients-per-round": 5, "model": "cnn", "strategy": "fedavg", "learning-rate": 0.02,
       "local-epochs": 1, "batch-size": 32, "momentum": 0.9, "server-momentum": 0.0,
       "server-learning-rate": 1.0, "dp-reproducible-noise": True}
@@ -139,7 +140,8 @@ def test_fedavg_weighs_a_claimed_count_at_most_max_examples_ratio_times_the_medi
     weights = [np.zeros((2, 2), np.float32)]
     strategy = build("fedavg", strategy_args({"initial_parameters": ndarrays_to_parameters(weights)},
                                              max_examples_ratio=10.0, max_update_norm_ratio=10.0))
-    results = [(type("P", (), {"cid": str(k)})(), FitRes(OK, ndarrays_to_parameters([np.full((2, 2), v, np.float32)]), n, {}))
+    results = [(type("P", (), {"cid": str(k)})(),
+                FitRes(OK, ndarrays_to_parameters([np.full((2, 2), v, np.float32)]), n, {}))
                for k, (v, n) in enumerate([(1.0, 100), (1.0, 300), (1.0, 200), (-1.0, 10**12)])]
     parameters, metrics = strategy.aggregate_fit(1, results, [])
     # the claim counts as 10 x the median (200 and 300 -> 250): 2500 of 3100

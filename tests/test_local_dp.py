@@ -26,7 +26,8 @@ def test_client_epsilon_grows_across_rounds_and_ends_within_budget(local_cfg, mn
     epsilons = []
     for server_round in (1, 2, 3):
         client = FlowerClient(local_cfg, 0, lambda: (train_set, val_set), state)  # new object each round
-        weights, n, metrics = client.fit(weights, {"server-round": server_round, "learning-rate": 0.05, "final-learning-rate": 0.05})
+        weights, n, metrics = client.fit(
+            weights, {"server-round": server_round, "learning-rate": 0.05, "final-learning-rate": 0.05})
         epsilons.append(metrics[CLIENT_EPSILON])
         assert n == 1  # the exact example count would reveal a sample's presence
         assert metrics["dp_rounds"] == server_round and metrics["dp_sample_rate"] == 1 / 9

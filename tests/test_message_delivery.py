@@ -4,9 +4,9 @@ from types import SimpleNamespace
 
 from flwr.common import now
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
-from flwr.supercore.object_store import ObjectStoreFactory
 
 from fl_app import message_delivery
 

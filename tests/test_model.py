@@ -25,15 +25,15 @@ def test_forward_gives_log_probabilities():
 
 def test_seeded_net_depends_only_on_seed():
     a, b, c = seeded_net(7), seeded_net(7), seeded_net(8)
-    for x, y in zip(get_weights(a), get_weights(b)):
+    for x, y in zip(get_weights(a), get_weights(b), strict=True):
         assert (x == y).all()
-    assert any((x != z).any() for x, z in zip(get_weights(a), get_weights(c)))
+    assert any((x != z).any() for x, z in zip(get_weights(a), get_weights(c), strict=True))
 
 
 def test_weights_round_trip():
     src, dst = seeded_net(1), seeded_net(2)
     set_weights(dst, get_weights(src))
-    for x, y in zip(get_weights(src), get_weights(dst)):
+    for x, y in zip(get_weights(src), get_weights(dst), strict=True):
         assert (x == y).all()
 
 
@@ -44,7 +44,7 @@ def test_weights_are_copies_not_views_of_the_model():
     with torch.no_grad():
         for p in net.parameters():
             p.add_(1.0)
-    assert all((w == s).all() for w, s in zip(weights, snapshot))
+    assert all((w == s).all() for w, s in zip(weights, snapshot, strict=True))
 
 
 def test_tanh_cnn_is_small_opacus_compatible_and_seeded():
@@ -57,7 +57,7 @@ def test_tanh_cnn_is_small_opacus_compatible_and_seeded():
     out = net(torch.randn(4, 1, 28, 28))
     assert out.shape == (4, 10) and torch.allclose(out.exp().sum(dim=1), torch.ones(4), atol=1e-5)
     a, b = seeded_model("tanh-cnn", 3), seeded_model("tanh-cnn", 3)
-    assert all((x == y).all() for x, y in zip(get_weights(a), get_weights(b)))
+    assert all((x == y).all() for x, y in zip(get_weights(a), get_weights(b), strict=True))
 
 
 def test_an_unknown_model_is_refused():

@@ -44,7 +44,7 @@ def test_run_directory_holds_every_output(tmp_path, caplog):
     assert saved["wall_seconds"] >= 0
     net = Net()
     net.load_state_dict(torch.load(run.model))
-    assert all((a == b).all() for a, b in zip(get_weights(net), weights))
+    assert all((a == b).all() for a, b in zip(get_weights(net), weights, strict=True))
     png = run.curves.read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     assert "round 1/2 | test acc 80.00% loss 0.5000 | clients 3 | 1.5 s" in caplog.text
@@ -142,8 +142,8 @@ def test_the_best_rounds_model_is_saved_beside_the_final_one(tmp_path):
     best.load_state_dict(torch.load(RunDir(tmp_path).best_model))
     final.load_state_dict(torch.load(RunDir(tmp_path).model))
     assert summary["best_round"] == 1  # the first of equally good rounds, as in summary.json
-    assert all((a == b).all() for a, b in zip(get_weights(best), models[1]))
-    assert all((a == b).all() for a, b in zip(get_weights(final), models[3]))
+    assert all((a == b).all() for a, b in zip(get_weights(best), models[1], strict=True))
+    assert all((a == b).all() for a, b in zip(get_weights(final), models[3], strict=True))
 
 
 @pytest.mark.parametrize("dp, written", [({}, True), ({"dp-mode": "central", "dp-noise-multiplier": 1.0,
@@ -163,7 +163,8 @@ def test_clients_jsonl_holds_each_clients_figures_where_the_release_policy_allow
         return
     rows = run.read_clients()
     train = [r for r in rows if r["phase"] == "train"]
-    assert [(r["round"], r["client"]) for r in train] == [(rnd, f"partition-{k:06d}") for rnd in (1, 2) for k in range(3)]
+    assert [(r["round"], r["client"]) for r in train] == [
+        (rnd, f"partition-{k:06d}") for rnd in (1, 2) for k in range(3)]
     assert all(r["num_examples"] == 90 and 0 <= r["train_accuracy"] <= 1 and r["train_loss"] > 0 for r in train)
     if not dp:
         evaluate = [r for r in rows if r["phase"] == "evaluate"]

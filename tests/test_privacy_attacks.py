@@ -14,20 +14,20 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
+from federation import CRASH_POINTS, Crash, run_federation
 from flwr.common import RecordDict
 
 import strategies.dp_fedavg as dp_fedavg
-from federation import CRASH_POINTS, Crash, run_federation
 from fl_app.client import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.in_process import model_digest
 from fl_app.model import seeded_model, seeded_net
 from fl_app.run_dir import RunDir
-from strategies.privacy.release import ALWAYS_PRESENT, DP_RELEASED_FIELDS
 from fl_app.task import get_weights
 from strategies.privacy.accounting import ClientLevelAccountant
-from strategies.wire import CLIENT_CLIP_NORM
 from strategies.privacy.randomness import DPRandomness, secure_gaussian
+from strategies.privacy.release import ALWAYS_PRESENT, DP_RELEASED_FIELDS
+from strategies.wire import CLIENT_CLIP_NORM
 
 EXACT_CLIENT_FIGURES = ("train_loss", "train_accuracy", "update_norm", "clip_fraction",
                         "median_update_norm", "num_rejected", "num_fit_failures")
@@ -110,7 +110,8 @@ def client_update(run_config: dict, mnist_dir: str) -> np.ndarray:
     cfg = AppConfig.from_run_config(run_config)
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 10)
     client = FlowerClient(cfg, 0, lambda: (train_set, val_set), RecordDict())
-    weights, _, _ = client.fit(get_weights(seeded_net(cfg.run.seed)), {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
+    weights, _, _ = client.fit(get_weights(seeded_net(cfg.run.seed)),
+                               {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
     return flat(weights)
 
 
@@ -191,7 +192,8 @@ def test_clients_send_no_update_norm_and_no_exact_figures_under_dp(central, mnis
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 3)
     client = FlowerClient(cfg, 0, lambda: (train_set, val_set))
     weights, n, metrics = client.fit(get_weights(seeded_model(cfg.train.model, cfg.run.seed)),
-                                     {"server-round": 1, "learning-rate": 0.02, "final-learning-rate": 0.02, CLIENT_CLIP_NORM: 1.0})
+                                     {"server-round": 1, "learning-rate": 0.02, "final-learning-rate": 0.02,
+                                      CLIENT_CLIP_NORM: 1.0})
     assert metrics == {} and n == len(train_set)
     assert np.linalg.norm(flat(weights)) <= 1.0 + 1e-5  # it sends its clipped Δ
     with pytest.raises(PermissionError, match="federated evaluation is withheld under DP"):

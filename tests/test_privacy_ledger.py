@@ -7,11 +7,11 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 from flwr.common import ndarrays_to_parameters
+from test_dp_fedavg import GLOBAL, manager, result, strategy, trained
 
 from strategies.privacy.accounting import calibrate_noise_multiplier, epsilon_after
 from strategies.privacy.adaptive_clipping import update_noise_multiplier
 from strategies.privacy.ledger import Mechanism, effective_noise_multiplier
-from test_dp_fedavg import GLOBAL, manager, result, strategy, trained
 
 
 def dp_accounting_rdp_epsilon(sigma: float, q: float, rounds: int, delta: float) -> float:

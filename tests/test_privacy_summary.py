@@ -3,13 +3,13 @@ accountants' figures, with a sentence to paste; a plain run says `"privacy": nul
 
 import pytest
 import torch
-
 from federation import run_federation
-from strategies.privacy.local_dp import batches_per_epoch, local_noise_multiplier
+
 from fl_app.model import build_model
 from fl_app.outputs import summary_table
 from fl_app.run_dir import RunDir
 from strategies.privacy.accounting import ClientLevelAccountant
+from strategies.privacy.local_dp import batches_per_epoch, local_noise_multiplier
 from strategies.privacy.opacus_compat import create_accountant
 from strategies.privacy.statement import PUBLIC_DATASET_SIZE, central_assumptions, round_up
 

@@ -57,7 +57,7 @@ def test_clipping_bounds_the_norm_and_keeps_the_direction(update, s):
     assert norm == global_l2_norm(update)
     assert global_l2_norm(clipped) <= s * (1 + 1e-6)
     assert [(c.shape, c.dtype) for c in clipped] == [(a.shape, a.dtype) for a in update]
-    for c, a, b in zip(clipped, update, before):
+    for c, a, b in zip(clipped, update, before, strict=True):
         assert np.array_equal(a, b)  # the input is left as it was
         exact = a.astype(np.float64) * min(1.0, s / norm) if norm else a
         np.testing.assert_allclose(c, exact, rtol=1e-6, atol=FLOAT32_TINY)
@@ -70,10 +70,10 @@ def test_clipping_bounds_the_norm_and_keeps_the_direction(update, s):
 def test_clipping_is_idempotent_and_in_place_clipping_agrees(update, s):
     clipped, _ = clip_update(update, s)
     again, _ = clip_update(clipped, s)
-    for a, b in zip(again, clipped):
+    for a, b in zip(again, clipped, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=FLOAT32_TINY)
     in_place, _ = clip_update([a.copy() for a in update], s, in_place=True)
-    for a, b in zip(in_place, clipped):
+    for a, b in zip(in_place, clipped, strict=True):
         assert np.array_equal(a, b)
 
 

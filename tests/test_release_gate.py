@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from federation import run_federation
 
 import strategies.dp_fedavg as dp_fedavg
-from federation import run_federation
 from strategies.privacy.release import CLIENT_LOG_TEMPLATES, ClientLogFilter, ReleasePolicy
 
 WITHHELD_NAMES = ("median_update_norm", "clip_fraction", "num_rejected", "cohort_size", "train_loss",

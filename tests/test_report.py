@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from fl_app.report import main
 from fl_app.run_dir import RunDir
 

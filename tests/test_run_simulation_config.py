@@ -17,7 +17,8 @@ def run(capsys, *argv: str) -> tuple[int, str]:
     "overrides, message",
     [
         ("batch-size=0", "Invalid run-config: batch-size = 0 (allowed: an integer >= 1, or 'auto')"),
-        ("partitioner='zipf'", "Invalid run-config: partitioner = 'zipf' (allowed: one of 'iid', 'dirichlet', 'shards')"),
+        ("partitioner='zipf'",
+         "Invalid run-config: partitioner = 'zipf' (allowed: one of 'iid', 'dirichlet', 'shards')"),
         ("optimizer='lbfgs'", "Invalid run-config: optimizer = 'lbfgs' (allowed: one of 'sgd', 'adam', 'adadelta')"),
         ("dirichlet-alpha=0.0", "Invalid run-config: dirichlet-alpha = 0.0 (allowed: a number in (0, infinity))"),
         ("fraction-fit=1.5", "Invalid run-config: fraction-fit = 1.5 (allowed: a number in (0, 1])"),

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_dp_fedavg import GLOBAL, strategy
 
 from fl_app.audit import fit_results, main, mechanism_audit
 from fl_app.config import APP_DIR, project_defaults
@@ -20,7 +21,6 @@ from strategies.privacy.sensitivity import (
     scaled,
     sent,
 )
-from test_dp_fedavg import GLOBAL, strategy
 
 S = 0.5  # the project's dp-clipping-norm
 

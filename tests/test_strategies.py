@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from federation import run_federation
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvgM
 
-from federation import run_federation
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig, ConfigError, check_partitioning
 from fl_app.run_dir import RunDir
-from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.dp_fedavg import DPFedAvg
+from strategies.privacy.accounting import ClientLevelAccountant
 from strategies.privacy.randomness import DPRandomness
 from strategies.registry import BUILT_IN, NON_LINEAR, build
 from strategies.screening import UpdateScreen
@@ -158,7 +158,8 @@ def test_attackers_are_the_first_clients_and_their_updates_are_screened(federati
 @pytest.mark.parametrize("overrides, message", [
     ({"proximal-mu": 0.1}, "proximal-mu = 0.1 (allowed: 0 unless strategy = 'fedprox'"),
     ({"server-momentum": 0.9}, "server-momentum = 0.9 (allowed: 0 unless strategy = 'fedavgm'"),
-    ({"strategy": "fedprox", "dp-mode": "local", "dp-target-epsilon": 5.0}, "strategy = 'fedprox' (allowed: with dp-mode"),
+    ({"strategy": "fedprox", "dp-mode": "local", "dp-target-epsilon": 5.0},
+     "strategy = 'fedprox' (allowed: with dp-mode"),
 ])
 def test_keys_of_other_strategies_are_refused(default_run_config, overrides, message):
     with pytest.raises(ConfigError) as err:

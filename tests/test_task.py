@@ -43,8 +43,9 @@ def test_training_is_deterministic_given_seed(small):
     ra, rb = train(a, small, **settings(local_epochs=1)), train(b, small, **settings(local_epochs=1))
     train(c, small, **settings(local_epochs=1, seed=1))
     assert ra == rb
-    assert all(torch.equal(torch.from_numpy(x), torch.from_numpy(y)) for x, y in zip(get_weights(a), get_weights(b)))
-    assert any((x != z).any() for x, z in zip(get_weights(a), get_weights(c)))
+    assert all(torch.equal(torch.from_numpy(x), torch.from_numpy(y))
+               for x, y in zip(get_weights(a), get_weights(b), strict=True))
+    assert any((x != z).any() for x, z in zip(get_weights(a), get_weights(c), strict=True))
 
 
 def test_minibatches_cover_every_sample_once_per_epoch(small):
@@ -65,7 +66,7 @@ def test_cosine_schedule_decays_from_learning_rate_to_zero(default_run_config):
     rates = [round_learning_rates(cfg, r) for r in range(1, 5)]
     boundaries = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
     assert [r for pair in rates for r in pair] == pytest.approx(
-        [r for pair in zip(boundaries, boundaries[1:]) for r in pair])
+        [r for pair in zip(boundaries, boundaries[1:], strict=True) for r in pair])
     assert rates[0][0] == 0.1 and rates[-1][1] == pytest.approx(0.0)
     constant = schedule(default_run_config, **{"lr-schedule": "constant"})
     assert round_learning_rates(constant, 3) == (0.1, 0.1)

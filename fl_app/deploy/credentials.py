@@ -32,10 +32,15 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
+# the kinds of CA key that can sign a certificate in every supported `cryptography` (>= 42)
+ISSUER_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey, ed25519.Ed25519PrivateKey,
+               ed448.Ed448PrivateKey)
+ISSUER_PUBLIC_KEYS = (ec.EllipticCurvePublicKey, rsa.RSAPublicKey, dsa.DSAPublicKey, ed25519.Ed25519PublicKey,
+                      ed448.Ed448PublicKey)
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
 DEFAULT_DAYS = 365
 LOOPBACK = ("127.0.0.1", "localhost")
@@ -47,7 +52,7 @@ class CredentialsError(RuntimeError):
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -147,6 +152,10 @@ def make_server_certificate(
     ca_pem = (ca_dir / CA_CERT).read_bytes()
     ca_cert = x509.load_pem_x509_certificate(ca_pem)
     ca_key = serialization.load_pem_private_key((ca_dir / CA_KEY).read_bytes(), password=None)
+    ca_public_key = ca_cert.public_key()
+    if not isinstance(ca_key, ISSUER_KEYS) or not isinstance(ca_public_key, ISSUER_PUBLIC_KEYS):
+        raise CredentialsError(f"the CA in '{ca_dir}' has a key that cannot sign certificates "
+                               f"({type(ca_key).__name__}); an EC, RSA, DSA, Ed25519 or Ed448 key can")
     key = ec.generate_private_key(ec.SECP384R1())
     start = valid_from or _now() - dt.timedelta(minutes=5)
     cert = (
@@ -161,7 +170,7 @@ def make_server_certificate(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public_key), critical=False
         )
         .sign(ca_key, hashes.SHA384())
     )

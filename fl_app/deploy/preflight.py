@@ -61,7 +61,7 @@ def names(cert: x509.Certificate) -> list[str]:
 
 def check_dates(cert: x509.Certificate, what: str, now: dt.datetime | None = None) -> None:
     """Refuse a certificate that has expired or is not valid yet."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if now > cert.not_valid_after_utc:
         raise PreflightError(
             f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; issue a new "

@@ -46,6 +46,7 @@ def check_data(data_dir: Path, partition_id: int | None, num_partitions: int | N
             return f"own data: {len(load_site_data(data_dir))} samples in {data_dir}"
         except DataUnavailableError as err:
             raise PreflightError(str(err)) from None
+    assert num_partitions is not None, "given together with partition_id (checked above)"
     if not 0 <= partition_id < num_partitions:
         raise PreflightError(f"--partition-id {partition_id} outside [0, {num_partitions - 1}]")
     if missing := missing_files(data_dir):

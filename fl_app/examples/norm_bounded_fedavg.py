@@ -25,10 +25,10 @@ class NormBoundedFedAvg(FedAvg):
     def aggregate_fit(self, server_round, results, failures):
         for _, res in results:
             weights = parameters_to_ndarrays(res.parameters)
-            change = [w - g for w, g in zip(weights, self.global_weights)]
+            change = [w - g for w, g in zip(weights, self.global_weights, strict=True)]
             norm = float(np.sqrt(sum(np.sum(c.astype(np.float64) ** 2) for c in change)))
             scale = min(1.0, self.max_norm / norm) if norm > 0 else 1.0
             res.parameters = ndarrays_to_parameters(
-                [(g + scale * c).astype(w.dtype) for g, c, w in zip(self.global_weights, change, weights)]
+                [(g + scale * c).astype(w.dtype) for g, c, w in zip(self.global_weights, change, weights, strict=True)]
             )
         return super().aggregate_fit(server_round, results, failures)

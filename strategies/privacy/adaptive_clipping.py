@@ -68,7 +68,7 @@ def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> flo
     problem = check_count_noise(noise_multiplier, count_stddev)
     if problem is not None:
         raise ValueError(problem)
-    return (noise_multiplier ** -2 - (2 * count_stddev) ** -2) ** -0.5
+    return float((noise_multiplier ** -2 - (2 * count_stddev) ** -2) ** -0.5)
 
 
 def centred_unclipped_count(norms: Sequence[float], clipping_norm: float) -> float:

@@ -76,4 +76,4 @@ def effective_noise_multiplier(mechanisms: Sequence[Mechanism]) -> float:
     units = {m.unit for m in mechanisms}
     if len(units) > 1:
         raise ValueError(f"mechanisms protect different units {sorted(units)}: they do not compose to one")
-    return sum(m.noise_multiplier ** -2 for m in mechanisms) ** -0.5
+    return float(sum(m.noise_multiplier ** -2 for m in mechanisms) ** -0.5)

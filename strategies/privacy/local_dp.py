@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset as TorchTensorDataset
+from torch.utils.data import DataLoader
+from torch.utils.data import TensorDataset as TorchTensorDataset
 
 from data.mnist import TensorDataset
 from strategies.privacy.accounting import calibrate_noise_multiplier
@@ -110,7 +111,7 @@ def train_private(
             optimizer.zero_grad(set_to_none=True)
             out = model(x)
             loss = F.nll_loss(out, y, reduction="sum") / max(len(y), 1)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             optimizer.step()  # an empty batch adds noise only, and is accounted
             loss_sum += float(loss) * len(y)
             correct += int((out.argmax(1) == y).sum())

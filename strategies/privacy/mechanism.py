@@ -70,7 +70,7 @@ def clip_update(
     if scale < NORMAL_SCALE or clipping_norm < NORMAL_CLIPPING_NORM:
         clipped = [scaled_towards_zero(a, scale) for a in update]
         if in_place:
-            for a, c in zip(update, clipped):
+            for a, c in zip(update, clipped, strict=True):
                 np.copyto(a, c)
             clipped = list(update)
         return clipped, norm
@@ -107,7 +107,7 @@ def sum_updates(updates: Iterable[Update], shapes: Sequence[tuple[int, ...]]) ->
         if total is None:
             total = [np.array(a, dtype=np.result_type(a, np.float32)) for a in update]
             continue
-        for acc, array in zip(total, update):
+        for acc, array in zip(total, update, strict=True):
             acc += array
     if total is None:
         return [np.zeros(shape, dtype=np.float64) for shape in shapes]
@@ -161,8 +161,8 @@ def model_delta(weights: Update, reference: Update, out: Update | None = None) -
     arithmetic on clients and server, so both clipping modes agree bitwise); into the
     arrays `out` when given."""
     if out is None:
-        return [np.subtract(w, r, dtype=w.dtype) for w, r in zip(weights, reference)]
-    return [np.subtract(w, r, out=o, dtype=w.dtype) for w, r, o in zip(weights, reference, out)]
+        return [np.subtract(w, r, dtype=w.dtype) for w, r in zip(weights, reference, strict=True)]
+    return [np.subtract(w, r, out=o, dtype=w.dtype) for w, r, o in zip(weights, reference, out, strict=True)]
 
 
 def clipped_deltas(

@@ -16,9 +16,13 @@ representation of a single draw; Opacus' `secure_mode` uses the same constructio
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 ENTROPY_BITS = 128
 MT19937_WORDS = 624
@@ -38,14 +42,14 @@ class DPRandomness:
         self.sampling = np.random.default_rng(sampling)
         self.noise = np.random.default_rng(noise)
 
-    def state_dict(self) -> dict | None:
+    def state_dict(self) -> dict[str, Mapping[str, Any]] | None:
         """Generator states, kept only in reproducible mode: a fresh process draws fresh
         entropy, so a checkpoint never holds the state of private generators."""
         if not self.reproducible:
             return None
         return {"sampling": self.sampling.bit_generator.state, "noise": self.noise.bit_generator.state}
 
-    def load_state_dict(self, state: dict | None) -> None:
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Any]] | None) -> None:
         if self.reproducible and state is not None:
             self.sampling.bit_generator.state = state["sampling"]
             self.noise.bit_generator.state = state["noise"]
@@ -66,7 +70,7 @@ def secure_gaussian(rng: np.random.Generator, std: float, shape: Sequence[int] |
     return total
 
 
-def os_entropy_torch_generator():
+def os_entropy_torch_generator() -> "torch.Generator":
     """A torch CPU generator whose whole Mersenne Twister state (624 × 32 bits) comes
     from `os.urandom`: `torch.Generator.manual_seed` takes only 64 bits. Refuses to
     run (rather than fall back to a weak seed) if torch's state layout is not the known
@@ -87,7 +91,7 @@ def os_entropy_torch_generator():
     return generator
 
 
-def seeded_torch_generator(seed: int):
+def seeded_torch_generator(seed: int) -> "torch.Generator":
     """A torch CPU generator from a public seed (reproducible mode only)."""
     import torch
 

@@ -18,7 +18,7 @@ def poisson_sample(population: Sequence[T], rate: float, rng: np.random.Generato
     if not 0 < rate <= 1:
         raise ValueError(f"sampling rate must be in (0, 1], got {rate}")
     joins = rng.random(len(population)) < rate
-    return [member for member, joined in zip(population, joins) if joined]
+    return [member for member, joined in zip(population, joins, strict=True) if joined]
 
 
 def fixed_size_sample(population: Sequence[T], size: int, rng: np.random.Generator) -> list[T]:

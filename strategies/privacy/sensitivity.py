@@ -178,8 +178,8 @@ def sent(reference: Sequence[np.ndarray], delta: Sequence[np.ndarray], sends_del
     """What a client whose update is `delta` sends, in `reference`'s dtypes: Δ itself, or
     its model reference + Δ."""
     if sends_deltas:
-        return tuple(d.astype(r.dtype) for r, d in zip(reference, delta))
-    return tuple((r + d).astype(r.dtype) for r, d in zip(reference, delta))
+        return tuple(d.astype(r.dtype) for r, d in zip(reference, delta, strict=True))
+    return tuple((r + d).astype(r.dtype) for r, d in zip(reference, delta, strict=True))
 
 
 def report(checks: Sequence[SensitivityCheck], mechanisms: int) -> list[str]:

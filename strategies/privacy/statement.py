@@ -118,8 +118,9 @@ class LocalPrivacyLedger:
     def update(self, client: str, metrics: dict[str, Any]) -> None:
         """Keep `client`'s report if it holds every local-DP figure as a number."""
         values = {k: metrics.get(k) for k in LOCAL_DP_METRICS}
-        if all(is_finite_number(v) for v in values.values()):
-            self.reports[client] = {k: float(v) for k, v in values.items()}
+        numbers = {k: float(v) for k, v in values.items() if is_finite_number(v)}
+        if len(numbers) == len(values):
+            self.reports[client] = numbers
 
     def privacy(self, population: int) -> dict[str, Any]:
         """The privacy object of a local DP-SGD run (sample-level, per client) over a
