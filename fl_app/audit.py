@@ -84,13 +84,14 @@ from fl_app.task import get_weights
 from strategies.dp_fedavg import UNCLIPPED_COUNT, UPDATE_SUM, DPFedAvg
 from strategies.fedavg import WeightedFedAvg
 from strategies.privacy.accounting import ClientLevelAccountant, epsilon_after
-from strategies.privacy.adaptive_clipping import COUNT_SENSITIVITY
+from strategies.privacy.adaptive_clipping import COUNT_SENSITIVITY, update_noise_multiplier
 from strategies.privacy.audit import (
     CONFIDENCE,
     audit_one_run,
     count_fit,
     gaussian_fit,
     random_directions,
+    simulate_canaries,
     subsampled_gaussian_scores,
 )
 from strategies.privacy.ledger import CLIPPED_SUM, Mechanism, effective_noise_multiplier
@@ -271,6 +272,26 @@ def audit_figures(seen: Observations, included: np.ndarray, privacy: dict[str, A
     figures["epsilon_estimate"] = epsilon_at(effective_noise_multiplier(measured), privacy) if measured else 0.0
     figures["violation"] = max(figures["epsilon_lower_95"], figures["epsilon_gaussian_95"]) > privacy["epsilon"]
     return figures
+
+
+def simulated_audit(rng: np.random.Generator, noise_multiplier: float, count_stddev: float, delta: float,
+                    noise_scale: float = 1.0, count_scale: float = 1.0, **setting: Any) -> dict[str, Any]:
+    """The audit's figures on an ideal DP-FedAvg round after round, simulated without
+    training (`simulate_canaries`; `setting`: canaries, rounds, clients, cohort): σ and σ_b
+    as declared, RDP, adaptive clipping's two mechanisms; the update noise × `noise_scale`
+    and the count's effect × `count_scale` as run."""
+    update_sigma = update_noise_multiplier(noise_multiplier, count_stddev)
+    sim = simulate_canaries(rng, update_sigma * noise_scale, count_stddev, COUNT_SENSITIVITY * count_scale, **setting)
+    seen = Observations(np.zeros((len(sim.included), 1)), list(sim.z.T), list(sim.sampled.T), list(sim.counts))
+    rounds = sim.z.shape[1]
+    privacy = {"epsilon": epsilon_after(noise_multiplier, sim.q, rounds, delta, "rdp"), "delta": delta,
+               "sampling_rate": sim.q, "rounds_accounted": rounds, "accountant": "rdp",
+               "mechanisms": [m.as_dict() for m in (
+                   Mechanism(UPDATE_SUM, "client", CLIPPED_SUM, update_sigma),
+                   Mechanism(UNCLIPPED_COUNT, "client", COUNT_SENSITIVITY, count_stddev / COUNT_SENSITIVITY))]}
+    return audit_figures(seen, sim.included, privacy) | {
+        "epsilon_true": epsilon_as_run(privacy, noise_scale, count_scale), "canaries_included": int(sim.included.sum()),
+        "noise_scale": noise_scale, "count_scale": count_scale, "sampling_rate": sim.q, "rounds": rounds}
 
 
 def run_audit(run_config: dict[str, Any], num_clients: int, canaries: int, run_dir: Path,

@@ -13,6 +13,7 @@ from strategies.privacy.audit import (
     gaussian_fit,
     p_value_one_run,
     random_directions,
+    simulate_canaries,
     subsampled_gaussian_scores,
 )
 
@@ -21,15 +22,10 @@ from strategies.privacy.audit import (
 SIGMA_EPS2, SIGMA_EPS8 = 2.909, 1.085
 
 
-def subsampled_gaussian_run(rng, sigma: float, canaries: int = 200, rounds: int = 20, clients: int = 20,
-                            cohort: float = 30.0):
-    """What the auditor sees of a Poisson-subsampled Gaussian mechanism: z (canaries ×
-    rounds) is N(1, σ²) for an included canary in a round that sampled it, else N(0, σ²);
-    each canary is included with probability ½ and q = m / (clients + included)."""
-    included = rng.random(canaries) < 0.5
-    q = cohort / (clients + included.sum())
-    sampled = (rng.random((canaries, rounds)) < q) & included[:, None]
-    return sampled + sigma * rng.standard_normal((canaries, rounds)), included, sampled, q
+def subsampled_gaussian_run(rng, sigma: float):
+    """z, included, sampled and q of an ideal subsampled Gaussian in that configuration."""
+    sim = simulate_canaries(rng, sigma, 5.0, 0.5)
+    return sim.z, sim.included, sim.sampled, sim.q
 
 
 def test_the_p_value_is_the_binomial_tail_for_pure_dp():

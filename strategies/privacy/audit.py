@@ -176,11 +176,13 @@ def gaussian_fit(z: np.ndarray, included: Sequence[bool] | np.ndarray, sampled: 
     noise = math.sqrt(float(np.mean(null ** 2)))
     noise_upper = noise * math.sqrt(len(null) / stats.chi2.ppf(alpha, len(null)))
     effect = float(hits.mean())
-    effect_lower = effect - float(stats.t.ppf(1 - alpha, len(hits) - 1)) * float(hits.std(ddof=1)) / math.sqrt(len(hits))
+    spread = float(hits.std(ddof=1)) / math.sqrt(len(hits))
+    effect_lower = effect - float(stats.t.ppf(1 - alpha, len(hits) - 1)) * spread
     return GaussianFit(effect, effect_lower, noise, noise_upper)
 
 
-def count_fit(counts: Sequence[float], canaries_sampled: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> GaussianFit:
+def count_fit(counts: Sequence[float] | np.ndarray, canaries_sampled: Sequence[float] | np.ndarray,
+              confidence: float = CONFIDENCE) -> GaussianFit:
     """The noised count of adaptive clipping measured through canaries: the released
     centred counts y_r regressed on the number n_r of sampled included canaries (each
     clipped, so each moves y_r by −½ as declared: y_r = a − e·n_r + the other clients +
@@ -198,6 +200,34 @@ def count_fit(counts: Sequence[float], canaries_sampled: Sequence[float] | np.nd
     noise = math.sqrt(float(np.sum(residuals ** 2)) / dof)
     effect_lower = -slope - float(stats.t.ppf(1 - alpha, dof)) * noise / math.sqrt(spread)
     return GaussianFit(-slope, effect_lower, noise, noise * math.sqrt(dof / stats.chi2.ppf(alpha, dof)))
+
+
+@dataclass(frozen=True)
+class SimulatedCanaries:
+    """What the auditor would see of an ideal subsampled Gaussian mechanism (no training):
+    `z` (canaries × rounds), which canaries are `included`, which were `sampled` in each
+    round, the released centred `counts` per round and the sampling rate `q`."""
+
+    z: np.ndarray
+    included: np.ndarray
+    sampled: np.ndarray
+    counts: np.ndarray
+    q: float
+
+
+def simulate_canaries(rng: np.random.Generator, noise_multiplier: float, count_stddev: float, count_effect: float,
+                      canaries: int = 200, rounds: int = 20, clients: int = 20, cohort: float = 30.0
+                      ) -> SimulatedCanaries:
+    """Each canary included with probability ½, q = `cohort` / (`clients` + included),
+    Poisson sampling per round; z = 1[sampled] + N(0, σ²) with σ = `noise_multiplier`, and
+    a count that each sampled canary moves by −`count_effect` (½ as declared) plus
+    N(0, `count_stddev`²). The real clients' updates and counts are left out."""
+    included = rng.random(canaries) < 0.5
+    q = cohort / (clients + int(included.sum()))
+    sampled = (rng.random((canaries, rounds)) < q) & included[:, None]
+    z = sampled + noise_multiplier * rng.standard_normal((canaries, rounds))
+    counts = -count_effect * sampled.sum(axis=0) + count_stddev * rng.standard_normal(rounds)
+    return SimulatedCanaries(z, included, sampled, counts, q)
 
 
 def random_directions(count: int, dimension: int, rng: np.random.Generator) -> np.ndarray:
