@@ -26,20 +26,20 @@ O(1/√d) each along a random direction). Three statistics of the matrix z:
       β(v) = P[B ≥ v].
 
   ε_lower is the largest ε this rejects at the given confidence: it holds whatever the
-  mechanism, if the canaries' inclusion is random. With m canaries it cannot exceed about
-  the ε at which m guesses are all right by chance with probability α (ε ≈ 3.5 for
-  m = 200 at 95%), and for a subsampled Gaussian it reaches a small fraction of ε:
+  mechanism, if the canaries' inclusion is random. It cannot exceed the ε at which all r
+  guesses are right by chance with probability α (2.77 for the 80 guesses of k = 40 at
+  the audit's 2.5%/3), and for a subsampled Gaussian it reaches a small fraction of ε:
   the ε at δ = 10⁻⁵ lives in tails that a few hundred canaries never sample.
 - **A lower bound for a Gaussian mechanism** (the parametric audit of Nasr, Hayes,
   Steinke, Balle, Tramèr, Jagielski, Carlini & Terzis 2023, "Tight Auditing of
   Differentially Private Machine Learning", USENIX Security: assume the release is
-  Gaussian, as the mechanism's form says, and measure its one parameter): along the
+  Gaussian, as the mechanism's form says, and measure its parameter): along the
   directions never inserted z is the noise alone, and in the rounds an included canary
   was sampled z is its effect s plus the noise (`gaussian_fit`). The measured per-round
   noise multiplier σ/s, at its 95% upper confidence limit, composed over T rounds at the
-  claimed rate q by the app's accountant, is the ε the run should have stated at least:
-  it exceeds the stated ε only when the noise is measurably smaller, relative to one
-  client's effect, than the accountant was told.
+  claimed rate q by the app's accountant, is the least ε that accountant would state for
+  the mechanism measured: it exceeds the stated ε only when the noise is measurably
+  smaller, relative to one client's effect, than the accountant was told.
 - **An estimate** (not a bound): the same accountant at the measured noise multipliers
   themselves (the update sum's and, under adaptive clipping, the noised count's,
   `count_fit`), composed as the ledger composes them. Like the one-shot estimate of
