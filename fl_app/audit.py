@@ -357,11 +357,11 @@ def report(figures: dict[str, Any]) -> list[str]:
         ]
     rows.append(("canaries", f"{figures['canaries']} ({figures['canaries_included']} included)"))
     if figures["noise_scale"] != 1.0:
-        rows.append(("FAULT INJECTED", f"update noise x {figures['noise_scale']:g} "
-                                       f"(true epsilon {figures['epsilon_true']:.4g})"))
+        rows.append(("FAULT INJECTED", (f"update noise x {figures['noise_scale']:g} "
+                                        f"(true epsilon {figures['epsilon_true']:.4g})")))
     if figures["count_scale"] != 1.0:
-        rows.append(("FAULT INJECTED", f"count sensitivity x {figures['count_scale']:g} "
-                                       f"(true epsilon {figures['epsilon_true']:.4g})"))
+        rows.append(("FAULT INJECTED", (f"count sensitivity x {figures['count_scale']:g} "
+                                        f"(true epsilon {figures['epsilon_true']:.4g})")))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     if figures["violation"]:
