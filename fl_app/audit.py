@@ -1,28 +1,39 @@
 """Audit a central-DP configuration empirically: canary clients, a measured ε beside the
 reported ε.
 
-    python -m fl_app.audit --num-clients 100 --canaries 1000 \
-        --run-config "dp-target-epsilon=2.0 dp-delta=1e-5 num-server-rounds=30 samples-per-client=600"
+    python -m fl_app.audit --num-clients 20 --canaries 200 \
+        --run-config "dp-target-epsilon=2.0 num-server-rounds=20 dp-clients-per-round=30.0"
 
 runs the configured central-DP run (the app's clients, strategy and server in this
 process, `fl_app.in_process`) with `--canaries` virtual clients added to its population.
 Each canary holds a secret random direction u (a unit vector over every model
 parameter) and is included in the run with probability ½; an included canary, whenever
 sampled, sends an update along u longer than any clipping norm, so the server clips it to
-exactly S. Canaries exist only here, never in a deployment. After the run:
+exactly the round's S. Canaries exist only here, never in a deployment. Every round the
+auditor projects the released noised mean on every direction, z = ⟨m·mean, u⟩ / S (the
+released model is a public function of it), and reads the released count of adaptive
+clipping. After the run (the statistics: strategies/privacy/audit.py):
 
-- **ε_lower (95%)**, Steinke, Nasr & Jagielski 2023: each canary's score is the sum over
-  rounds of ⟨w_r − w_{r−1}, u⟩ (the auditor sees every released model); the top and
-  bottom scores are guessed included and excluded, and the number of correct guesses
-  gives a lower bound on ε that holds with 95% confidence;
-- **ε_estimate**, Andrew et al. 2024: the cosines of w_T − w_0 (the final model only)
-  with the inserted and with the never-inserted directions, fitted by Gaussians; the ε of
-  the Gaussian mechanism that separates them. An estimate, not a bound.
+- **ε_lower (95%, any mechanism)**, Steinke, Nasr & Jagielski 2023: each canary scored by
+  the likelihood ratio of the claimed subsampled Gaussian over all rounds; the top and
+  bottom scores guessed included and excluded; the number of correct guesses gives a
+  lower bound on ε that holds whatever the mechanism;
+- **ε_gaussian (95%)**, the parametric audit of Nasr et al. 2023: the update noise
+  measured on the never-included directions and a canary's effect in the rounds it was
+  sampled give the per-round noise multiplier; the accountant's ε at its 95% upper limit
+  (the claimed q and T) is the least ε the run should have stated if its release is
+  Gaussian;
+- **ε_estimate**: the accountant's ε at the measured noise multipliers (update sum and
+  noised count composed). An estimate, not a bound.
 
-`--fault noise-scale=F` multiplies the update noise by F (the accountant still counts
-σ): a broken mechanism whose ε the audit must flag. The table and a last line
-`epsilon_reported=… epsilon_lower_95=… epsilon_estimate=…` are printed and written to
-`audit.json` in the run directory.
+The two bounds share the 5% error: 2.5% each (Bonferroni), so that a correct run is
+flagged in at most 5% of audits. `VIOLATION` and exit status 1 when either exceeds the
+reported ε. `--fault noise-scale=F` multiplies the update noise by F and
+`--fault count-sensitivity=F` each client's contribution to adaptive clipping's count
+by F (the accountant still counts the declared mechanisms): broken mechanisms for the
+audit to flag. The table and a last line `epsilon_reported=… epsilon_lower_95=…
+epsilon_gaussian_95=… epsilon_estimate=…` are printed and written to `audit.json` in the
+run directory.
 
     python -m fl_app.audit --mechanisms [--run-config "dp-clipping='server'"]
 
@@ -70,10 +81,20 @@ from fl_app.run_dir import RunDir
 from fl_app.secagg_params import tolerated_dropouts
 from fl_app.server import RecordingServer
 from fl_app.task import get_weights
-from strategies.dp_fedavg import DPFedAvg
+from strategies.dp_fedavg import UNCLIPPED_COUNT, UPDATE_SUM, DPFedAvg
 from strategies.fedavg import WeightedFedAvg
-from strategies.privacy.accounting import ClientLevelAccountant
-from strategies.privacy.audit import audit_one_run, one_shot_estimate, random_directions
+from strategies.privacy.accounting import ClientLevelAccountant, epsilon_after
+from strategies.privacy.adaptive_clipping import COUNT_SENSITIVITY, update_noise_multiplier
+from strategies.privacy.audit import (
+    CONFIDENCE,
+    audit_one_run,
+    count_fit,
+    gaussian_fit,
+    random_directions,
+    simulate_canaries,
+    subsampled_gaussian_scores,
+)
+from strategies.privacy.ledger import CLIPPED_SUM, Mechanism, effective_noise_multiplier
 from strategies.privacy.mechanism import clip_update
 from strategies.privacy.randomness import DPRandomness, os_entropy_seed_sequence
 from strategies.privacy.sensitivity import Release, Reply, SensitivityCheck, check_sensitivity, neighbouring_cohorts
@@ -84,10 +105,11 @@ from strategies.wire import CLIENT_CLIP_NORM, CLIENT_KEY
 OK = Status(Code.OK, "")
 CANARY_LENGTH = 1e6  # an included canary's update: far beyond any clipping norm, clipped to S
 AUDITED_SHAPES = [(6, 4), (6,), (2, 3, 3)]  # the mechanism audit's small model
+PRV_SMALLEST_SIGMA = 0.5  # the smallest σ the audit hands the PRV accountant (`epsilon_at`)
 
 
-def flat(arrays: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.ravel(a).astype(np.float32) for a in arrays])
+def flat(arrays: list[np.ndarray], dtype: type = np.float32) -> np.ndarray:
+    return np.concatenate([np.ravel(a).astype(dtype) for a in arrays])
 
 
 def unflatten(vector: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
@@ -105,6 +127,7 @@ class CanaryClient(ClientProxy):
 
     def __init__(self, index: int, direction: np.ndarray) -> None:
         super().__init__(cid=f"canary-{index}")
+        self.index = index
         self.key = f"canary-{index:06d}"
         self.direction = direction
 
@@ -131,73 +154,178 @@ class CanaryClient(ClientProxy):
 
 @dataclass
 class Observations:
-    """What the auditor sees of the released models: per canary direction,
-    Σ_r ⟨w_r − w_{r−1}, u⟩, and the final model change w_T − w_0."""
+    """What the auditor sees, round by round: z = ⟨m·mean, u⟩ / S for every canary
+    direction u (the released noised mean, its expected cohort m and the round's clipping
+    norm S are public), which canaries were sampled (each canary knows when it is asked
+    to train), and the released centred count m·b̃ − ½m of adaptive clipping."""
 
     directions: np.ndarray
-    scores: np.ndarray = field(init=False)
-    initial: np.ndarray | None = None
-    final_change: np.ndarray | None = None
+    projections: list[np.ndarray] = field(default_factory=list)
+    sampled: list[np.ndarray] = field(default_factory=list)
+    counts: list[float] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.scores = np.zeros(len(self.directions), dtype=np.float64)
+    def release(self, mean: list[np.ndarray], cohort_size: float, clipping_norm: float,
+                sampled: Sequence[int], unclipped_fraction: float | None) -> None:
+        """Record one round's release."""
+        self.projections.append(self.directions @ (flat(mean, np.float64) * (cohort_size / clipping_norm)))
+        hit = np.zeros(len(self.directions), dtype=bool)
+        hit[list(sampled)] = True
+        self.sampled.append(hit)
+        if unclipped_fraction is not None:
+            self.counts.append(cohort_size * (unclipped_fraction - 0.5))
 
-    def release(self, before: np.ndarray, after: np.ndarray) -> None:
-        if self.initial is None:
-            self.initial = before
-        self.scores += self.directions @ (after - before)
-        self.final_change = after - self.initial
+    @property
+    def z(self) -> np.ndarray:
+        """canaries × rounds."""
+        return np.stack(self.projections, axis=1)
+
+    @property
+    def sampled_matrix(self) -> np.ndarray:
+        """canaries × rounds: whether the canary was sampled in the round."""
+        return np.stack(self.sampled, axis=1)
 
 
 class ScoringServer(RecordingServer):
-    """`RecordingServer` that shows every released model to `observations`; with
-    `noise_scale` < 1, a DP-FedAvg whose update noise is too small (fault injection)."""
+    """`RecordingServer` that shows every round's release to `observations`; with
+    `noise_scale` < 1 or `count_scale` > 1, a DP-FedAvg whose update noise is too small or
+    whose count's sensitivity is larger than declared (fault injection)."""
 
-    def __init__(self, *, observations: Observations, noise_scale: float = 1.0, **kwargs) -> None:
+    def __init__(self, *, observations: Observations, noise_scale: float = 1.0, count_scale: float = 1.0,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.observations = observations
         self.strategy.noise_factor = noise_scale
+        self.strategy.count_scale = count_scale
+        self.strategy.release_observer = self._released
+        self._mean: list[np.ndarray] | None = None
 
-    def fit_round(self, server_round: int, timeout: float | None):
-        before = flat(parameters_to_ndarrays(self.parameters))
-        parameters, metrics, outcome = super().fit_round(server_round, timeout)
-        if parameters is not None:
-            self.observations.release(before, flat(parameters_to_ndarrays(parameters)))
+    def _released(self, mean: list[np.ndarray]) -> None:
+        self._mean = mean
+
+    def fit_cohort(self, server_round: int, instructions: list, timeout: float | None):
+        clipping_norm = self.strategy.clipping_norm  # the round's S (adaptive clipping moves it after)
+        sampled = [proxy.index for proxy, _ in instructions if isinstance(proxy, CanaryClient)]
+        self._mean = None
+        parameters, metrics, outcome = super().fit_cohort(server_round, instructions, timeout)
+        if self._mean is not None:
+            fraction = metrics.get("noised_unclipped_fraction")
+            self.observations.release(self._mean, self.strategy.clients_per_round, clipping_norm, sampled,
+                                      None if fraction is None else float(fraction))
         return parameters, metrics, outcome
 
 
+def epsilon_at(noise_multiplier: float, privacy: dict[str, Any]) -> float:
+    """The run's accountant's ε at its δ, q and rounds for `noise_multiplier`: 0 for an
+    infinite one (nothing measured), and for the PRV accountant at least
+    `PRV_SMALLEST_SIGMA` (its grid grows as σ shrinks: minutes and gigabytes, or inf, below
+    about 0.2); ε falls as σ grows, so that figure understates, and a bound stays a bound."""
+    if not math.isfinite(noise_multiplier):
+        return 0.0
+    if privacy["accountant"] == "prv":
+        noise_multiplier = max(noise_multiplier, PRV_SMALLEST_SIGMA)
+    return epsilon_after(noise_multiplier, privacy["sampling_rate"], privacy["rounds_accounted"],
+                         privacy["delta"], privacy["accountant"])
+
+
+def epsilon_as_run(privacy: dict[str, Any], noise_scale: float, count_scale: float) -> float:
+    """The accountant's ε of the mechanism as it ran: the declared update noise × `noise_scale`
+    and the count's noise multiplier ÷ `count_scale` (its sensitivity × it); the reported ε
+    without a fault, inf without update noise."""
+    if noise_scale == 0:
+        return math.inf
+    if noise_scale == 1 and count_scale == 1:
+        return privacy["epsilon"]
+    scale = {UPDATE_SUM: noise_scale, UNCLIPPED_COUNT: 1 / count_scale}
+    ran = [Mechanism(m["name"], m["unit"], m["sensitivity"], m["noise_multiplier"] * scale[m["name"]])
+           for m in privacy["mechanisms"]]
+    return epsilon_at(effective_noise_multiplier(ran), privacy)
+
+
+def audit_figures(seen: Observations, included: np.ndarray, privacy: dict[str, Any],
+                  confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """The audit's statistics (strategies/privacy/audit.py) from what the auditor saw:
+    each bound at 1 − (1 − `confidence`)/2, so that both hold together at `confidence`."""
+    declared = {m["name"]: m["noise_multiplier"] for m in privacy["mechanisms"]}
+    each = 1 - (1 - confidence) / 2
+    z, sampled = seen.z, seen.sampled_matrix
+    scores = subsampled_gaussian_scores(z, privacy["sampling_rate"], declared[UPDATE_SUM])
+    one_run = audit_one_run(scores, included, privacy["delta"], confidence=each)
+    update = gaussian_fit(z, included, sampled, confidence=each)
+    multipliers = {UPDATE_SUM: (CLIPPED_SUM, update.noise_multiplier)}
+    figures = {
+        "epsilon_reported": privacy["epsilon"], "delta": privacy["delta"],
+        "epsilon_lower_95": one_run.epsilon_lower,
+        "epsilon_gaussian_95": epsilon_at(update.noise_multiplier_upper, privacy),
+        "guesses": one_run.guesses, "correct_guesses": one_run.correct,
+        "update_noise_multiplier": update.noise_multiplier, "update_noise_multiplier_upper":
+            update.noise_multiplier_upper, "update_noise_multiplier_declared": declared[UPDATE_SUM],
+        "canary_effect": update.effect, "canary_effect_lower": update.effect_lower, "update_noise": update.noise,
+    }
+    if seen.counts:
+        count = count_fit(seen.counts, sampled.sum(axis=0), confidence=each)
+        multipliers[UNCLIPPED_COUNT] = (COUNT_SENSITIVITY, count.noise_multiplier)
+        figures |= {"count_noise_multiplier": count.noise_multiplier,
+                    "count_noise_multiplier_declared": declared[UNCLIPPED_COUNT],
+                    "count_effect": count.effect, "count_effect_lower": count.effect_lower, "count_noise": count.noise}
+    measured = [Mechanism(name, "client", sensitivity, sigma)
+                for name, (sensitivity, sigma) in multipliers.items() if 0 < sigma < math.inf]
+    figures["epsilon_estimate"] = epsilon_at(effective_noise_multiplier(measured), privacy) if measured else 0.0
+    figures["violation"] = max(figures["epsilon_lower_95"], figures["epsilon_gaussian_95"]) > privacy["epsilon"]
+    return figures
+
+
+def simulated_audit(rng: np.random.Generator, noise_multiplier: float, count_stddev: float, delta: float,
+                    noise_scale: float = 1.0, count_scale: float = 1.0, **setting: Any) -> dict[str, Any]:
+    """The audit's figures on an ideal DP-FedAvg round after round, simulated without
+    training (`simulate_canaries`; `setting`: canaries, rounds, clients, cohort): σ and σ_b
+    as declared, RDP, adaptive clipping's two mechanisms; the update noise × `noise_scale`
+    and the count's effect × `count_scale` as run."""
+    update_sigma = update_noise_multiplier(noise_multiplier, count_stddev)
+    sim = simulate_canaries(rng, update_sigma * noise_scale, count_stddev, COUNT_SENSITIVITY * count_scale, **setting)
+    seen = Observations(np.zeros((len(sim.included), 1)), list(sim.z.T), list(sim.sampled.T), list(sim.counts))
+    rounds = sim.z.shape[1]
+    privacy = {"epsilon": epsilon_after(noise_multiplier, sim.q, rounds, delta, "rdp"), "delta": delta,
+               "sampling_rate": sim.q, "rounds_accounted": rounds, "accountant": "rdp",
+               "mechanisms": [m.as_dict() for m in (
+                   Mechanism(UPDATE_SUM, "client", CLIPPED_SUM, update_sigma),
+                   Mechanism(UNCLIPPED_COUNT, "client", COUNT_SENSITIVITY, count_stddev / COUNT_SENSITIVITY))]}
+    return audit_figures(seen, sim.included, privacy) | {
+        "epsilon_true": epsilon_as_run(privacy, noise_scale, count_scale), "canaries_included": int(sim.included.sum()),
+        "noise_scale": noise_scale, "count_scale": count_scale, "sampling_rate": sim.q, "rounds": rounds}
+
+
 def run_audit(run_config: dict[str, Any], num_clients: int, canaries: int, run_dir: Path,
-              noise_scale: float = 1.0, rng: np.random.Generator | None = None) -> dict[str, Any]:
+              noise_scale: float = 1.0, count_scale: float = 1.0,
+              rng: np.random.Generator | None = None) -> dict[str, Any]:
     """Run the configured central-DP federation with `canaries` canary clients (each
     included with probability ½) and return the audit's figures (also in audit.json)."""
     cfg = AppConfig.from_run_config(run_config)
     if cfg.dp.mode != "central":
         raise ConfigError(f"Invalid run-config: dp-mode = '{cfg.dp.mode}' (allowed: 'central'; the audit "
                           "measures client-level DP-FedAvg)")
+    if count_scale != 1.0 and cfg.dp.clipping != "adaptive":
+        raise ConfigError(f"--fault count-sensitivity needs dp-clipping = 'adaptive' (got '{cfg.dp.clipping}': "
+                          "no count is released)")
     if canaries < 4:
         raise ValueError(f"--canaries = {canaries} (allowed: at least 4)")
     rng = rng or np.random.default_rng(os_entropy_seed_sequence())  # the auditor's secret
     dimension = sum(w.size for w in get_weights(seeded_model(cfg.train.model, cfg.run.seed)))
     directions = random_directions(canaries, dimension, rng)
     included = rng.random(canaries) < 0.5
-    clients = [CanaryClient(i, directions[i]) for i in np.flatnonzero(included)]
+    clients = [CanaryClient(int(i), directions[i]) for i in np.flatnonzero(included)]
     seen = Observations(directions)
     run_federation(run_config, num_clients, cfg.data.data_dir, run_dir, extra_clients=clients,
-                   server_class=ScoringServer, server_options={"observations": seen, "noise_scale": noise_scale})
+                   server_class=ScoringServer,
+                   server_options={"observations": seen, "noise_scale": noise_scale, "count_scale": count_scale})
     run = RunDir(run_dir)
     privacy = run.read_summary()["privacy"]
-    one_run = audit_one_run(seen.scores, included, privacy["delta"])
-    change = seen.final_change
-    cosines = directions @ change / max(float(np.linalg.norm(change)), 1e-30)
-    estimate = one_shot_estimate(cosines[included], cosines[~included], privacy["delta"])
-    figures = {
-        "epsilon_reported": privacy["epsilon"], "delta": privacy["delta"],
-        "epsilon_lower_95": one_run.epsilon_lower, "epsilon_estimate": estimate.epsilon,
+    figures = audit_figures(seen, included, privacy) | {
+        "epsilon_true": epsilon_as_run(privacy, noise_scale, count_scale),
         "canaries": canaries, "canaries_included": int(included.sum()),
-        "guesses": one_run.guesses, "correct_guesses": one_run.correct,
-        "one_shot_mu": estimate.mu, "noise_scale": noise_scale,
+        "noise_scale": noise_scale, "count_scale": count_scale,
         "population": privacy["population"], "rounds": privacy["rounds_accounted"],
-        "noise_multiplier": privacy["noise_multiplier"], "model": run.read_config()["model"],
+        "sampling_rate": privacy["sampling_rate"], "noise_multiplier": privacy["noise_multiplier"],
+        "accountant": privacy["accountant"], "model": run.read_config()["model"],
     }
     run.write_audit(figures)
     return figures
@@ -207,21 +335,40 @@ def report(figures: dict[str, Any]) -> list[str]:
     """The printed table and the last line."""
     rows = [
         ("epsilon reported (accountant)", f"{figures['epsilon_reported']:.4g} at delta {figures['delta']:g}"),
-        ("epsilon lower bound (95%)", f"{figures['epsilon_lower_95']:.4g}  (all released models; "
-                                      "Steinke et al. 2023)"),
-        ("epsilon estimate", f"{figures['epsilon_estimate']:.4g}  (final model; Andrew et al. 2024)"),
-        ("canaries", f"{figures['canaries']} ({figures['canaries_included']} included)"),
-        ("guesses", str(figures["guesses"])),
-        ("correct guesses", str(figures["correct_guesses"])),
+        ("epsilon lower bound, any mechanism (95%)",
+         (f"{figures['epsilon_lower_95']:.4g}  ({figures['correct_guesses']} of {figures['guesses']} guesses "
+          "right; Steinke et al. 2023)")),
+        ("epsilon lower bound, Gaussian (95%)",
+         (f"{figures['epsilon_gaussian_95']:.4g}  (the accountant at the measured noise multiplier's 95% "
+          "limit; Nasr et al. 2023)")),
+        ("epsilon estimate", f"{figures['epsilon_estimate']:.4g}  (the accountant at the measured noise multipliers)"),
+        ("update sum: noise multiplier",
+         (f"{figures['update_noise_multiplier']:.4g} measured (<= {figures['update_noise_multiplier_upper']:.4g}), "
+          f"{figures['update_noise_multiplier_declared']:.4g} declared")),
+        ("update sum: canary effect / S",
+         f"{figures['canary_effect']:.3f} (>= {figures['canary_effect_lower']:.3f}), 1 declared"),
     ]
+    if "count_effect" in figures:
+        rows += [
+            ("count: noise multiplier", (f"{figures['count_noise_multiplier']:.4g} measured, "
+                                         f"{figures['count_noise_multiplier_declared']:.4g} declared")),
+            ("count: canary effect", (f"{figures['count_effect']:.3f} (>= {figures['count_effect_lower']:.3f}), "
+                                      f"{COUNT_SENSITIVITY:g} declared")),
+        ]
+    rows.append(("canaries", f"{figures['canaries']} ({figures['canaries_included']} included)"))
     if figures["noise_scale"] != 1.0:
-        rows.append(("FAULT INJECTED", f"update noise x {figures['noise_scale']:g}"))
+        rows.append(("FAULT INJECTED", (f"update noise x {figures['noise_scale']:g} "
+                                        f"(true epsilon {figures['epsilon_true']:.4g})")))
+    if figures["count_scale"] != 1.0:
+        rows.append(("FAULT INJECTED", (f"count sensitivity x {figures['count_scale']:g} "
+                                        f"(true epsilon {figures['epsilon_true']:.4g})")))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
-    if figures["epsilon_lower_95"] > figures["epsilon_reported"]:
-        lines.append("VIOLATION: the measured lower bound exceeds the reported epsilon")
+    if figures["violation"]:
+        lines.append("VIOLATION: a measured lower bound exceeds the reported epsilon")
     lines.append(f"epsilon_reported={figures['epsilon_reported']:.4f} "
                  f"epsilon_lower_95={figures['epsilon_lower_95']:.4f} "
+                 f"epsilon_gaussian_95={figures['epsilon_gaussian_95']:.4f} "
                  f"epsilon_estimate={figures['epsilon_estimate']:.4f}")
     return lines
 
@@ -322,17 +469,22 @@ def audit_mechanisms(run_config: dict[str, Any], sensitivity_scale: float) -> in
     return 1 if any(not c.ok for c in checks) else 0
 
 
+CANARY_FAULTS = ("noise-scale", "count-sensitivity")
+
+
 def parse_fault(text: str) -> tuple[str, float]:
-    """`noise-scale=F` (0 <= F < 1) or `sensitivity-scale=F` (F > 0) → (name, F)."""
+    """`noise-scale=F` (0 <= F < 1), `count-sensitivity=F` (F > 1) or
+    `sensitivity-scale=F` (F > 0) → (name, F)."""
     name, _, value = text.partition("=")
     try:
         scale = float(value)
     except ValueError:
         scale = math.nan
-    if (name == "noise-scale" and 0 <= scale < 1) or (name == "sensitivity-scale" and 0 < scale < math.inf):
+    if ((name == "noise-scale" and 0 <= scale < 1) or (name == "count-sensitivity" and 1 < scale < math.inf)
+            or (name == "sensitivity-scale" and 0 < scale < math.inf)):
         return name, scale
     raise argparse.ArgumentTypeError(f"--fault {text!r} (allowed: noise-scale=F with 0 <= F < 1, "
-                                     "sensitivity-scale=F with F > 0 and --mechanisms)")
+                                     "count-sensitivity=F with F > 1, sensitivity-scale=F with F > 0 and --mechanisms)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,14 +495,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-clients", type=int, help="MNIST clients (partitions); required without --mechanisms")
     parser.add_argument("--canaries", type=int, default=1000, help="canary clients, each included with p = 1/2")
     parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
-    parser.add_argument("--fault", type=parse_fault, default=None, metavar="noise-scale=F|sensitivity-scale=F",
-                        help="fault injection: update noise (or, with --mechanisms, declared sensitivities) x F")
+    parser.add_argument("--fault", type=parse_fault, default=None,
+                        metavar="noise-scale=F|count-sensitivity=F|sensitivity-scale=F",
+                        help="fault injection: update noise x F, or the count's sensitivity x F (canary audit); "
+                             "declared sensitivities x F (--mechanisms)")
     args = parser.parse_args(argv)
     fault_name, fault_scale = args.fault or (None, 1.0)
     if fault_name == "sensitivity-scale" and not args.mechanisms:
         parser.error("--fault sensitivity-scale=F needs --mechanisms")
-    if fault_name == "noise-scale" and args.mechanisms:
-        parser.error("--fault noise-scale=F is for the canary audit, not --mechanisms")
+    if fault_name in CANARY_FAULTS and args.mechanisms:
+        parser.error(f"--fault {fault_name}=F is for the canary audit, not --mechanisms")
     if not args.mechanisms and args.num_clients is None:
         parser.error("--num-clients is required (unless --mechanisms)")
     overrides = parse_config_args([args.run_config]) if args.run_config.strip() else {}
@@ -366,14 +520,16 @@ def main(argv: list[str] | None = None) -> int:
             suffix += 1
         run_dir = run_dir.parent / f"{run_dir.name}-{suffix}"
         figures = run_audit(run_config | {"min-available-clients": min(cfg.strategy.min_available_clients, args.num_clients)},
-                            args.num_clients, args.canaries, run_dir, noise_scale=fault_scale)
+                            args.num_clients, args.canaries, run_dir,
+                            noise_scale=fault_scale if fault_name == "noise-scale" else 1.0,
+                            count_scale=fault_scale if fault_name == "count-sensitivity" else 1.0)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for line in report(figures):
         print(line)
     print(f"run directory: {run_dir}", file=sys.stderr)
-    return 0
+    return 1 if figures["violation"] else 0
 
 
 if __name__ == "__main__":

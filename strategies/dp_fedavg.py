@@ -115,9 +115,12 @@ class DPFedAvg(AroundStrategy):
     `target_quantile` of the update norms, Andrew et al. 2021; the update noise then uses
     σ_Δ so that the round still costs one step of σ). Under `secure_aggregation` the
     server sees only SecAgg+'s mean of the K client-clipped updates, weighted 1 each, and
-    recovers the sum as K × mean. `noise_factor` < 1 is only the privacy audit's fault
-    injection (fl_app.audit). Initialisation and evaluation are `inner`'s;
-    `state_dict()` holds everything a resumed run needs.
+    recovers the sum as K × mean. Only for the privacy audit (fl_app.audit):
+    `release_observer` is called with each round's released noised mean, and two fault
+    injections, `noise_factor` < 1 (the update noise × it) and `count_scale` > 1 (each
+    client's centred count × it: sensitivity ½·count_scale while ½ is declared).
+    Initialisation and evaluation are `inner`'s; `state_dict()` holds everything a
+    resumed run needs.
     """
 
     def __init__(
@@ -171,6 +174,8 @@ class DPFedAvg(AroundStrategy):
         self.on_fit_config_fn = on_fit_config_fn
         self.fit_metrics_aggregation_fn = fit_metrics_aggregation_fn
         self.noise_factor = 1.0
+        self.count_scale = 1.0
+        self.release_observer: Callable[[list[np.ndarray]], None] | None = None
         self.population: list[str] | None = None
         self.global_weights = screen.reference  # the round's model, from configure_fit on
         self.cohort_size = 0
@@ -294,6 +299,8 @@ class DPFedAvg(AroundStrategy):
             expected_cohort_size=self.clients_per_round,
             rng=self.randomness.noise,
         )
+        if self.release_observer is not None:
+            self.release_observer(mean)
         parameters = self._step(server_round, mean)
         self.accountant.step(self.round_noise_multiplier, self.sampling_rate)
         metrics: dict[str, Scalar] = {}
@@ -303,7 +310,7 @@ class DPFedAvg(AroundStrategy):
         metrics.update(self._diagnostics(unnoised.norms, unnoised.rejected))
         if unnoised.unclipped_count is not None:  # adaptive clipping
             fraction = noised_unclipped_fraction(
-                unnoised.unclipped_count, self.clipped_count_stddev, self.clients_per_round,
+                self.count_scale * unnoised.unclipped_count, self.clipped_count_stddev, self.clients_per_round,
                 self.randomness.noise,
             )
             metrics["noised_unclipped_fraction"] = fraction

@@ -128,6 +128,8 @@ def test_the_cli_exits_1_on_an_understated_sensitivity():
 
 @pytest.mark.parametrize("argv, message", [
     (["--mechanisms", "--fault", "noise-scale=0.5"], "--fault noise-scale=F is for the canary audit, not --mechanisms"),
+    (["--mechanisms", "--fault", "count-sensitivity=2"],
+     "--fault count-sensitivity=F is for the canary audit, not --mechanisms"),
     (["--num-clients", "3", "--fault", "sensitivity-scale=0.5"], "--fault sensitivity-scale=F needs --mechanisms"),
     (["--mechanisms", "--fault", "sensitivity-scale=0"], "allowed: noise-scale=F with 0 <= F < 1"),
     ([], "--num-clients is required (unless --mechanisms)"),
