@@ -44,7 +44,8 @@ screening, clipping and summing (`DPFedAvg.unnoised_round`) on a small model, an
 released quantity's change is compared with its declared sensitivity. Under secure
 aggregation the clients clip and refuse non-finite updates as the app's clients do, and
 the strategy receives K × SecAgg+'s mean, a lone client's clipped update, or nothing when
-SecAgg+ halts (more clients send nothing than the reconstruction threshold tolerates). The noise is not drawn, so σ only names the mechanisms:
+SecAgg+ halts (more clients send nothing than the reconstruction threshold tolerates).
+The noise is not drawn, so σ only names the mechanisms:
 dp-noise-multiplier, 1 if unset. One line per check and a last line
 `mechanisms=<n> violations=<k>` are printed; the exit status is 1 when k > 0.
 `--fault sensitivity-scale=F` multiplies every declared sensitivity by F (F < 1: an
@@ -193,6 +194,8 @@ class ScoringServer(RecordingServer):
     def __init__(self, *, observations: Observations, noise_scale: float = 1.0, count_scale: float = 1.0,
                  **kwargs) -> None:
         super().__init__(**kwargs)
+        assert isinstance(self.strategy, DPFedAvg), "the canary audit audits DP-FedAvg"
+        self.strategy: DPFedAvg = self.strategy
         self.observations = observations
         self.strategy.noise_factor = noise_scale
         self.strategy.count_scale = count_scale
@@ -251,7 +254,7 @@ def audit_figures(seen: Observations, included: np.ndarray, privacy: dict[str, A
     scores = subsampled_gaussian_scores(z, privacy["sampling_rate"], declared[UPDATE_SUM])
     one_run = audit_one_run(scores, included, privacy["delta"], confidence=each)
     update = gaussian_fit(z, included, sampled, confidence=each)
-    multipliers = {UPDATE_SUM: (CLIPPED_SUM, update.noise_multiplier)}
+    multipliers: dict[str, tuple[float | str, float]] = {UPDATE_SUM: (CLIPPED_SUM, update.noise_multiplier)}
     figures = {
         "epsilon_reported": privacy["epsilon"], "delta": privacy["delta"],
         "epsilon_lower_95": one_run.epsilon_lower,
@@ -454,7 +457,8 @@ def mechanism_audit(run_config: dict[str, Any], sensitivity_scale: float = 1.0,
     bounds = {m.name: sensitivity_scale * m.sensitivity_value(strategy.clipping_norm) for m in declared}
     cases = neighbouring_cohorts(reference, strategy.clipping_norm, sends_deltas=cfg.dp.clipping == "client",
                                  foreign_clients=not cfg.secagg.enabled, rng=rng)
-    return check_sensitivity(lambda cohort: unnoised_release(strategy, cohort, cfg.secagg), bounds, cases), len(declared)
+    checks = check_sensitivity(lambda cohort: unnoised_release(strategy, cohort, cfg.secagg), bounds, cases)
+    return checks, len(declared)
 
 
 def audit_mechanisms(run_config: dict[str, Any], sensitivity_scale: float) -> int:
@@ -519,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         while (run_dir.parent / f"{run_dir.name}-{suffix}").exists():
             suffix += 1
         run_dir = run_dir.parent / f"{run_dir.name}-{suffix}"
-        figures = run_audit(run_config | {"min-available-clients": min(cfg.strategy.min_available_clients, args.num_clients)},
+        quorum = min(cfg.strategy.min_available_clients, args.num_clients)
+        figures = run_audit(run_config | {"min-available-clients": quorum},
                             args.num_clients, args.canaries, run_dir,
                             noise_scale=fault_scale if fault_name == "noise-scale" else 1.0,
                             count_scale=fault_scale if fault_name == "count-sensitivity" else 1.0)

@@ -103,7 +103,8 @@ def subsampled_gaussian_scores(z: np.ndarray, sampling_rate: float, noise_multip
     if not 0 < q <= 1 or not variance > 0:
         raise ValueError(f"need 0 < q <= 1 and sigma > 0, got q={q}, sigma={noise_multiplier}")
     per_round = np.logaddexp(math.log1p(-q) if q < 1 else -math.inf, math.log(q) + (np.asarray(z) - 0.5) / variance)
-    return per_round.sum(axis=1)
+    scores: np.ndarray = per_round.sum(axis=1)
+    return scores
 
 
 @dataclass(frozen=True)
