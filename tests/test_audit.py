@@ -37,8 +37,10 @@ def test_the_audit_flags_a_broken_mechanism_and_only_that(audited, tmp_path, noi
         assert figures["epsilon_true"] > 1.5 * figures["epsilon_reported"]
         assert 1 / 1.5 < figures["epsilon_estimate"] / figures["epsilon_true"] < 1.5
     if noise_scale == 0.0:
-        assert figures["correct_guesses"] == figures["guesses"] == 80  # the one-run bound's cap: 2.75 here
-        assert figures["epsilon_lower_95"] > 2.7 and figures["epsilon_gaussian_95"] > 100
+        # without noise nearly every guess is right; an included canary that the secret
+        # sampling never picked can still be guessed wrong (the one-run bound's cap: 2.75 here)
+        assert figures["guesses"] == 80 and figures["correct_guesses"] >= 77
+        assert figures["epsilon_lower_95"] > 2.0 and figures["epsilon_gaussian_95"] > 100
 
 
 def test_the_cli_exits_1_on_a_violation(audited, tmp_path, capsys):

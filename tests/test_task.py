@@ -1,3 +1,4 @@
+import itertools
 import math
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_cosine_schedule_decays_from_learning_rate_to_zero(default_run_config):
     rates = [round_learning_rates(cfg, r) for r in range(1, 5)]
     boundaries = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
     assert [r for pair in rates for r in pair] == pytest.approx(
-        [r for pair in zip(boundaries, boundaries[1:], strict=True) for r in pair])
+        [r for pair in itertools.pairwise(boundaries) for r in pair])
     assert rates[0][0] == 0.1 and rates[-1][1] == pytest.approx(0.0)
     constant = schedule(default_run_config, **{"lr-schedule": "constant"})
     assert round_learning_rates(constant, 3) == (0.1, 0.1)
