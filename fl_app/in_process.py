@@ -118,6 +118,6 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
                 InProcessProxy(int(pid), num_clients, run_config, data_dir, node_ids[pid], received))
         for proxy in extra_clients:
             server.client_manager().register(proxy)
-        server.set_max_workers(1)  # one client at a time: dropout draws from torch's global RNG
+        server.set_max_workers(1)  # one client at a time, in this thread (fl_app/cohort_calls.py)
         run_fl(server, ServerConfig(num_rounds=cfg.run.num_server_rounds))  # Flower's loop, its [SUMMARY] included
     return run.recorder.run_dir.read_history()

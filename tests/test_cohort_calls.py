@@ -1,6 +1,8 @@
 """A round's instructions go over the grid in one round trip, and every kind of reply
 lands where Flower's per-proxy calls put it: results, (proxy, res) failures, exceptions."""
 
+import threading
+
 import numpy as np
 import pytest
 from flwr.common import (
@@ -20,6 +22,7 @@ from flwr.common import (
     parameters_to_ndarrays,
 )
 from flwr.compat.common import recorddict_compat as compat
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -123,3 +126,58 @@ def test_the_key_query_is_one_round_trip_and_a_silent_node_is_ordered_by_its_id(
     assert [manager.key(cid) for cid in ("1", "2", "3")] == ["partition-000099", "partition-000098", "node-3"]
     ((messages, timeout),) = grid.sent
     assert len(messages) == 3 and {m.metadata.message_type for m in messages} == {MessageTypeLegacy.GET_PROPERTIES}
+
+
+class LocalProxy(ClientProxy):
+    """An in-process client that answers as `kind` says and records the thread it ran in."""
+
+    def __init__(self, cid: str, kind: str, threads: list[int]) -> None:
+        super().__init__(cid)
+        self.kind = kind
+        self.threads = threads
+
+    def _answer(self, res_type):
+        self.threads.append(threading.get_ident())
+        if self.kind == "raise":
+            raise RuntimeError(f"client {self.cid} crashed")
+        code = Code.OK if self.kind == "ok" else Code.FIT_NOT_IMPLEMENTED
+        if res_type is FitRes:
+            return FitRes(Status(code, ""), ndarrays_to_parameters([np.ones(2)]), 3, {})
+        return EvaluateRes(Status(code, ""), 0.5, 3, {})
+
+    def fit(self, ins, timeout, group_id):
+        return self._answer(FitRes)
+
+    def evaluate(self, ins, timeout, group_id):
+        return self._answer(EvaluateRes)
+
+    def get_properties(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def get_parameters(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def reconnect(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("call", ["fit", "evaluate"])
+def test_one_worker_calls_in_process_clients_in_this_thread_and_sorts_replies_as_flower_does(call):
+    threads: list[int] = []
+    proxies = [LocalProxy(str(i), kind, threads) for i, kind in enumerate(["ok", "raise", "not-ok", "ok"])]
+    ins = FitIns(ndarrays_to_parameters([np.zeros(2)]), {}) if call == "fit" else EvaluateIns(
+        ndarrays_to_parameters([np.zeros(2)]), {})
+    cohort = fit_cohort if call == "fit" else evaluate_cohort
+    instructions = [(p, ins) for p in proxies]
+
+    results, failures = cohort(instructions, max_workers=1, timeout=None, group_id=1)
+    assert threads == [threading.get_ident()] * 4
+    assert [p.cid for p, _ in results] == ["0", "3"]
+    assert isinstance(failures[0], RuntimeError) and "client 1 crashed" in str(failures[0])
+    assert failures[1][0].cid == "2" and failures[1][1].status.code != Code.OK
+
+    threads.clear()
+    pooled_results, pooled_failures = cohort(instructions, max_workers=2, timeout=None, group_id=1)
+    assert threading.get_ident() not in threads  # Flower's pool
+    assert sorted(p.cid for p, _ in pooled_results) == ["0", "3"]
+    assert len(pooled_failures) == 2

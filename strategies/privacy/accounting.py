@@ -10,6 +10,7 @@ multiplier σ and client sampling rate q; the accountant composes them and conve
   Wutschitz 2021), usually a tighter ε.
 """
 
+from functools import lru_cache
 from typing import Any
 
 # Opacus (with scipy) takes over a second to import: it is imported where it is used,
@@ -45,7 +46,7 @@ class ClientLevelAccountant:
         """ε at `delta` after the rounds so far (0 before the first)."""
         if not self._accountant.history:
             return 0.0
-        return float(self._accountant.get_epsilon(delta=self.delta))
+        return composed_epsilon(self.kind, self.delta, tuple(tuple(entry) for entry in self._accountant.history))
 
     def epsilon_after_next(self, noise_multiplier: float, sample_rate: float) -> float:
         """ε if one more round with (σ, q) were released; the state is unchanged."""
@@ -70,6 +71,18 @@ class ClientLevelAccountant:
                 f"not {self.kind} at delta {self.delta}"
             )
         self._accountant.history = [tuple(entry) for entry in state["history"]]
+
+
+@lru_cache(maxsize=64)
+def composed_epsilon(accountant: str, delta: float, history: tuple[tuple[float, float, int], ...]) -> float:
+    """ε at δ of an accountant's `history` of (σ, q, rounds) entries, remembered: a round
+    asks for the same ε twice (the budget check before it, the report after it), at a
+    quarter of a second each with RDP's fractional orders."""
+    from strategies.privacy.opacus_compat import create_accountant
+
+    composed = create_accountant(mechanism=accountant)
+    composed.history = list(history)
+    return float(composed.get_epsilon(delta=delta))
 
 
 def epsilon_after(noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str) -> float:
