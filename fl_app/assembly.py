@@ -17,6 +17,7 @@ federation they form (`check_population`), or a `SecAggPlusServer` with
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from fl_app.config import AppConfig, ConfigError, auto_settings, check_partition
 from fl_app.model import build_model, seeded_model
 from fl_app.outputs import RunRecorder, check_tensorboard, output_dir_problem, resolve_output_dir
 from fl_app.run_dir import RunLock, new_run_dir
-from fl_app.schedule import round_learning_rates
+from fl_app.schedule import round_learning_rates, server_step_factor
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
 from fl_app.task import device, evaluate, get_weights, set_weights
@@ -134,6 +135,7 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
         randomness=DPRandomness(cfg.run.seed, reproducible=cfg.dp.reproducible_noise),
         min_available_clients=cfg.strategy.min_available_clients,
         on_fit_config_fn=args.common["on_fit_config_fn"],
+        server_step_factor=partial(server_step_factor, cfg.strategy.server_lr_schedule, cfg.run.num_server_rounds),
     )
 
 

@@ -26,6 +26,7 @@ from strategies.registry import BUILT_IN, LINEAR, load_strategy_class
 
 OPTIMIZERS = ("sgd", "adam", "adadelta")
 LR_SCHEDULES = ("constant", "cosine", "exp")
+SERVER_LR_SCHEDULES = ("constant", "cosine")
 DP_MODES = ("off", "central", "local")
 MNIST_TEST_SIZE = 10_000
 ATTACKS = ("sign-flip", "scaled-noise", "nan")
@@ -193,6 +194,7 @@ class StrategyConfig:
     max_examples_ratio: float = setting("max-examples-ratio", _off_or_at_least(1))
     max_update_norm_ratio: float = setting("max-update-norm-ratio", _off_or_at_least(1))
     server_learning_rate: float = setting("server-learning-rate", _float(0, INF, True, True))
+    server_lr_schedule: str = setting("server-lr-schedule", _choice(*SERVER_LR_SCHEDULES))
     server_momentum: float = setting("server-momentum", _float(0, 1, False, True))
     server_beta_1: float = setting("server-beta-1", _float(0, 1, False, True))
     server_beta_2: float = setting("server-beta-2", _float(0, 1, False, True))
@@ -332,6 +334,9 @@ class AppConfig:
             raise refuse("checkpoint-every", self.run.checkpoint_every,
                          "1 with dp-mode = 'central': each released round is checkpointed before it "
                          "leaves the server, so a resumed run never computes a released round again")
+        if s.server_lr_schedule != "constant" and not dp.central:
+            raise refuse("server-lr-schedule", s.server_lr_schedule,
+                         "'constant', or 'cosine' with dp-mode = 'central' (it scales DP-FedAvg's noised mean)")
         if self.train.lr_warmup_rounds >= self.run.num_server_rounds:
             raise refuse("lr-warmup-rounds", self.train.lr_warmup_rounds,
                          f"fewer than num-server-rounds = {self.run.num_server_rounds}")

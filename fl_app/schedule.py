@@ -36,6 +36,17 @@ def round_learning_rates(cfg: AppConfig, server_round: int) -> tuple[float, floa
             boundary_learning_rate(cfg.train, rounds, server_round))
 
 
+def server_step_factor(schedule: str, num_rounds: int, server_round: int) -> float:
+    """The factor on the server's step in `server_round` (1-based) of `num_rounds`:
+    1 (constant), or ½ (1 + cos(π (t − 1) / T)) (cosine: 1 in the first round, falling
+    towards 0 in the last), so that the late rounds' noise moves the model less."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / num_rounds))
+    raise ValueError(f"unknown server-lr-schedule '{schedule}'")
+
+
 def step_learning_rate(first: float, last: float, step: int, steps: int) -> float:
     """The learning rate of local step `step` (0-based) of `steps` in a round."""
     return first + (last - first) * step / steps

@@ -144,6 +144,7 @@ class DPFedAvg(AroundStrategy):
         min_available_clients: int,
         on_fit_config_fn: Callable[[int], dict[str, Scalar]] | None = None,
         fit_metrics_aggregation_fn: MetricsAggregationFn | None = weighted_metric_means,
+        server_step_factor: Callable[[int], float] | None = None,
     ) -> None:
         if clipping not in CLIPPING_MODES:
             raise ValueError(f"clipping must be one of {CLIPPING_MODES}, got {clipping!r}")
@@ -173,6 +174,7 @@ class DPFedAvg(AroundStrategy):
         self.min_available_clients = min_available_clients
         self.on_fit_config_fn = on_fit_config_fn
         self.fit_metrics_aggregation_fn = fit_metrics_aggregation_fn
+        self.server_step_factor = server_step_factor
         self.noise_factor = 1.0
         self.count_scale = 1.0
         self.release_observer: Callable[[list[np.ndarray]], None] | None = None
@@ -339,8 +341,11 @@ class DPFedAvg(AroundStrategy):
         return UnnoisedRound(update_sum, count, accepted, norms, rejected)
 
     def _step(self, server_round: int, mean: list[np.ndarray]) -> Parameters | None:
-        """`inner`'s next model from the released w + η·mean, handed over as one result of weight 1."""
-        released = ndarrays_to_parameters(server_step(self.global_weights, mean, self.server_learning_rate))
+        """`inner`'s next model from the released w + η·f(t)·mean (f: `server_step_factor`,
+        1 without it), handed over as one result of weight 1; post-processing of the noised
+        mean, so outside the privacy accounting."""
+        factor = self.server_step_factor(server_round) if self.server_step_factor else 1.0
+        released = ndarrays_to_parameters(server_step(self.global_weights, mean, self.server_learning_rate * factor))
         # no client stands behind the released model: Flower's strategies never read a result's proxy
         parameters, _ = self.inner.aggregate_fit(
             server_round, [(None, FitRes(OK, released, 1, {}))], [])  # type: ignore[list-item]

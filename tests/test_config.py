@@ -37,6 +37,7 @@ def test_defaults_are_valid_and_cover_every_key(default_run_config):
         ("local-epochs", True, "an integer >= 1"),
         ("learning-rate", 0, "a number in (0, infinity)"),
         ("lr-schedule", "step", "one of 'constant', 'cosine', 'exp'"),
+        ("server-lr-schedule", "exp", "one of 'constant', 'cosine'"),
         ("validation-fraction", 1.0, "a number in [0, 1)"),
         ("data-dir", "", "a non-empty string"),
         ("data-download", "yes", "true or false"),
@@ -254,3 +255,12 @@ def test_checkpoint_every_is_1_under_central_dp(default_run_config, every):
     assert str(err.value).startswith(f"Invalid run-config: checkpoint-every = {every} (allowed: 1 with dp-mode = "
                                      "'central': each released round is checkpointed before it leaves the server")
     assert AppConfig.from_run_config(default_run_config | {"checkpoint-every": every}).run.checkpoint_every == every
+
+
+def test_a_server_schedule_needs_central_dp(default_run_config):
+    with pytest.raises(ConfigError) as err:
+        AppConfig.from_run_config(default_run_config | {"server-lr-schedule": "cosine"})
+    assert str(err.value) == ("Invalid run-config: server-lr-schedule = 'cosine' (allowed: 'constant', or "
+                              "'cosine' with dp-mode = 'central' (it scales DP-FedAvg's noised mean))")
+    central = default_run_config | {"dp-mode": "central", "dp-noise-multiplier": 1.0, "server-lr-schedule": "cosine"}
+    assert AppConfig.from_run_config(central).strategy.server_lr_schedule == "cosine"

@@ -119,6 +119,23 @@ def test_aggregate_is_global_plus_noised_sum_over_expected_cohort():
     assert metrics["clip_fraction"] == 0.0 and metrics["epsilon"] > 0
 
 
+def test_the_server_schedule_scales_the_step_not_the_release():
+    released = []
+    steps = []
+    for factor in (1.0, 0.25):
+        s = strategy(noise_multiplier=1e-9, clients_per_round=4, server_learning_rate=0.5,
+                     server_step_factor=lambda server_round, f=factor: f if server_round == 3 else 1.0)
+        s.release_observer = released.append
+        s.configure_fit(3, ndarrays_to_parameters(GLOBAL), manager(8))
+        params, metrics = s.aggregate_fit(3, [result("c0", trained(0, 0.01))], [])
+        steps.append([p - g for p, g in zip(parameters_to_ndarrays(params), GLOBAL, strict=True)])
+        assert metrics["epsilon"] > 0
+    for noised_a, noised_b in zip(*released, strict=True):
+        np.testing.assert_allclose(noised_a, noised_b, atol=1e-6)  # the same noised mean is released
+    for full, quarter in zip(*steps, strict=True):
+        np.testing.assert_allclose(quarter, 0.25 * full, atol=1e-6)
+
+
 def test_empty_cohort_releases_noise_and_is_accounted():
     s = strategy(noise_multiplier=2.0, clients_per_round=4, clipping_norm=0.5)
     s.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager(8))

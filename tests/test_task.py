@@ -8,7 +8,7 @@ import torch
 from data.mnist import load_mnist
 from fl_app.config import AppConfig
 from fl_app.model import seeded_net
-from fl_app.schedule import round_learning_rates
+from fl_app.schedule import round_learning_rates, server_step_factor
 from fl_app.task import evaluate, get_weights, seed_dropout, train
 
 
@@ -71,6 +71,13 @@ def test_cosine_schedule_decays_from_learning_rate_to_zero(default_run_config):
     assert rates[0][0] == 0.1 and rates[-1][1] == pytest.approx(0.0)
     constant = schedule(default_run_config, **{"lr-schedule": "constant"})
     assert round_learning_rates(constant, 3) == (0.1, 0.1)
+
+
+def test_the_server_cosine_takes_full_steps_first_and_small_ones_last():
+    factors = [server_step_factor("cosine", 4, r) for r in range(1, 5)]
+    assert factors == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
+    assert factors[0] == 1.0 and 0 < factors[-1] < 0.15
+    assert [server_step_factor("constant", 4, r) for r in range(1, 5)] == [1.0] * 4
 
 
 def test_exp_schedule_with_warm_up(default_run_config):
