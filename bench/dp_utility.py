@@ -1,12 +1,16 @@
-"""Test accuracy against client-level ε with the app's DP recipe (central DP-FedAvg).
+"""Test accuracy against ε with the app's DP recipes: client-level (central DP-FedAvg)
+or, with `--dp-mode local`, sample-level (DP-SGD on each site).
 
     python -m bench.dp_utility --num-clients 1000 --samples-per-client 60 --epsilon 2 --delta 1e-5
+    python -m bench.dp_utility --dp-mode local --num-clients 10 --samples-per-client 0 --epsilon 8 3 1 0
 
 One run per `--epsilon` with every setting the app uses by default under
 `dp-mode = "central"` (pyproject's `[tool.fl-app.auto.central-dp]`, the DP recipe); only
 σ differs, calibrated by the app so that the run spends the target ε at δ. `--epsilon 0`
 is the same model and recipe without noise (σ = 1e-6: every update still clipped,
-adaptive clipping still on), the recipe's ceiling. `--rounds`, `--model`,
+adaptive clipping still on), the recipe's ceiling. Under `--dp-mode local` the recipe is
+`[tool.fl-app.auto.local-dp]`, ε is each site's budget (σ calibrated on the sites), and
+`--epsilon 0` runs the same recipe with plain SGD (no clipping, no noise). `--rounds`, `--model`,
 `--partitioner` and `--clients-per-round` override the recipe, and `--set KEY=VALUE` any
 other run-config key (for tuning). Runs are in-process
 federations (fl_app/in_process.py: the app's clients, strategy and server without
@@ -23,6 +27,7 @@ noise_multiplier=… sampling_rate=… rounds=… model=…`; the figures also g
 
 import argparse
 import json
+import math
 import multiprocessing
 import tempfile
 import time
@@ -67,12 +72,23 @@ def run_config(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir
         "data-dir": str(data_dir), "output-dir": str(out_dir), "seed": args.seed,
         "samples-per-client": args.samples_per_client, "validation-fraction": 0.0,
         "partitioner": args.partitioner, "min-available-clients": args.num_clients,
-        "dp-mode": "central", "dp-delta": args.delta,
+        "dp-mode": args.dp_mode, "dp-delta": args.delta,
     }
+    if args.dp_mode == "local":  # no noise: the local recipe without DP-SGD (plain SGD)
+        from fl_app.config import auto_table
+
+        return config | ({"dp-target-epsilon": epsilon} if epsilon > 0 else
+                         {"dp-mode": "off"} | auto_table()["local-dp"]) | recipe_overrides(args)
     if epsilon > 0:
         config |= {"dp-target-epsilon": epsilon, "dp-noise-multiplier": 0.0}
     else:
         config |= {"dp-target-epsilon": 0.0, "dp-noise-multiplier": NO_NOISE_SIGMA}
+    return config | recipe_overrides(args)
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """`--rounds`, `--model`, `--clients-per-round` and `--set` as run-config keys."""
+    config: dict[str, Any] = {}
     for key, value in (("num-server-rounds", args.rounds), ("model", args.model),
                        ("dp-clients-per-round", args.clients_per_round)):
         if value is not None:
@@ -112,13 +128,22 @@ def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: 
     return summary
 
 
+def largest(value: float | list[float] | None) -> float:
+    """A privacy figure as one number: local DP reports [min, max] over the sites."""
+    if value is None:
+        return 0.0
+    return max(value) if isinstance(value, list) else value
+
+
 def result_line(summary: dict[str, Any], delta: float) -> str:
     """The one-line result of a run (ε = inf without noise)."""
-    privacy = summary["privacy"]
-    epsilon = privacy["epsilon"] if privacy["noise_multiplier"] > NO_NOISE_SIGMA else float("inf")
+    privacy = summary["privacy"] or {"epsilon": math.inf, "noise_multiplier": 0.0, "sampling_rate": None,
+                                     "rounds_accounted": len(summary["history"]) - 1}
+    sigma = largest(privacy["noise_multiplier"])
+    epsilon = privacy["epsilon"] if sigma > NO_NOISE_SIGMA else math.inf
     return (f"final_accuracy={summary['final_accuracy']:.4f} best_accuracy={summary['best_accuracy']:.4f} "
-            f"epsilon={epsilon:.4f} delta={delta:g} noise_multiplier={privacy['noise_multiplier']:.4g} "
-            f"sampling_rate={privacy['sampling_rate']:.4f} rounds={privacy['rounds_accounted']} "
+            f"epsilon={epsilon:.4f} delta={delta:g} noise_multiplier={sigma:.4g} "
+            f"sampling_rate={largest(privacy['sampling_rate']):.4f} rounds={privacy['rounds_accounted']} "
             f"model={summary['model']}")
 
 
@@ -132,7 +157,7 @@ def plot_accuracy(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for run in sorted(runs, key=lambda r: r["target_epsilon"] or float("inf")):
         privacy = run["privacy"]
-        label = (f"ε = {privacy['epsilon']:.2f} (σ = {privacy['noise_multiplier']:.2f})"
+        label = (f"ε = {privacy['epsilon']:.2f} (σ = {largest(privacy['noise_multiplier']):.2f})"
                  if run["target_epsilon"] else "no noise (σ = 0)")
         accuracy = [100 * a for a in run["accuracy_per_round"]]
         ax.plot(range(len(accuracy)), accuracy, label=f"{label}: final {accuracy[-1]:.1f}%")
@@ -151,6 +176,8 @@ def main() -> None:
     parser.add_argument("--samples-per-client", type=int, default=60)
     parser.add_argument("--epsilon", type=float, nargs="+", default=[2.0], help="targets; 0 = no noise")
     parser.add_argument("--delta", type=float, default=APP_DEFAULTS["dp-delta"])
+    parser.add_argument("--dp-mode", choices=["central", "local"], default="central",
+                        help="client-level DP-FedAvg, or sample-level DP-SGD on each site (ε per site)")
     parser.add_argument("--partitioner", default=APP_DEFAULTS["partitioner"],
                         help="iid, dirichlet (alpha 0.5) or shards")
     parser.add_argument("--rounds", type=int, help="default: the recipe's")

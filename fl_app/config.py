@@ -4,7 +4,8 @@ in one place.
 Defaults live only in pyproject.toml; this module checks what Flower hands over
 (defaults merged with `--run-config` overrides) before any work starts. A key whose
 value is `auto` takes its value from pyproject's `[tool.fl-app.auto]` table: the
-`central-dp` column under `dp-mode = "central"` (the DP recipe), the `plain` column
+`central-dp` column under `dp-mode = "central"` (the client-level DP recipe), the
+`local-dp` column under `dp-mode = "local"` (the sample-level one), the `plain` column
 otherwise; any other value is used as given.
 """
 
@@ -127,6 +128,7 @@ RESUMABLE_CHANGES = ("resume-from", "output-dir", "data-dir", "data-download", "
 # whatever replies arrive (a skip that depends on the replies would itself be a release):
 # they must stay `auto` (or its resolved value), which the `central-dp` column sets to "never skip".
 NOT_UNDER_CENTRAL_DP = ("min-fit-clients", "max-failure-fraction")
+AUTO_COLUMNS = {"central": "central-dp", "local": "local-dp"}  # dp-mode → [tool.fl-app.auto] column
 
 
 def setting(key: str, rule: Callable[[Any], str | None]) -> Any:
@@ -468,7 +470,7 @@ def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int, po
 @lru_cache(maxsize=1)
 def auto_table() -> dict[str, dict[str, Any]]:
     """`[tool.fl-app.auto]` of the app's pyproject.toml: per key, its value in `plain`
-    runs and under central DP (`central-dp`)."""
+    runs, under central DP (`central-dp`) and under local DP (`local-dp`)."""
     with open(APP_DIR / "pyproject.toml", "rb") as f:
         return tomllib.load(f)["tool"]["fl-app"]["auto"]
 
@@ -476,7 +478,7 @@ def auto_table() -> dict[str, dict[str, Any]]:
 def auto_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
     """The values the `auto` keys of `run_config` take (see the module docstring); `auto`
     for a key without an entry is left to that key's rule to refuse."""
-    column = "central-dp" if run_config.get("dp-mode") == "central" else "plain"
+    column = AUTO_COLUMNS.get(str(run_config.get("dp-mode")), "plain")
     table = auto_table()[column]
     return {key: table[key] for key, value in run_config.items() if value == AUTO and key in table}
 

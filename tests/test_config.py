@@ -126,6 +126,9 @@ def test_auto_keys_follow_the_dp_mode_and_explicit_values_win(default_run_config
     central = AppConfig.from_run_config(central_config)
     assert auto_settings(default_run_config) == auto_table()["plain"]
     assert auto_settings(central_config) == auto_table()["central-dp"]
+    local_config = default_run_config | {"dp-mode": "local", "dp-target-epsilon": 3.0}
+    assert auto_settings(local_config) == auto_table()["local-dp"]
+    assert AppConfig.from_run_config(local_config).train.batch_size == auto_table()["local-dp"]["batch-size"]
     for key, value in auto_table()["central-dp"].items():
         assert central.to_run_config()[key] == value
     assert (plain.train.model, central.train.model) == ("cnn", "tanh-cnn")
@@ -204,9 +207,10 @@ def test_the_documented_config_tables_match_the_declaration(default_run_config):
         assert not more, f"{key} is documented {1 + len(more)} times"
         value = default_run_config[key]
         if value == "auto":
-            m = re.fullmatch(r"`auto` \((.+); central DP: (.+)\)", cell)
+            m = re.fullmatch(r"`auto` \((.+); central DP: (.+); local DP: (.+)\)", cell)
             assert m, f"{key}: {cell}"
             assert _same(m.group(1), auto["plain"][key]) and _same(m.group(2), auto["central-dp"][key]), (key, cell)
+            assert _same(m.group(3), auto["local-dp"][key]), (key, cell)
         else:
             assert _same(cell, value), (key, cell, value)
 
