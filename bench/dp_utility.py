@@ -169,6 +169,38 @@ def plot_accuracy(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def row_label(setup: dict[str, Any]) -> str:
+    """A row of the table, from a --json file's setup."""
+    level = "sample-level" if setup.get("dp_mode") == "local" else "client-level"
+    return (f"{setup['num_clients']} x {setup['samples_per_client'] or 'all'} {setup['partitioner']}, "
+            f"{level}, δ = {setup['delta']:g}")
+
+
+def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
+    """Final test accuracy against ε, one line per --json file (a row of the table); the
+    no-noise run as a dashed level of its row's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        noised = sorted((r["privacy"]["epsilon"], 100 * r["final_accuracy"])
+                        for r in row["runs"] if r["target_epsilon"])
+        line = ax.plot(*zip(*noised, strict=True), marker="o", label=row_label(row["setup"]))[0] if noised else None
+        for run in row["runs"]:
+            if not run["target_epsilon"]:
+                ax.axhline(100 * run["final_accuracy"], ls="--", lw=1, color=line.get_color() if line else "grey")
+    ax.set(xscale="log", xlabel="ε (δ as labelled)", ylabel="final test accuracy (%)",
+           title="Accuracy against ε (dashed: the same recipe without noise)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     """Run one federation per target ε (or only plot earlier runs); print and write the figures."""
     parser = argument_parser(__doc__)
@@ -194,7 +226,12 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="also draw accuracy per round of the runs to this PNG")
     parser.add_argument("--plot-from", type=Path, nargs="+", metavar="JSON",
                         help="only draw --plot from the runs of earlier --json files")
+    parser.add_argument("--frontier-from", type=Path, nargs="+", metavar="JSON",
+                        help="only draw --plot: final accuracy against ε, one line per earlier --json file")
     args = parser.parse_args()
+    if args.frontier_from:
+        plot_frontier([json.loads(path.read_text()) for path in args.frontier_from], args.plot)
+        return
     if args.plot_from:
         runs = [run for path in args.plot_from for run in json.loads(path.read_text())["runs"]]
         plot_accuracy(runs, args.plot, f"{args.num_clients} clients x {args.samples_per_client} samples, "
