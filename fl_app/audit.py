@@ -5,7 +5,9 @@ reported ε.
         --run-config "dp-target-epsilon=2.0 num-server-rounds=20 dp-clients-per-round=30.0"
 
 runs the configured central-DP run (the app's clients, strategy and server in this
-process, `fl_app.in_process`) with `--canaries` virtual clients added to its population.
+process, `fl_app.in_process`; as many clients training at once as there are CPUs, on one
+torch thread each, unless the model has dropout) with `--canaries` virtual clients added
+to its population.
 Each canary holds a secret random direction u (a unit vector over every model
 parameter) and is included in the run with probability ½; an included canary, whenever
 sampled, sends an update along u longer than any clipping norm, so the server clips it to
@@ -54,6 +56,7 @@ understated sensitivity the check must flag).
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.common import (
     Code,
     EvaluateIns,
@@ -77,7 +81,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from fl_app.config import APP_DIR, AppConfig, ConfigError, SecAggConfig, project_defaults
 from fl_app.in_process import run_federation
-from fl_app.model import seeded_model
+from fl_app.model import seeded_model, uses_dropout
 from fl_app.run_dir import RunDir
 from fl_app.secagg_params import tolerated_dropouts
 from fl_app.server import RecordingServer
@@ -317,9 +321,15 @@ def run_audit(run_config: dict[str, Any], num_clients: int, canaries: int, run_d
     included = rng.random(canaries) < 0.5
     clients = [CanaryClient(int(i), directions[i]) for i in np.flatnonzero(included)]
     seen = Observations(directions)
-    run_federation(run_config, num_clients, cfg.data.data_dir, run_dir, extra_clients=clients,
-                   server_class=ScoringServer,
-                   server_options={"observations": seen, "noise_scale": noise_scale, "count_scale": count_scale})
+    workers = 1 if uses_dropout(cfg.train.model) else os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if workers > 1 else threads)  # one torch thread per client training at once
+    try:
+        run_federation(run_config, num_clients, cfg.data.data_dir, run_dir, extra_clients=clients,
+                       server_class=ScoringServer, workers=workers,
+                       server_options={"observations": seen, "noise_scale": noise_scale, "count_scale": count_scale})
+    finally:
+        torch.set_num_threads(threads)
     run = RunDir(run_dir)
     privacy = run.read_summary()["privacy"]
     figures = audit_figures(seen, included, privacy) | {

@@ -35,6 +35,7 @@ from data.mnist import MNIST_TRAIN_SIZE
 from fl_app.assembly import build_server, prepare_run
 from fl_app.client import client_fn
 from fl_app.config import AppConfig, check_partitioning
+from fl_app.model import uses_dropout
 from fl_app.server import RecordingServer
 from strategies.wire import SERVER_ROUND
 
@@ -88,7 +89,7 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
                    node_seed: int | None = None, received: list | None = None,
                    extra_clients: Sequence[ClientProxy] = (),
                    server_class: type[RecordingServer] = RecordingServer,
-                   server_options: dict[str, Any] | None = None) -> list[dict]:
+                   server_options: dict[str, Any] | None = None, workers: int = 1) -> list[dict]:
     """Validate `run_config`, run every round, return history.jsonl's rows.
 
     The run writes to `run_dir` (its parent becomes `output-dir`) and reads MNIST from
@@ -96,8 +97,14 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
     `node_seed` gives the nodes random ids and a random registration order, as Flower's
     simulation does; every model a client receives is appended to `received`;
     `extra_clients` join the federation beside the MNIST clients (the audit's canaries);
-    `server_class(**server_options, ...)` runs the rounds."""
+    `server_class(**server_options, ...)` runs the rounds. One client trains at a time,
+    in this thread; `workers` > 1 trains that many at once in Flower's thread pool (for a
+    model without dropout, whose masks come from torch's global generator; give each
+    one torch thread)."""
     cfg = AppConfig.from_run_config(run_config)
+    if workers > 1 and uses_dropout(cfg.train.model):
+        raise ValueError(f"workers = {workers} with model '{cfg.train.model}': its dropout masks come from "
+                         "torch's global generator, so clients must train one at a time")
 
     def check_population(population: int) -> None:
         """The federation check for `num_clients` MNIST partitions among `population` nodes."""
@@ -118,6 +125,6 @@ def run_federation(run_config: dict[str, Any], num_clients: int, data_dir: str, 
                 InProcessProxy(int(pid), num_clients, run_config, data_dir, node_ids[pid], received))
         for proxy in extra_clients:
             server.client_manager().register(proxy)
-        server.set_max_workers(1)  # one client at a time, in this thread (fl_app/cohort_calls.py)
+        server.set_max_workers(workers)  # 1: in this thread (fl_app/cohort_calls.py)
         run_fl(server, ServerConfig(num_rounds=cfg.run.num_server_rounds))  # Flower's loop, its [SUMMARY] included
     return run.recorder.run_dir.read_history()

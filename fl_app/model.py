@@ -64,6 +64,11 @@ def build_model(name: str) -> nn.Module:
     return MODELS[name]()
 
 
+def uses_dropout(name: str) -> bool:
+    """Whether model `name` draws dropout masks (from torch's global generator)."""
+    return any(isinstance(m, nn.Dropout) for m in build_model(name).modules())
+
+
 def seeded_model(name: str, seed: int) -> nn.Module:
     """A freshly initialised model of `name` whose weights depend only on `seed`."""
     with torch.random.fork_rng(devices=[]):

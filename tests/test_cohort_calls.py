@@ -181,3 +181,28 @@ def test_one_worker_calls_in_process_clients_in_this_thread_and_sorts_replies_as
     assert threading.get_ident() not in threads  # Flower's pool
     assert sorted(p.cid for p, _ in pooled_results) == ["0", "3"]
     assert len(pooled_failures) == 2
+
+
+def test_clients_training_at_once_give_the_model_of_one_at_a_time(default_run_config, mnist_dir, tmp_path):
+    import torch
+
+    from fl_app import in_process
+    from fl_app.run_dir import RunDir
+
+    config = default_run_config | {
+        "data-dir": mnist_dir, "samples-per-client": 60, "eval-samples": 100, "local-epochs": 1,
+        "num-server-rounds": 2, "min-available-clients": 3, "batch-size": 10, "model": "tanh-cnn",
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = []
+        for workers in (1, 3):
+            in_process.run_federation(config, 3, mnist_dir, tmp_path / f"w{workers}", workers=workers)
+            models.append(torch.load(RunDir(tmp_path / f"w{workers}").model))
+    finally:
+        torch.set_num_threads(threads)
+    for name, tensor in models[0].items():
+        assert torch.equal(tensor, models[1][name]), name
+    with pytest.raises(ValueError, match="workers = 2 with model 'cnn': its dropout masks"):
+        in_process.run_federation(config | {"model": "cnn"}, 3, mnist_dir, tmp_path / "cnn", workers=2)

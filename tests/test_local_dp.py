@@ -5,7 +5,7 @@ from flwr.common import RecordDict
 
 from fl_app.client import FlowerClient, load_client_data
 from fl_app.config import AppConfig
-from fl_app.model import seeded_net
+from fl_app.model import seeded_model
 from fl_app.task import get_weights
 from strategies.wire import CLIENT_EPSILON
 
@@ -22,7 +22,7 @@ def local_cfg(default_run_config, mnist_dir) -> AppConfig:
 def test_client_epsilon_grows_across_rounds_and_ends_within_budget(local_cfg, mnist_dir):
     train_set, val_set = load_client_data(local_cfg, mnist_dir, 0, 10)
     state = RecordDict()  # the node's context state, kept by Flower between rounds
-    weights = get_weights(seeded_net(0))
+    weights = get_weights(seeded_model(local_cfg.train.model, 0))
     epsilons = []
     for server_round in (1, 2, 3):
         client = FlowerClient(local_cfg, 0, lambda: (train_set, val_set), state)  # new object each round

@@ -21,7 +21,7 @@ import strategies.dp_fedavg as dp_fedavg
 from fl_app.client import FlowerClient, load_client_data
 from fl_app.config import AppConfig
 from fl_app.in_process import model_digest
-from fl_app.model import seeded_model, seeded_net
+from fl_app.model import seeded_model
 from fl_app.run_dir import RunDir
 from fl_app.task import get_weights
 from strategies.privacy.accounting import ClientLevelAccountant
@@ -110,7 +110,7 @@ def client_update(run_config: dict, mnist_dir: str) -> np.ndarray:
     cfg = AppConfig.from_run_config(run_config)
     train_set, val_set = load_client_data(cfg, mnist_dir, 0, 10)
     client = FlowerClient(cfg, 0, lambda: (train_set, val_set), RecordDict())
-    weights, _, _ = client.fit(get_weights(seeded_net(cfg.run.seed)),
+    weights, _, _ = client.fit(get_weights(seeded_model(cfg.train.model, cfg.run.seed)),
                                {"server-round": 1, "learning-rate": 0.05, "final-learning-rate": 0.05})
     return flat(weights)
 
