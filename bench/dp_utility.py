@@ -79,6 +79,8 @@ def run_config(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir
 
         return config | ({"dp-target-epsilon": epsilon} if epsilon > 0 else
                          {"dp-mode": "off"} | auto_table()["local-dp"]) | recipe_overrides(args)
+    if args.dp_mode == "distributed":  # the clients clip to a fixed S and noise; SecAgg+'s sum, in process
+        config |= {"dp-clipping": "client", "secure-aggregation": True}
     if epsilon > 0:
         config |= {"dp-target-epsilon": epsilon, "dp-noise-multiplier": 0.0}
     else:
@@ -208,7 +210,7 @@ def main() -> None:
     parser.add_argument("--samples-per-client", type=int, default=60)
     parser.add_argument("--epsilon", type=float, nargs="+", default=[2.0], help="targets; 0 = no noise")
     parser.add_argument("--delta", type=float, default=APP_DEFAULTS["dp-delta"])
-    parser.add_argument("--dp-mode", choices=["central", "local"], default="central",
+    parser.add_argument("--dp-mode", choices=["central", "distributed", "local"], default="central",
                         help="client-level DP-FedAvg, or sample-level DP-SGD on each site (ε per site)")
     parser.add_argument("--partitioner", default=APP_DEFAULTS["partitioner"],
                         help="iid, dirichlet (alpha 0.5) or shards")

@@ -22,6 +22,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.common import Context, NDArrays, Scalar, log, ndarrays_to_parameters
 from flwr.server import Grid
@@ -35,13 +36,16 @@ from fl_app.model import build_model, seeded_model
 from fl_app.outputs import RunRecorder, check_tensorboard, output_dir_problem, resolve_output_dir
 from fl_app.run_dir import RunLock, new_run_dir
 from fl_app.schedule import round_learning_rates, server_step_factor
+from fl_app.secagg_params import unmask_threshold
 from fl_app.secure_aggregation import SecAggPlusServer
 from fl_app.server import RecordingServer
 from fl_app.task import device, evaluate, get_weights, set_weights
 from fl_app.tracking import check_tracking
 from strategies import registry
+from strategies.distributed_dp import DistributedDPFedAvg
 from strategies.dp_fedavg import DPFedAvg
 from strategies.privacy.accounting import ClientLevelAccountant
+from strategies.privacy.distributed import FIELD_BITS
 from strategies.privacy.randomness import DPRandomness
 from strategies.privacy.release import ReleasePolicy
 from strategies.privacy.statement import LocalPrivacyLedger
@@ -108,17 +112,16 @@ def strategy_args(cfg: AppConfig, test_set: TensorDataset) -> StrategyArgs:
     return StrategyArgs(common=common, client_learning_rate=cfg.train.learning_rate, **hyperparameters)
 
 
-def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
-    """`strategy` by name behind the screen; with `dp-mode = "central"`, DP-FedAvg around
-    it, whose released model feeds the strategy's server optimizer, if it has one (local
-    DP: clients add the noise). The screen logs a DP run's rejections only with
-    `dp-release-unprotected-metrics`."""
+def build_strategy(cfg: AppConfig, test_set: TensorDataset, *, secure_sum: bool = True) -> Strategy:
+    """`strategy` by name behind the screen; with client-level DP, DP-FedAvg around it
+    (`dp-mode = "distributed"`: its distributed form, which receives SecAgg+'s sum, or
+    with `secure_sum = False` each client's residues), whose released model feeds the
+    strategy's server optimizer, if it has one (local DP: clients add the noise). The
+    screen logs a DP run's rejections only with `dp-release-unprotected-metrics`."""
     args = strategy_args(cfg, test_set)
-    if cfg.dp.mode != "central":
+    if not cfg.dp.central:
         return registry.build(cfg.strategy.name, args)
-    return DPFedAvg(
-        registry.inner(cfg.strategy.name, args),
-        registry.screen(args, log_rejections=cfg.dp.release_unprotected_metrics),
+    options: dict[str, Any] = dict(
         clipping=cfg.dp.clipping,
         clipping_norm=cfg.dp.clipping_norm,
         noise_multiplier=cfg.dp.noise_multiplier or None,
@@ -136,6 +139,20 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset) -> Strategy:
         min_available_clients=cfg.strategy.min_available_clients,
         on_fit_config_fn=args.common["on_fit_config_fn"],
         server_step_factor=partial(server_step_factor, cfg.strategy.server_lr_schedule, cfg.run.num_server_rounds),
+    )
+    inner = registry.inner(cfg.strategy.name, args)
+    screen = registry.screen(args, log_rejections=cfg.dp.release_unprotected_metrics)
+    if cfg.dp.mode == "central":
+        return DPFedAvg(inner, screen, **options)
+    if not secure_sum:
+        log(WARNING, "in-process federation: the server adds the clients' noised residues itself, standing "
+            "in for SecAgg+ (benchmarks and audits only: each client's vector carries only its noise share)")
+    dimension = sum(int(np.prod(shape)) for shape in screen.expected_shapes)
+    return DistributedDPFedAvg(
+        inner, screen, bits=cfg.dp.bits, dimension=dimension, seed=cfg.run.seed, secure_sum=secure_sum,
+        threshold=partial(unmask_threshold, num_shares=cfg.secagg.num_shares,
+                          reconstruction_threshold=cfg.secagg.reconstruction_threshold),
+        **options,
     )
 
 
@@ -212,7 +229,7 @@ def prepare_run(run_config: dict[str, Any], *, run_id: int = 0, run_dir: Path | 
         raise
     automatic = auto_settings(run_config)
     if automatic:
-        log(INFO, "auto settings%s: %s", " (the DP recipe)" if cfg.dp.mode == "central" else "",
+        log(INFO, "auto settings%s: %s", " (the DP recipe)" if cfg.dp.central else "",
             ", ".join(f"{k} = {v!r}" for k, v in automatic.items()))
     warn_if_reproducible_noise(cfg)
     return PreparedRun(
@@ -228,7 +245,7 @@ def build_server(run: PreparedRun, *, grid: Grid | None = None, context: Context
     cfg = run.cfg
     common: dict[str, Any] = dict(
         client_manager=KeyedClientManager(cfg.run.seed),
-        strategy=build_strategy(cfg, run.test_set),
+        strategy=build_strategy(cfg, run.test_set, secure_sum=grid is not None),
         recorder=run.recorder,
         check_population=lambda n: check_partitioning(cfg, n, MNIST_TRAIN_SIZE),
         quorum=cfg.strategy.min_available_clients,
@@ -241,6 +258,8 @@ def build_server(run: PreparedRun, *, grid: Grid | None = None, context: Context
     if not cfg.secagg.enabled:
         return server_class(**common)
     if grid is None or context is None:
+        if cfg.dp.mode == "distributed":  # in process: the strategy sums the residues (see build_strategy)
+            return server_class(**common)
         raise ConfigError("Invalid run-config: secure-aggregation = true (allowed: only over Flower's "
                           "transport, i.e. run_simulation.py or a deployment; not in process)")
     return SecAggPlusServer(
@@ -248,7 +267,17 @@ def build_server(run: PreparedRun, *, grid: Grid | None = None, context: Context
         context=context,
         num_shares=cfg.secagg.num_shares,
         reconstruction_threshold=cfg.secagg.reconstruction_threshold,
-        clipping_range=cfg.dp.clipping_norm,
+        **secagg_ranges(cfg),
         timeout=round_timeout(cfg),
         **common,
     )
+
+
+def secagg_ranges(cfg: AppConfig) -> dict[str, Any]:
+    """SecAgg+'s quantization: floats in [−S, S] on 2^22 levels (Flower's default) under
+    central DP; under distributed DP the clients' messages r − M/2 pass exactly
+    (clipping range M/2, quantization range M: one level per integer)."""
+    if cfg.dp.mode != "distributed":
+        return {"clipping_range": cfg.dp.clipping_norm}
+    modulus = 1 << cfg.dp.bits
+    return {"clipping_range": float(modulus // 2), "quantization_range": modulus, "modulus_range": 1 << FIELD_BITS}

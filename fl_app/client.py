@@ -23,6 +23,7 @@ from data.partition import PartitionSpec, client_split, partition_indices
 from data.site_data import load_site_data
 from fl_app.attacks import attacked
 from fl_app.config import AppConfig, client_config
+from fl_app.distributed_client import distributed_message
 from fl_app.model import build_model
 from fl_app.task import device, evaluate, get_weights, make_optimizer, set_weights, train
 from strategies.privacy.mechanism import clip_update, model_delta
@@ -139,6 +140,8 @@ class FlowerClient(NumPyClient):
             # client. Anything sent in the clear would escape the secure sum and the noise.
             if not all(np.isfinite(w).all() for w in weights):
                 raise ValueError("local training gave a non-finite update; not sent")
+            if self.cfg.dp.mode == "distributed":  # rounded, with its noise share, for the modular sum
+                weights = [distributed_message(self.cfg, self.client_key, weights, config)]
             return weights, 1, {}
         if self.cfg.dp.mode == "local":  # the exact example count would reveal a sample's presence
             return weights, 1, metrics

@@ -4,7 +4,7 @@ in one place.
 Defaults live only in pyproject.toml; this module checks what Flower hands over
 (defaults merged with `--run-config` overrides) before any work starts. A key whose
 value is `auto` takes its value from pyproject's `[tool.fl-app.auto]` table: the
-`central-dp` column under `dp-mode = "central"` (the client-level DP recipe), the
+`central-dp` column under `dp-mode = "central"` or `"distributed"` (the client-level DP recipe), the
 `local-dp` column under `dp-mode = "local"` (the sample-level one), the `plain` column
 otherwise; any other value is used as given.
 """
@@ -28,7 +28,8 @@ from strategies.registry import BUILT_IN, LINEAR, load_strategy_class
 OPTIMIZERS = ("sgd", "adam", "adadelta")
 LR_SCHEDULES = ("constant", "cosine", "exp")
 SERVER_LR_SCHEDULES = ("constant", "cosine")
-DP_MODES = ("off", "central", "local")
+DP_MODES = ("off", "central", "distributed", "local")
+CLIENT_LEVEL_MODES = ("central", "distributed")  # DP-FedAvg on the server: client-level ε, its accountant
 MNIST_TEST_SIZE = 10_000
 ATTACKS = ("sign-flip", "scaled-noise", "nan")
 TRACKING = ("none", "mlflow")  # mlflow: an optional dependency (see fl_app.tracking)
@@ -128,7 +129,8 @@ RESUMABLE_CHANGES = ("resume-from", "output-dir", "data-dir", "data-download", "
 # whatever replies arrive (a skip that depends on the replies would itself be a release):
 # they must stay `auto` (or its resolved value), which the `central-dp` column sets to "never skip".
 NOT_UNDER_CENTRAL_DP = ("min-fit-clients", "max-failure-fraction")
-AUTO_COLUMNS = {"central": "central-dp", "local": "local-dp"}  # dp-mode → [tool.fl-app.auto] column
+# dp-mode → [tool.fl-app.auto] column
+AUTO_COLUMNS = {"central": "central-dp", "distributed": "central-dp", "local": "local-dp"}
 
 
 def setting(key: str, rule: Callable[[Any], str | None]) -> Any:
@@ -224,11 +226,13 @@ class DPConfig:
     clipped_count_stddev: float = setting("dp-clipped-count-stddev", _float(0, INF, True, True))
     reproducible_noise: bool = setting("dp-reproducible-noise", _bool)
     release_unprotected_metrics: bool = setting("dp-release-unprotected-metrics", _bool)
+    bits: int = setting("dp-bits", _int(8, 30))
 
     @property
     def central(self) -> bool:
-        """Whether the server clips, noises and accounts (dp-mode = "central")."""
-        return self.mode == "central"
+        """Whether the DP is client-level and accounted on the server: dp-mode "central"
+        (the server adds the noise) or "distributed" (the clients do, under SecAgg+)."""
+        return self.mode in CLIENT_LEVEL_MODES
 
 
 @dataclass(frozen=True)
@@ -292,11 +296,12 @@ class AppConfig:
         missing = [key for key in DECLARED if key not in run_config]
         if missing:
             raise ConfigError(f"Invalid run-config: missing key '{missing[0]}'")
-        if run_config["dp-mode"] == "central":
+        if run_config["dp-mode"] in CLIENT_LEVEL_MODES:
             for key in NOT_UNDER_CENTRAL_DP:
                 never_skip = auto_table()["central-dp"][key]
                 if run_config[key] not in (AUTO, never_skip):
-                    raise refuse(key, run_config[key], f"'{AUTO}' (= {never_skip}) with dp-mode = 'central': "
+                    raise refuse(key, run_config[key], f"'{AUTO}' (= {never_skip}) with dp-mode = "
+                                 f"'{run_config['dp-mode']}': "
                                  "every round releases a noised model whatever replies arrive, so no round "
                                  "is skipped")
         automatic = auto_settings(run_config)
@@ -334,11 +339,12 @@ class AppConfig:
                          f"> dp-noise-multiplier / 2 = {dp.noise_multiplier / 2:g} with adaptive clipping")
         if dp.central and self.run.checkpoint_every != 1:
             raise refuse("checkpoint-every", self.run.checkpoint_every,
-                         "1 with dp-mode = 'central': each released round is checkpointed before it "
+                         f"1 with dp-mode = '{dp.mode}': each released round is checkpointed before it "
                          "leaves the server, so a resumed run never computes a released round again")
         if s.server_lr_schedule != "constant" and not dp.central:
             raise refuse("server-lr-schedule", s.server_lr_schedule,
-                         "'constant', or 'cosine' with dp-mode = 'central' (it scales DP-FedAvg's noised mean)")
+                         "'constant', or 'cosine' with dp-mode = 'central' or 'distributed' (it scales "
+                         "DP-FedAvg's noised mean)")
         if self.train.lr_warmup_rounds >= self.run.num_server_rounds:
             raise refuse("lr-warmup-rounds", self.train.lr_warmup_rounds,
                          f"fewer than num-server-rounds = {self.run.num_server_rounds}")
@@ -347,10 +353,19 @@ class AppConfig:
             raise refuse("resume-from", self.run.resume_from,
                          "only with dp-mode 'off' or 'central'; with 'local' the privacy accountants live "
                          "on the clients and a new run would start them from zero")
+        if dp.mode == "distributed" and (not self.secagg.enabled or dp.clipping != "client"):
+            raise ConfigError(
+                "Invalid run-config: dp-mode = 'distributed' (allowed: only with secure-aggregation = true "
+                "and dp-clipping = 'client': the clients clip and noise, and only SecAgg+ sums their vectors; "
+                f"got secure-aggregation = {str(self.secagg.enabled).lower()}, dp-clipping = '{dp.clipping}')"
+            )
+        if dp.mode == "distributed" and self.run.resume_from:
+            raise refuse("resume-from", self.run.resume_from,
+                         "'' with dp-mode = 'distributed' (resuming a distributed-DP run is not supported yet)")
         if self.secagg.enabled and (not dp.central or dp.clipping != "client"):
             raise ConfigError(
                 "Invalid run-config: secure-aggregation = true (allowed: only with "
-                "dp-mode = 'central' and dp-clipping = 'client', where clients clip and the "
+                "dp-mode = 'central' or 'distributed' and dp-clipping = 'client', where clients clip and the "
                 f"server needs only the sum; got dp-mode = '{dp.mode}', "
                 f"dp-clipping = '{dp.clipping}')"
             )
@@ -387,9 +402,9 @@ def check_strategy(cfg: AppConfig, *, load_strategy: bool = True) -> None:
             load_strategy_class(name)
         except ValueError as err:
             raise ConfigError(f"Invalid run-config: {err}") from None
-    if dp_mode == "central" and name not in LINEAR:
+    if dp_mode in CLIENT_LEVEL_MODES and name not in LINEAR:
         raise ConfigError(
-            f"Invalid run-config: strategy = {name!r} (allowed with dp-mode = 'central': "
+            f"Invalid run-config: strategy = {name!r} (allowed with dp-mode = '{dp_mode}': "
             f"{', '.join(repr(n) for n in LINEAR)}; the noise is calibrated to a sum of clipped "
             "updates, which a median, trimmed mean, Krum, Bulyan, q-FedAvg or an unknown "
             "strategy does not compute)"
@@ -439,7 +454,7 @@ def check_partitioning(cfg: AppConfig, num_partitions: int, num_samples: int, po
             f"Invalid run-config: num-attackers = {cfg.attack.num_attackers} "
             f"(allowed: at most the {num_partitions} clients of this federation)"
         )
-    if cfg.dp.mode == "central" and cfg.dp.clients_per_round > population:
+    if cfg.dp.central and cfg.dp.clients_per_round > population:
         raise ConfigError(
             f"Invalid run-config: dp-clients-per-round = {cfg.dp.clients_per_round:g} "
             f"(allowed: at most the {population} clients of this federation)"

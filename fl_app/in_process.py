@@ -56,6 +56,7 @@ class InProcessProxy(ClientProxy):
                  node_id: int | None = None, received: list | None = None) -> None:
         node_id = partition_id if node_id is None else node_id
         super().__init__(cid=str(node_id))
+        self.node_id = node_id  # what SecAgg+'s workflow addresses (as Flower's own proxies carry)
         self.received = received  # ("fit" | "evaluate", server round, model digest) per message
         self.context = Context(
             run_id=1, node_id=node_id,

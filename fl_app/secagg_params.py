@@ -28,3 +28,12 @@ def tolerated_dropouts(cohort_size: int, num_shares: float, reconstruction_thres
         return 0
     shares, threshold = secagg_shares(cohort_size, num_shares, reconstruction_threshold)
     return max(shares - threshold, 0)
+
+
+def unmask_threshold(cohort_size: int, num_shares: float, reconstruction_threshold: float) -> int:
+    """τ(K): the fewest survivors whose vectors make up a sum SecAgg+ unmasks for a cohort
+    of K (each client's mask needs τ shares, each held by a different survivor); 1 for a
+    cohort of one, which sends without SecAgg+ (distributed DP's noise shares are μ/τ(K))."""
+    if cohort_size < 2:
+        return 1
+    return secagg_shares(cohort_size, num_shares, reconstruction_threshold)[1]

@@ -56,7 +56,12 @@ class SecAggPlusServer(RecordingServer):
 
     `num_shares` and `reconstruction_threshold` are fractions of the sampled clients
     (see `SecAggPlusWorkflow`); `clipping_range` bounds every coordinate of an update
-    (the DP clipping norm S bounds them all); `timeout` bounds each protocol stage.
+    (the DP clipping norm S bounds them all), which SecAgg+ quantizes to
+    `quantization_range` levels and sums modulo `modulus_range`. Distributed DP sends
+    integers r − M/2 with r in [0, M): with clipping range M/2 and M levels, Flower's
+    quantizer maps each to r exactly (its stochastic rounding leaves an integer as it
+    is), and the unmasked mean of n messages is (Σr mod 2^32 − n·M/2)/n, from which the
+    strategy recovers Σr; `timeout` bounds each protocol stage.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class SecAggPlusServer(RecordingServer):
         num_shares: float,
         reconstruction_threshold: float,
         clipping_range: float,
+        quantization_range: int = 1 << 22,
+        modulus_range: int = 1 << 32,
         timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -77,6 +84,8 @@ class SecAggPlusServer(RecordingServer):
             num_shares=num_shares,
             reconstruction_threshold=reconstruction_threshold,
             clipping_range=clipping_range,
+            quantization_range=quantization_range,
+            modulus_range=modulus_range,
             max_weight=1.0,  # every client sends weight 1: the mean of K unit weights
             timeout=timeout,
         )

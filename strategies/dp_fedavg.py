@@ -218,7 +218,7 @@ class DPFedAvg(AroundStrategy):
         return effective_noise_multiplier(self.mechanisms())
 
     def fix_population(self, client_manager: ClientManager) -> None:
-        """Wait for `min_available_clients`, fix N, check q ∈ (0, 1] and settle σ."""
+        """Wait for `min_available_clients`, fix N, check q ∈ (0, 1] and settle σ (`settle_noise`)."""
         # Flower's ClientManager.wait_for lacks the default timeout of SimpleClientManager's
         client_manager.wait_for(self.min_available_clients)  # type: ignore[call-arg]
         self.population = sorted(clients_by_key(client_manager))
@@ -231,6 +231,12 @@ class DPFedAvg(AroundStrategy):
             log(WARNING, "dp-delta = %g is not below 1/population = %g: a δ this large "
                 "allows the leak of a whole client's data", self.accountant.delta,
                 1 / len(self.population))
+        self.settle_noise()
+
+    def settle_noise(self) -> None:
+        """Calibrate σ for the target ε (or check that a given σ lasts the rounds); log
+        the run's DP figures."""
+        assert self.population is not None, "fixed by fix_population"
         if self.noise_multiplier is None:
             assert self.target_epsilon is not None and self.rounds is not None, "__init__ requires them without σ"
             self.noise_multiplier = calibrate_noise_multiplier(

@@ -7,6 +7,9 @@ SERVER_ROUND = "server-round"  # the round (int, from 1)
 LEARNING_RATE = "learning-rate"  # FitIns: the clients' learning rate at the round's first step
 FINAL_LEARNING_RATE = "final-learning-rate"  # FitIns: ... and at its end (linear in between)
 CLIENT_CLIP_NORM = "client-clip-norm"  # FitIns, client clipping: clip Δ to this S, send Δ
+DISTRIBUTED_SCALE = "dp-scale"  # FitIns, distributed DP: γ, real units per integer step
+DISTRIBUTED_NOISE_MULTIPLIER = "dp-sum-noise-multiplier"  # FitIns, distributed DP: σ of the sum's noise
+COHORT_SIZE = "cohort-size"  # FitIns, distributed DP: K, the clients sampled this round
 
 # GetPropertiesRes properties
 CLIENT_KEY = "client-key"  # the client's stable key

@@ -81,7 +81,7 @@ def test_waiting_for_more_clients_than_exist_is_refused(default_run_config):
 @pytest.mark.parametrize(
     "key, value, allowed",
     [
-        ("dp-mode", "both", "one of 'off', 'central', 'local'"),
+        ("dp-mode", "both", "one of 'off', 'central', 'distributed', 'local'"),
         ("dp-max-grad-norm", 0.0, "a number in (0, 1e+06]"),
         ("dp-clipping", "auto", "one of 'server', 'client', 'adaptive'"),
         ("dp-clipping-norm", 0.0, "a number in (0, 1e+06]"),
@@ -265,6 +265,6 @@ def test_a_server_schedule_needs_central_dp(default_run_config):
     with pytest.raises(ConfigError) as err:
         AppConfig.from_run_config(default_run_config | {"server-lr-schedule": "cosine"})
     assert str(err.value) == ("Invalid run-config: server-lr-schedule = 'cosine' (allowed: 'constant', or "
-                              "'cosine' with dp-mode = 'central' (it scales DP-FedAvg's noised mean))")
+                              "'cosine' with dp-mode = 'central' or 'distributed' (it scales DP-FedAvg's noised mean))")
     central = default_run_config | {"dp-mode": "central", "dp-noise-multiplier": 1.0, "server-lr-schedule": "cosine"}
     assert AppConfig.from_run_config(central).strategy.server_lr_schedule == "cosine"

@@ -14,6 +14,7 @@ from data.site_data import write_mnist_partition
 from fl_app.deploy.credentials import make_ca, make_node_keys
 from fl_app.local_superlink import free_port
 from strategies.privacy.accounting import ClientLevelAccountant
+from strategies.privacy.distributed import SkellamAccountant
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +139,27 @@ def test_site_killed_mid_run_central_dp_then_readmitted_and_training(federation,
     for name in ("config.json", "model.pt", "summary.json", "checkpoint.npz"):
         assert (next(again.iterdir()) / name).is_file()
 
+
+def test_distributed_dp_over_the_tls_deployment(federation, tmp_path, mnist_dir):
+    """Distributed DP over the TLS deployment: every node is sampled (N = 4, q = 1), the
+    node without data drops out of SecAgg+ in its training stage, the three others'
+    noised integer vectors are unmasked; the run completes with both statements, each
+    the Skellam accountant's, and no SecAgg+ stage line in the run's log."""
+    out = tmp_path / "distributed"
+    config = (FAST.format(rounds=1, mnist=mnist_dir) + " min-available-clients=4 dp-mode='distributed' "
+              "dp-clipping='client' secure-aggregation=true dp-clients-per-round=4 dp-noise-multiplier=1.0 "
+              "dp-clipping-norm=1.0 round-timeout=150")
+    run_id, status = federation.run(config, out, 500)
+    assert status == "finished:completed", federation.run_log(run_id)
+    rows, summary = history(out)
+    privacy = summary["privacy"]
+    assert (privacy["mode"], privacy["population"], privacy["sampling_rate"]) == ("distributed", 4, 1.0)
+    (mechanism,) = privacy["mechanisms"]
+    accountant = SkellamAccountant(1e-5)
+    accountant.step(1.0, 1.0, mechanism["sensitivity"], mechanism["l1_sensitivity"])
+    assert rows[1]["epsilon"] == pytest.approx(accountant.epsilon(), rel=1e-9)
+    assert privacy["epsilon_against_server"] == pytest.approx(accountant.epsilon(against_server=True), rel=1e-9)
+    assert "[Stage" not in federation.run_log(run_id)
 
 def _clientapps(supernode: psutil.Process) -> set[int]:
     """PIDs of the ClientApp processes the SuperNode runs now."""

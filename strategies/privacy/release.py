@@ -30,7 +30,7 @@ from typing import Any
 # Per-round fields a DP run releases by default.
 DP_RELEASED_FIELDS = frozenset({
     "round", "centralized_loss", "centralized_accuracy", "seconds",
-    "epsilon", "clipping_norm", "noised_unclipped_fraction",
+    "epsilon", "epsilon_against_server", "clipping_norm", "noised_unclipped_fraction",
     "client_epsilon_max", "client_epsilon_mean",
 })
 # Under local DP, also the server's own counts (the clients decide what they send).

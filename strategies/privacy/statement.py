@@ -99,6 +99,61 @@ def central_privacy(
     }
 
 
+SERVER_RUNS_THE_PROTOCOL = ("the server is honest but curious: it runs SecAgg+ and Poisson sampling as "
+                            "specified and tells the clients the true cohort size (each client's noise share "
+                            "is μ/τ(K)); it sees masked vectors and the noised sum only, never an update nor a "
+                            "sum without the full noise")
+SURVIVORS = ("every sum SecAgg+ unmasks has at least τ(K) survivors, so at least the full noise μ; a round "
+             "with no usable sum (empty cohort, SecAgg+ halted by dropouts) releases noise the server draws, "
+             "which depends on no client's update")
+AMPLIFIED_NOISE = ("the amplified ε (against the released models) counts each round's noise as one sk(μ) "
+                   "whichever clients added it, as Agarwal et al. 2021 and TFF's DistributedDpSumFactory "
+                   "do; ε against the server needs no such assumption")
+
+
+def distributed_privacy(
+    *, epsilon: float, epsilon_against_server: float, target_epsilon: float | None, delta: float,
+    noise_multiplier: float | None, sampling_rate: float, rounds_accounted: int, accountant: str,
+    clipping_norm: float, clients_per_round: float, population: int, reproducible_noise: bool,
+    mechanisms: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The privacy object of a distributed-DP run: ε against everyone who sees only the
+    released models (amplified by sampling) and ε against the server (no amplification:
+    it chooses the cohort), both from the Skellam accountant."""
+    valid = not reproducible_noise
+
+    def claim(eps: float, trust: str) -> str:
+        return statement(epsilon=eps, delta=delta, level="client", population=population, rounds=rounds_accounted,
+                         accountant=accountant, valid=valid, trust=trust)
+
+    return {
+        "mode": "distributed",
+        "level": "client",
+        "epsilon": epsilon,
+        "epsilon_against_server": epsilon_against_server,
+        "target_epsilon": target_epsilon,
+        "delta": delta,
+        "noise_multiplier": noise_multiplier,
+        "mechanisms": mechanisms,
+        "effective_noise_multiplier": noise_multiplier,
+        "sampling_rate": sampling_rate,
+        "rounds_accounted": rounds_accounted,
+        "accountant": accountant,
+        "clipping": "client",
+        "clipping_norm": clipping_norm,
+        "clients_per_round": clients_per_round,
+        "population": population,
+        "secure_aggregation": True,
+        "reproducible_noise": reproducible_noise,
+        "valid_claim": valid,
+        "assumptions": [SERVER_RUNS_THE_PROTOCOL, SURVIVORS, AMPLIFIED_NOISE, TIMING],
+        "statement": claim(epsilon, "against everyone who sees only the released models; the clients add "
+                                    "the noise, no party holds an un-noised sum"),
+        "statement_against_server": claim(epsilon_against_server, "against the server too (no amplification "
+                                                                  "by sampling: it chooses the cohort)"),
+    }
+
+
 class LocalPrivacyLedger:
     """The latest privacy report of every client under local DP-SGD (each client's
     accountant lives on the client; it reports ε, σ, its Poisson batch rate and the
