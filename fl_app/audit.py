@@ -80,6 +80,7 @@ from flwr.common.config import parse_config_args
 from flwr.server.client_proxy import ClientProxy
 
 from fl_app.config import APP_DIR, AppConfig, ConfigError, SecAggConfig, project_defaults
+from fl_app.distributed_client import distributed_message
 from fl_app.in_process import run_federation
 from fl_app.model import seeded_model, uses_dropout
 from fl_app.run_dir import RunDir
@@ -99,16 +100,19 @@ from strategies.privacy.audit import (
     simulate_canaries,
     subsampled_gaussian_scores,
 )
+from strategies.privacy.distributed import SkellamAccountant
 from strategies.privacy.ledger import CLIPPED_SUM, Mechanism, effective_noise_multiplier
 from strategies.privacy.mechanism import clip_update
 from strategies.privacy.randomness import DPRandomness, os_entropy_seed_sequence
 from strategies.privacy.sensitivity import Release, Reply, SensitivityCheck, check_sensitivity, neighbouring_cohorts
 from strategies.privacy.sensitivity import report as sensitivity_report
+from strategies.privacy.skellam import skellam_epsilon
 from strategies.screening import UpdateScreen
 from strategies.wire import CLIENT_CLIP_NORM, CLIENT_KEY
 
 OK = Status(Code.OK, "")
 CANARY_LENGTH = 1e6  # an included canary's update: far beyond any clipping norm, clipped to S
+CANARY_KEYS = 1 << 40  # distributed DP, reproducible noise: canaries' client keys, apart from the partitions'
 AUDITED_SHAPES = [(6, 4), (6,), (2, 3, 3)]  # the mechanism audit's small model
 PRV_SMALLEST_SIGMA = 0.5  # the smallest σ the audit hands the PRV accountant (`epsilon_at`)
 
@@ -130,11 +134,12 @@ class CanaryClient(ClientProxy):
     `CANARY_LENGTH`·u (server clipping cuts it to S), or S·u itself when the server asks
     clients to clip."""
 
-    def __init__(self, index: int, direction: np.ndarray) -> None:
+    def __init__(self, index: int, direction: np.ndarray, cfg: AppConfig | None = None) -> None:
         super().__init__(cid=f"canary-{index}")
         self.index = index
         self.key = f"canary-{index:06d}"
         self.direction = direction
+        self.cfg = cfg  # distributed DP: the canary encodes S·u and adds its noise share like a client
 
     def get_properties(self, ins: GetPropertiesIns, timeout, group_id) -> GetPropertiesRes:
         return GetPropertiesRes(OK, {CLIENT_KEY: self.key})
@@ -145,6 +150,9 @@ class CanaryClient(ClientProxy):
             update = float(ins.config[CLIENT_CLIP_NORM]) * self.direction
         else:
             update = flat(weights) + CANARY_LENGTH * self.direction
+        if self.cfg is not None and self.cfg.dp.mode == "distributed":
+            message = distributed_message(self.cfg, CANARY_KEYS + self.index, [update], ins.config)
+            return FitRes(OK, ndarrays_to_parameters([message]), 1, {})
         return FitRes(OK, ndarrays_to_parameters(unflatten(update, weights)), 1, {})
 
     def evaluate(self, ins: EvaluateIns, timeout, group_id):
@@ -228,6 +236,12 @@ def epsilon_at(noise_multiplier: float, privacy: dict[str, Any]) -> float:
     about 0.2); ε falls as σ grows, so that figure understates, and a bound stays a bound."""
     if not math.isfinite(noise_multiplier):
         return 0.0
+    if privacy["accountant"] == SkellamAccountant.kind:  # distributed DP: σ over S, Δ₂ ≈ S/γ in integer units
+        (mechanism,) = privacy["mechanisms"]
+        scaled = mechanism["sensitivity"] / (1 + mechanism["rounding_norm_increase"])
+        return skellam_epsilon(noise_multiplier * scaled / mechanism["sensitivity"], mechanism["sensitivity"],
+                               mechanism["l1_sensitivity"], privacy["sampling_rate"], privacy["rounds_accounted"],
+                               privacy["delta"])
     if privacy["accountant"] == "prv":
         noise_multiplier = max(noise_multiplier, PRV_SMALLEST_SIGMA)
     return epsilon_after(noise_multiplier, privacy["sampling_rate"], privacy["rounds_accounted"],
@@ -242,6 +256,11 @@ def epsilon_as_run(privacy: dict[str, Any], noise_scale: float, count_scale: flo
         return math.inf
     if noise_scale == 1 and count_scale == 1:
         return privacy["epsilon"]
+    if privacy["accountant"] == SkellamAccountant.kind:
+        (mechanism,) = privacy["mechanisms"]
+        return skellam_epsilon(mechanism["noise_multiplier"] * noise_scale, mechanism["sensitivity"],
+                               mechanism["l1_sensitivity"], privacy["sampling_rate"], privacy["rounds_accounted"],
+                               privacy["delta"])
     scale = {UPDATE_SUM: noise_scale, UNCLIPPED_COUNT: 1 / count_scale}
     ran = [Mechanism(m["name"], m["unit"], m["sensitivity"], m["noise_multiplier"] * scale[m["name"]])
            for m in privacy["mechanisms"]]
@@ -252,7 +271,9 @@ def audit_figures(seen: Observations, included: np.ndarray, privacy: dict[str, A
                   confidence: float = CONFIDENCE) -> dict[str, Any]:
     """The audit's statistics (strategies/privacy/audit.py) from what the auditor saw:
     each bound at 1 − (1 − `confidence`)/2, so that both hold together at `confidence`."""
-    declared = {m["name"]: m["noise_multiplier"] for m in privacy["mechanisms"]}
+    # the noise std over S (distributed DP declares it over Δ₂ = S/γ plus rounding's extra)
+    declared = {m["name"]: m["noise_multiplier"] * (1 + m.get("rounding_norm_increase", 0.0))
+                for m in privacy["mechanisms"]}
     each = 1 - (1 - confidence) / 2
     z, sampled = seen.z, seen.sampled_matrix
     scores = subsampled_gaussian_scores(z, privacy["sampling_rate"], declared[UPDATE_SUM])
@@ -307,9 +328,9 @@ def run_audit(run_config: dict[str, Any], num_clients: int, canaries: int, run_d
     """Run the configured central-DP federation with `canaries` canary clients (each
     included with probability ½) and return the audit's figures (also in audit.json)."""
     cfg = AppConfig.from_run_config(run_config)
-    if cfg.dp.mode != "central":
-        raise ConfigError(f"Invalid run-config: dp-mode = '{cfg.dp.mode}' (allowed: 'central'; the audit "
-                          "measures client-level DP-FedAvg)")
+    if not cfg.dp.central:
+        raise ConfigError(f"Invalid run-config: dp-mode = '{cfg.dp.mode}' (allowed: 'central' or 'distributed'; "
+                          "the audit measures client-level DP-FedAvg)")
     if count_scale != 1.0 and cfg.dp.clipping != "adaptive":
         raise ConfigError(f"--fault count-sensitivity needs dp-clipping = 'adaptive' (got '{cfg.dp.clipping}': "
                           "no count is released)")
@@ -319,7 +340,7 @@ def run_audit(run_config: dict[str, Any], num_clients: int, canaries: int, run_d
     dimension = sum(w.size for w in get_weights(seeded_model(cfg.train.model, cfg.run.seed)))
     directions = random_directions(canaries, dimension, rng)
     included = rng.random(canaries) < 0.5
-    clients = [CanaryClient(int(i), directions[i]) for i in np.flatnonzero(included)]
+    clients = [CanaryClient(int(i), directions[i], cfg) for i in np.flatnonzero(included)]
     seen = Observations(directions)
     workers = 1 if uses_dropout(cfg.train.model) else os.cpu_count() or 1
     threads = torch.get_num_threads()

@@ -43,6 +43,21 @@ def test_the_audit_flags_a_broken_mechanism_and_only_that(audited, tmp_path, noi
         assert figures["epsilon_lower_95"] > 2.0 and figures["epsilon_gaussian_95"] > 100
 
 
+@pytest.mark.parametrize("noise_scale", [1.0, 0.5], ids=["correct", "noise-x0.5"])
+def test_the_audit_measures_distributed_dp(audited, tmp_path, noise_scale):
+    """The same audit when the clients add the noise (canaries too, each its share of
+    Skellam noise) and the fault is a server that tells them half the σ: the correct run
+    is not flagged, the broken one is, against the Skellam accountant's ε."""
+    distributed = audited | {"dp-mode": "distributed", "dp-clipping": "client", "secure-aggregation": True,
+                             "secagg-reconstruction-threshold": 0.9}
+    figures = run_audit(distributed, 10, 500, tmp_path, noise_scale=noise_scale, rng=np.random.default_rng(5))
+    assert figures["epsilon_reported"] == pytest.approx(1.0, abs=0.02)
+    assert figures["violation"] == (noise_scale < 1), figures
+    if noise_scale < 1:
+        assert figures["epsilon_true"] > 1.5 * figures["epsilon_reported"]
+        assert 1 / 1.5 < figures["epsilon_estimate"] / figures["epsilon_true"] < 1.5, figures
+
+
 def test_the_cli_exits_1_on_a_violation(audited, tmp_path, capsys):
     overrides = {k: v for k, v in audited.items() if k in ("samples-per-client", "eval-samples", "dp-delta")}
     run_config = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in overrides.items())
@@ -77,7 +92,7 @@ def test_the_decision_on_simulated_releases_of_known_epsilon(epsilon):
 def test_the_audit_refuses_a_run_without_central_dp(capsys):
     local = "dp-mode='local' dp-target-epsilon=1.0"
     assert main(["--num-clients", "3", "--canaries", "10", "--run-config", local]) == 2
-    assert capsys.readouterr().err.strip() == ("error: Invalid run-config: dp-mode = 'local' (allowed: 'central'; "
+    assert capsys.readouterr().err.strip() == ("error: Invalid run-config: dp-mode = 'local' (allowed: 'central' or 'distributed'; "
                                                "the audit measures client-level DP-FedAvg)")
 
 
