@@ -40,6 +40,7 @@ import torch
 from fl_app.config import AppConfig, ConfigError
 from fl_app.model import build_model
 from fl_app.run_dir import RunDir, find_symlink, symlink_message, write_atomically
+from strategies.privacy.distributed import SkellamAccountant, SkellamSettings
 from strategies.state import FLOWER_STATE_ATTRIBUTES
 
 FORMAT = 2
@@ -269,10 +270,10 @@ class _Validator:
         self.require(isinstance(checkpoint.sampler, dict), "sampler", checkpoint.sampler, "an object")
         if "rng" in checkpoint.sampler:
             self.generator("sampler.rng", checkpoint.sampler["rng"])
-        if self.cfg.dp.mode == "central":
+        if self.cfg.dp.central:
             state = checkpoint.strategy
             self.require(isinstance(state, dict) and set(state) == {"state_dict"}, "strategy", state,
-                         "DP-FedAvg's state_dict (dp-mode = 'central')")
+                         f"DP-FedAvg's state_dict (dp-mode = '{self.cfg.dp.mode}')")
             self.dp_state(checkpoint.round, state["state_dict"])
         else:
             self.strategy("strategy", checkpoint.strategy)
@@ -354,6 +355,30 @@ class _Validator:
                 value = value["parameters"]
             self.weights(f"{field}.attributes.{name}", value)
 
+    def distributed_state(self, server_round: int, state: dict, sigma: float, q: float) -> None:
+        """Distributed DP's discretization (S, bits, σ as configured and checkpointed) and a
+        Skellam accountant with one step of (σ, q, Δ₂, Δ₁) per round so far."""
+        cfg, field = self.cfg, "strategy.state_dict"
+        settings = state.get("skellam")
+        keys = {f.name for f in fields(SkellamSettings)}
+        self.require(isinstance(settings, dict) and set(settings) == keys
+                     and settings["clipping_norm"] == cfg.dp.clipping_norm and settings["bits"] == cfg.dp.bits
+                     and settings["noise_multiplier"] == sigma and _finite(settings["scale"]) and settings["scale"] > 0
+                     and _is_int(settings["dimension"]) and settings["dimension"] >= 1,
+                     f"{field}.skellam", settings,
+                     f"the run's discretization ({', '.join(sorted(keys))}) at dp-clipping-norm = "
+                     f"{cfg.dp.clipping_norm!r}, dp-bits = {cfg.dp.bits}, sigma = {sigma!r}")
+        assert isinstance(settings, dict), "checked above"
+        skellam = SkellamSettings(**settings)
+        expected = [sigma, q, skellam.l2_sensitivity, skellam.l1_sensitivity]
+        steps = state["accountant"]["history"]
+        self.require(isinstance(steps, list) and all(
+            isinstance(s, list) and len(s) == 5 and s[:4] == expected and _is_int(s[4]) and s[4] >= 1
+            for s in steps) and sum(s[4] for s in steps) == server_round,
+            f"{field}.accountant.history", steps,
+            f"[[sigma, q, l2, l1, rounds]] = [[{', '.join(map(repr, expected))}, {server_round}]]: "
+            "one step per round so far")
+
     def dp_state(self, server_round: int, state: Any) -> None:
         """DP-FedAvg's σ, S, population, generators and server optimizer, and an
         accountant holding one step of (σ, q = m/N) per round so far at the configured
@@ -375,17 +400,21 @@ class _Validator:
                      f"{field}.population", population,
                      f"at least dp-clients-per-round = {cfg.dp.clients_per_round:g} distinct client keys")
         accountant = state["accountant"]
+        kind = SkellamAccountant.kind if cfg.dp.mode == "distributed" else cfg.dp.accountant
         self.require(isinstance(accountant, dict) and set(accountant) == {"accountant", "delta", "history"}
-                     and (accountant["accountant"], accountant["delta"]) == (cfg.dp.accountant, cfg.dp.delta),
+                     and (accountant["accountant"], accountant["delta"]) == (kind, cfg.dp.delta),
                      f"{field}.accountant", accountant,
-                     f"the {cfg.dp.accountant!r} accountant at dp-delta = {cfg.dp.delta!r}")
+                     f"the {kind!r} accountant at dp-delta = {cfg.dp.delta!r}")
         q, steps = cfg.dp.clients_per_round / len(population), accountant["history"]
-        self.require(isinstance(steps, list) and all(
-            isinstance(s, list) and len(s) == 3 and _finite(s[0]) and math.isclose(s[0], sigma, rel_tol=1e-9)
-            and s[1] == q and _is_int(s[2]) and s[2] >= 1  # s[0]: the ledger's σ_eff, σ up to rounding
-            for s in steps) and sum(s[2] for s in steps) == server_round,
-            f"{field}.accountant.history", steps,
-            f"[[sigma, q, steps]] = [[{sigma!r}, {q!r}, {server_round}]]: one step per round so far")
+        if cfg.dp.mode == "distributed":
+            self.distributed_state(server_round, state, sigma, q)
+        else:
+            self.require(isinstance(steps, list) and all(
+                isinstance(s, list) and len(s) == 3 and _finite(s[0]) and math.isclose(s[0], sigma, rel_tol=1e-9)
+                and s[1] == q and _is_int(s[2]) and s[2] >= 1  # s[0]: the ledger's σ_eff, σ up to rounding
+                for s in steps) and sum(s[2] for s in steps) == server_round,
+                f"{field}.accountant.history", steps,
+                f"[[sigma, q, steps]] = [[{sigma!r}, {q!r}, {server_round}]]: one step per round so far")
         randomness = state["randomness"]
         if cfg.dp.reproducible_noise:
             self.require(isinstance(randomness, dict) and set(randomness) == {"sampling", "noise"},

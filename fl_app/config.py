@@ -359,9 +359,6 @@ class AppConfig:
                 "and dp-clipping = 'client': the clients clip and noise, and only SecAgg+ sums their vectors; "
                 f"got secure-aggregation = {str(self.secagg.enabled).lower()}, dp-clipping = '{dp.clipping}')"
             )
-        if dp.mode == "distributed" and self.run.resume_from:
-            raise refuse("resume-from", self.run.resume_from,
-                         "'' with dp-mode = 'distributed' (resuming a distributed-DP run is not supported yet)")
         if self.secagg.enabled and (not dp.central or dp.clipping != "client"):
             raise ConfigError(
                 "Invalid run-config: secure-aggregation = true (allowed: only with "

@@ -92,8 +92,8 @@ def test_the_decision_on_simulated_releases_of_known_epsilon(epsilon):
 def test_the_audit_refuses_a_run_without_central_dp(capsys):
     local = "dp-mode='local' dp-target-epsilon=1.0"
     assert main(["--num-clients", "3", "--canaries", "10", "--run-config", local]) == 2
-    assert capsys.readouterr().err.strip() == ("error: Invalid run-config: dp-mode = 'local' (allowed: 'central' or 'distributed'; "
-                                               "the audit measures client-level DP-FedAvg)")
+    assert capsys.readouterr().err.strip() == ("error: Invalid run-config: dp-mode = 'local' (allowed: 'central' or "
+                                               "'distributed'; the audit measures client-level DP-FedAvg)")
 
 
 def test_the_count_fault_needs_adaptive_clipping(capsys):

@@ -162,8 +162,12 @@ def test_same_seed_gives_the_same_history_whatever_the_node_ids(config, mnist_di
     assert not RunDir(tmp_path / "a").tensorboard.exists()
 
 
-@pytest.mark.parametrize("extra", [{"strategy": "fedadam", "server-learning-rate": 0.01}, CENTRAL_DP],
-                         ids=["fedadam", "central-dp-adaptive-fedavgm"])
+DISTRIBUTED_DP = CENTRAL_DP | {"dp-mode": "distributed", "dp-clipping": "client", "secure-aggregation": True,
+                               "dp-clients-per-round": 3.0, "dp-noise-multiplier": 0.5}
+
+
+@pytest.mark.parametrize("extra", [{"strategy": "fedadam", "server-learning-rate": 0.01}, CENTRAL_DP, DISTRIBUTED_DP],
+                         ids=["fedadam", "central-dp-adaptive-fedavgm", "distributed-dp"])
 def test_resumed_run_equals_the_uninterrupted_one(config, mnist_dir, tmp_path, extra):
     """Server optimizer moments, momentum, accountant, adaptive clipping norm and every
     generator are restored: the resumed run ends bitwise where the uninterrupted one does,

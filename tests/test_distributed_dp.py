@@ -188,7 +188,6 @@ def test_secagg_carries_the_same_sum_as_the_in_process_stand_in(tmp_path, mnist_
     ({"dp-clipping": "adaptive", "secure-aggregation": True},
      "dp-mode = 'distributed' (allowed: only with secure-aggregation = true and dp-clipping = 'client'"),
     ({"dp-bits": 31}, "dp-bits = 31 (allowed: an integer in [8, 30])"),
-    ({"resume-from": "/tmp/x"}, "resume-from = '/tmp/x' (allowed: '' with dp-mode = 'distributed'"),
     ({"strategy": "fedmedian"}, "strategy = 'fedmedian' (allowed with dp-mode = 'distributed'"),
 ])
 def test_distributed_mode_refuses_what_it_cannot_protect(overrides, message):
