@@ -1,5 +1,7 @@
-"""Test accuracy against ε with the app's DP recipes: client-level (central DP-FedAvg)
-or, with `--dp-mode local`, sample-level (DP-SGD on each site).
+"""Test accuracy against ε with the app's DP recipes: client-level (central DP-FedAvg;
+with `--dp-mode distributed` the clients add the noise, clipping at a fixed S, and the
+in-process federation sums their residues as SecAgg+ would) or, with `--dp-mode local`,
+sample-level (DP-SGD on each site).
 
     python -m bench.dp_utility --num-clients 1000 --samples-per-client 60 --epsilon 2 --delta 1e-5
     python -m bench.dp_utility --dp-mode local --num-clients 10 --samples-per-client 0 --epsilon 8 3 1 0
@@ -211,7 +213,8 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, nargs="+", default=[2.0], help="targets; 0 = no noise")
     parser.add_argument("--delta", type=float, default=APP_DEFAULTS["dp-delta"])
     parser.add_argument("--dp-mode", choices=["central", "distributed", "local"], default="central",
-                        help="client-level DP-FedAvg, or sample-level DP-SGD on each site (ε per site)")
+                        help="client-level DP-FedAvg (noise on the server, or distributed: on the clients), "
+                             "or sample-level DP-SGD on each site (ε per site)")
     parser.add_argument("--partitioner", default=APP_DEFAULTS["partitioner"],
                         help="iid, dirichlet (alpha 0.5) or shards")
     parser.add_argument("--rounds", type=int, help="default: the recipe's")
