@@ -45,7 +45,7 @@ from strategies import registry
 from strategies.distributed_dp import DistributedDPFedAvg
 from strategies.dp_fedavg import DPFedAvg
 from strategies.privacy.accounting import ClientLevelAccountant
-from strategies.privacy.distributed import FIELD_BITS
+from strategies.privacy.distributed import FIELD_BITS, SkellamAccountant
 from strategies.privacy.randomness import DPRandomness
 from strategies.privacy.release import ReleasePolicy
 from strategies.privacy.statement import LocalPrivacyLedger
@@ -126,7 +126,8 @@ def build_strategy(cfg: AppConfig, test_set: TensorDataset, *, secure_sum: bool 
         clipping_norm=cfg.dp.clipping_norm,
         noise_multiplier=cfg.dp.noise_multiplier or None,
         clients_per_round=cfg.dp.clients_per_round,
-        accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta),
+        accountant=(SkellamAccountant(cfg.dp.delta) if cfg.dp.mode == "distributed"
+                    else ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta)),
         target_epsilon=cfg.dp.target_epsilon or None,
         rounds=cfg.run.num_server_rounds,
         server_learning_rate=(1.0 if cfg.strategy.name in registry.SERVER_OPTIMIZERS

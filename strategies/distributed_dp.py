@@ -56,9 +56,11 @@ class DistributedDPFedAvg(DPFedAvg):
                  secure_sum: bool, **kwargs: Any) -> None:
         if kwargs.get("clipping") != "client":
             raise ValueError("distributed DP needs clipping = 'client'")
+        if not isinstance(kwargs.get("accountant"), SkellamAccountant):
+            raise ValueError("distributed DP is accounted by a SkellamAccountant")
         kwargs["secure_aggregation"] = True
         super().__init__(*args, **kwargs)
-        self.accountant: SkellamAccountant = SkellamAccountant(self.accountant.delta)  # type: ignore[assignment]
+        self.accountant: SkellamAccountant = kwargs["accountant"]  # type: ignore[assignment]
         self.bits = bits
         self.dimension = dimension
         self.threshold = threshold
@@ -96,20 +98,11 @@ class DistributedDPFedAvg(DPFedAvg):
             self.sampling_rate, self.noise_multiplier, self.clipping_norm, self.bits, self.settings.scale,
             self.settings.wrap_bound)
 
-    def stop_reason(self, server_round: int, client_manager: ClientManager) -> str | None:
-        """Why round `server_round` must not run (it would exceed the ε budget), or None."""
-        if self.population is None:
-            self.fix_population(client_manager)
-        if self.target_epsilon is None:
-            return None
+    def epsilon_after_next_round(self) -> float:
+        """ε against the released models if one more round were released."""
         s = self.skellam
-        next_epsilon = self.accountant.epsilon_after_next(s.noise_multiplier, self.sampling_rate,
-                                                          s.l2_sensitivity, s.l1_sensitivity)
-        if next_epsilon > self.target_epsilon:
-            return (f"privacy budget reached: round {server_round} would raise epsilon from "
-                    f"{self.accountant.epsilon():.4f} to {next_epsilon:.4f} > "
-                    f"dp-target-epsilon = {self.target_epsilon}")
-        return None
+        return self.accountant.epsilon_after_next(s.noise_multiplier, self.sampling_rate, s.l2_sensitivity,
+                                                  s.l1_sensitivity)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

@@ -268,12 +268,16 @@ class DPFedAvg(AroundStrategy):
             self.fix_population(client_manager)
         if self.target_epsilon is None:
             return None
-        next_epsilon = self.accountant.epsilon_after_next(self.round_noise_multiplier, self.sampling_rate)
+        next_epsilon = self.epsilon_after_next_round()
         if next_epsilon > self.target_epsilon:
             return (f"privacy budget reached: round {server_round} would raise epsilon from "
                     f"{self.accountant.epsilon():.4f} to {next_epsilon:.4f} > "
                     f"dp-target-epsilon = {self.target_epsilon}")
         return None
+
+    def epsilon_after_next_round(self) -> float:
+        """ε if one more round were released (the accountant is unchanged)."""
+        return self.accountant.epsilon_after_next(self.round_noise_multiplier, self.sampling_rate)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
