@@ -355,28 +355,28 @@ class _Validator:
                 value = value["parameters"]
             self.weights(f"{field}.attributes.{name}", value)
 
-    def distributed_state(self, server_round: int, state: dict, sigma: float, q: float) -> None:
-        """Distributed DP's discretization (S, bits, σ as configured and checkpointed) and a
-        Skellam accountant with one step of (σ, q, Δ₂, Δ₁) per round so far."""
+    def distributed_state(self, server_round: int, state: dict, sigma: float, q: float, steps: Any) -> None:
+        """Distributed DP's discretization (S, bits, σ as configured and checkpointed, g ≥ 1)
+        and a Skellam accountant with one step of (σ, σ/√g, q, Δ₂, Δ₁) per round so far."""
         cfg, field = self.cfg, "strategy.state_dict"
         settings = state.get("skellam")
         keys = {f.name for f in fields(SkellamSettings)}
         self.require(isinstance(settings, dict) and set(settings) == keys
                      and settings["clipping_norm"] == cfg.dp.clipping_norm and settings["bits"] == cfg.dp.bits
                      and settings["noise_multiplier"] == sigma and _finite(settings["scale"]) and settings["scale"] > 0
+                     and _finite(settings["noise_growth"]) and settings["noise_growth"] >= 1
                      and _is_int(settings["dimension"]) and settings["dimension"] >= 1,
                      f"{field}.skellam", settings,
                      f"the run's discretization ({', '.join(sorted(keys))}) at dp-clipping-norm = "
                      f"{cfg.dp.clipping_norm!r}, dp-bits = {cfg.dp.bits}, sigma = {sigma!r}")
         assert isinstance(settings, dict), "checked above"
         skellam = SkellamSettings(**settings)
-        expected = [sigma, q, skellam.l2_sensitivity, skellam.l1_sensitivity]
-        steps = state["accountant"]["history"]
+        expected = [sigma, skellam.server_noise_multiplier, q, skellam.l2_sensitivity, skellam.l1_sensitivity]
         self.require(isinstance(steps, list) and all(
-            isinstance(s, list) and len(s) == 5 and s[:4] == expected and _is_int(s[4]) and s[4] >= 1
-            for s in steps) and sum(s[4] for s in steps) == server_round,
+            isinstance(s, list) and len(s) == 6 and s[:5] == expected and _is_int(s[5]) and s[5] >= 1
+            for s in steps) and sum(s[5] for s in steps) == server_round,
             f"{field}.accountant.history", steps,
-            f"[[sigma, q, l2, l1, rounds]] = [[{', '.join(map(repr, expected))}, {server_round}]]: "
+            f"[[sigma, server sigma, q, l2, l1, rounds]] = [[{', '.join(map(repr, expected))}, {server_round}]]: "
             "one step per round so far")
 
     def dp_state(self, server_round: int, state: Any) -> None:
@@ -407,7 +407,7 @@ class _Validator:
                      f"the {kind!r} accountant at dp-delta = {cfg.dp.delta!r}")
         q, steps = cfg.dp.clients_per_round / len(population), accountant["history"]
         if cfg.dp.mode == "distributed":
-            self.distributed_state(server_round, state, sigma, q)
+            self.distributed_state(server_round, state, sigma, q, steps)
         else:
             self.require(isinstance(steps, list) and all(
                 isinstance(s, list) and len(s) == 3 and _finite(s[0]) and math.isclose(s[0], sigma, rel_tol=1e-9)

@@ -19,14 +19,16 @@ NOISE_SALT = 0x5EED  # reproducible mode only: (seed, client, round, salt)
 
 
 def round_settings(cfg: AppConfig, dimension: int, config: Mapping[str, Scalar]) -> tuple[SkellamSettings, int]:
-    """The round's discretization and noise as the server announced them, and the cohort size K."""
+    """The round's discretization and noise as the server announced them, and the cohort
+    size K: σ is the noise every unmasked sum must carry, so the client's settings have
+    g = 1 and its share is (σΔ₂)²/τ(K)."""
     scale, sigma = float(config[DISTRIBUTED_SCALE]), float(config[DISTRIBUTED_NOISE_MULTIPLIER])
     cohort, clip = int(config[COHORT_SIZE]), float(config[CLIENT_CLIP_NORM])
     if not (scale > 0 and sigma > 0 and cohort >= 1 and clip > 0):
         raise ValueError(f"distributed DP: the server sent scale {scale}, sigma {sigma}, cohort {cohort}, "
                          f"clipping norm {clip}; refusing to send an update")
     settings = SkellamSettings(clipping_norm=clip, dimension=dimension, bits=cfg.dp.bits, scale=scale,
-                               noise_multiplier=sigma, cohort_bound=cohort, wrap_bound=float("nan"))
+                               noise_multiplier=sigma, noise_growth=1.0, cohort_bound=cohort, wrap_bound=float("nan"))
     return settings, cohort
 
 

@@ -2,16 +2,17 @@
 noise, so no party, the server included, ever holds an un-noised sum.
 
 Per round the strategy Poisson-samples the cohort as `DPFedAvg` does and tells each
-sampled client the round's scale γ, the noise multiplier σ and the cohort size K. Each
-client clips its update to S, rotates, scales, rounds and adds Skellam noise of
-variance μ/τ(K) (`strategies.privacy.discretization`), τ(K) the fewest survivors with
-which SecAgg+ unmasks a cohort of K, and sends the residues modulo M = 2^bits only
-through SecAgg+. The server receives the modular sum of the survivors' vectors, centres,
-unscales and rotates it back, divides by the fixed expected cohort size m and steps
-its server optimizer, and accounts the round once for two observers
-(`strategies.privacy.distributed.SkellamAccountant`). A round with no sum (an empty
-cohort, or SecAgg+ halted by dropouts) releases sk(μ) noise the server draws itself:
-a release that depends on no client's update.
+sampled client the round's scale γ, the noise multiplier σ/√g every unmasked sum must
+carry and the cohort size K. Each client clips its update to S, rotates, scales, rounds
+and adds Skellam noise of variance μ/(gτ(K)) (`strategies.privacy.discretization`),
+τ(K) the fewest survivors with which SecAgg+ unmasks a cohort of K, and sends the
+residues modulo M = 2^bits only through SecAgg+. The server receives the modular sum of
+the n survivors' vectors, centres it, adds sk(μ − n·μ/(gτ(K))) so that the released sum
+carries exactly sk(μ) whatever K and n are, unscales and rotates it back, divides by the
+fixed expected cohort size m and steps its server optimizer, and accounts the round
+once for two observers (`strategies.privacy.distributed.SkellamAccountant`). A round
+with no sum (an empty cohort, or SecAgg+ halted by dropouts) releases sk(μ) noise the
+server draws itself: a release that depends on no client's update.
 """
 
 from collections.abc import Callable
@@ -79,7 +80,7 @@ class DistributedDPFedAvg(DPFedAvg):
 
     def mechanisms(self) -> list[Mechanism]:
         """One mechanism a round: the Skellam-noised sum of the clients' rounded vectors,
-        sensitivity Δ₂ in integer units (S/γ plus rounding's extra)."""
+        sensitivity Δ₂ in integer units (S/γ plus rounding's extra), released noise σΔ₂."""
         return [Mechanism(UPDATE_SUM, "client", self.skellam.l2_sensitivity, self.skellam.noise_multiplier)]
 
     def settle_noise(self) -> None:
@@ -94,27 +95,25 @@ class DistributedDPFedAvg(DPFedAvg):
         )
         self.noise_multiplier = self.settings.noise_multiplier
         log(INFO, "DP (distributed): population N = %s, q = %.4f, sigma = %.4f, S = %g, %s bits, scale %.3g, "
-            "wrap-around probability <= %.1e a round, Skellam accountant", len(self.population),
-            self.sampling_rate, self.noise_multiplier, self.clipping_norm, self.bits, self.settings.scale,
-            self.settings.wrap_bound)
+            "wrap-around probability <= %.1e a round, noise growth g = %.3f, Skellam accountant",
+            len(self.population), self.sampling_rate, self.noise_multiplier, self.clipping_norm, self.bits,
+            self.settings.scale, self.settings.wrap_bound, self.settings.noise_growth)
 
     def epsilon_after_next_round(self) -> float:
         """ε against the released models if one more round were released."""
-        s = self.skellam
-        return self.accountant.epsilon_after_next(s.noise_multiplier, self.sampling_rate, s.l2_sensitivity,
-                                                  s.l1_sensitivity)
+        return self.accountant.epsilon_after_next(self.skellam, self.sampling_rate)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """`DPFedAvg`'s cohort, told γ, σ and its size K (each client's noise share is μ/τ(K))."""
+        """`DPFedAvg`'s cohort, told γ, σ/√g and its size K (each client's noise share is μ/(gτ(K)))."""
         instructions = super().configure_fit(server_round, parameters, client_manager)
         if not instructions:
             return []
         config = dict(instructions[0][1].config) | {
             DISTRIBUTED_SCALE: self.skellam.scale,
             # × noise_factor: the audit's fault, a server that tells the clients too small a σ
-            DISTRIBUTED_NOISE_MULTIPLIER: self.skellam.noise_multiplier * self.noise_factor,
+            DISTRIBUTED_NOISE_MULTIPLIER: self.skellam.server_noise_multiplier * self.noise_factor,
             COHORT_SIZE: len(instructions),
         }
         fit_ins = FitIns(parameters, config)
@@ -123,17 +122,22 @@ class DistributedDPFedAvg(DPFedAvg):
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: FitFailures,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Decode the noised sum (or draw sk(μ) when there is none), release sum/m, account."""
+        """Decode the survivors' noised sum, top its noise up to sk(μ) (all of it when
+        there is no sum), release sum/m, account."""
         s = self.skellam
         residues = self.residue_sum(results)
         unusable = residues is None and bool(results)
         if unusable:
             log(WARNING, "round %s: the secure sum is unusable; the round releases noise only", server_round)
+        survivors = 0 if residues is None else len(results)
         if residues is None:
-            residues = np.mod(skellam_noise(self.randomness.noise, s.variance, s.padded_dimension), s.modulus)
+            residues = np.zeros(s.padded_dimension, dtype=np.int64)
+        # × noise_factor²: the audit's fault, a server that releases too little noise
+        top_up = s.top_up_variance(survivors, self.threshold(self.cohort_size)) * self.noise_factor ** 2
         noised = decode_sum(residues, signs=rotation_signs(rotation_seed(self.seed, server_round),
                                                            s.padded_dimension),
-                            scale=s.scale, modulus=s.modulus, dimension=s.dimension)
+                            scale=s.scale, modulus=s.modulus, dimension=s.dimension,
+                            top_up=skellam_noise(self.randomness.noise, top_up, s.padded_dimension))
         mean, offset = [], 0
         for shape in self.screen.expected_shapes:
             size = int(np.prod(shape))
@@ -142,7 +146,7 @@ class DistributedDPFedAvg(DPFedAvg):
         if self.release_observer is not None:
             self.release_observer(mean)
         parameters = self._step(server_round, mean)
-        self.accountant.step(s.noise_multiplier, self.sampling_rate, s.l2_sensitivity, s.l1_sensitivity)
+        self.accountant.step(s, self.sampling_rate)
         metrics: dict[str, Scalar] = {
             "epsilon": self.accountant.epsilon(),
             "epsilon_against_server": self.accountant.epsilon(against_server=True),
@@ -215,6 +219,8 @@ def skellam_figures(settings: SkellamSettings) -> dict[str, Any]:
         "sensitivity_units": f"integers of {settings.scale:.6g} (S/scale = {scaled:.6g})",
         "rounding_norm_increase": settings.l2_sensitivity / scaled - 1,
         "variance": settings.variance,
+        "noise_growth": settings.noise_growth,
+        "noise_multiplier_against_server": settings.server_noise_multiplier,
         "wrap_around_probability": settings.wrap_bound,
         "bits": settings.bits,
         "scale": settings.scale,

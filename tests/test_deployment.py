@@ -4,6 +4,7 @@ TLS and SuperNode authentication, SuperNodes with their own data, runs submitted
 test_deployment_netns.py. The runs are few and short: each round starts a ClientApp
 process per node."""
 
+import math
 import subprocess
 
 import psutil
@@ -13,8 +14,10 @@ from deployment import SCRIPTS, Federation, history, make_credentials, wait_unti
 from data.site_data import write_mnist_partition
 from fl_app.deploy.credentials import make_ca, make_node_keys
 from fl_app.local_superlink import free_port
+from fl_app.secagg_params import unmask_threshold
 from strategies.privacy.accounting import ClientLevelAccountant
-from strategies.privacy.distributed import SkellamAccountant
+from strategies.privacy.distributed import noise_growth
+from strategies.privacy.skellam import skellam_epsilon
 
 pytestmark = pytest.mark.integration
 
@@ -155,10 +158,12 @@ def test_distributed_dp_over_the_tls_deployment(federation, tmp_path, mnist_dir)
     privacy = summary["privacy"]
     assert (privacy["mode"], privacy["population"], privacy["sampling_rate"]) == ("distributed", 4, 1.0)
     (mechanism,) = privacy["mechanisms"]
-    accountant = SkellamAccountant(1e-5)
-    accountant.step(1.0, 1.0, mechanism["sensitivity"], mechanism["l1_sensitivity"])
-    assert rows[1]["epsilon"] == pytest.approx(accountant.epsilon(), rel=1e-9)
-    assert privacy["epsilon_against_server"] == pytest.approx(accountant.epsilon(against_server=True), rel=1e-9)
+    growth = noise_growth(4, lambda k: unmask_threshold(k, 1.0, 0.5))
+    assert mechanism["noise_growth"] == growth == 2.0
+    l2, l1 = mechanism["sensitivity"], mechanism["l1_sensitivity"]
+    assert rows[1]["epsilon"] == pytest.approx(skellam_epsilon(1.0, l2, l1, 1.0, 1, 1e-5), rel=1e-9)
+    assert privacy["epsilon_against_server"] == pytest.approx(
+        skellam_epsilon(1.0 / math.sqrt(growth), l2, l1, 1.0, 1, 1e-5), rel=1e-9)
     assert "[Stage" not in federation.run_log(run_id)
 
 def _clientapps(supernode: psutil.Process) -> set[int]:

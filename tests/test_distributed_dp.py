@@ -139,7 +139,8 @@ def closest_to_the_unnoised_sum(vectors: list[np.ndarray], true_sum: np.ndarray,
         if vector.shape != (padded,):
             continue
         decoded = decode_sum(np.mod(vector.astype(np.int64), settings["modulus"]), signs=signs,
-                             scale=settings["scale"], modulus=settings["modulus"], dimension=true_sum.size)
+                             scale=settings["scale"], modulus=settings["modulus"], dimension=true_sum.size,
+                             top_up=np.zeros(padded, dtype=np.int64))
         best = min(best, float(np.linalg.norm(decoded - true_sum) / np.linalg.norm(true_sum)))
     return best
 
@@ -158,8 +159,9 @@ def test_the_server_never_holds_the_sum_without_its_noise(tmp_path, mnist_dir, m
     assert all(v.max() >= 2 ** 20 for v in masked)  # masks spread over SecAgg+'s 2^32 field
     true_sum = sum(sent)
     reachable = masked + [u for u in unmasked if u is not None]
-    # the noise on the sum: γ·√(K μ/τ) per coordinate, τ(5) = 2 at threshold 0.5
-    noise = mechanism["scale"] * math.sqrt(CLIENTS / 2 * mechanism["variance"] * true_sum.size)
+    # the noise on the survivors' sum: γ·√(K μ/(gτ)) per coordinate, τ(5) = 2 at threshold 0.5
+    noise = mechanism["scale"] * math.sqrt(CLIENTS / 2 * mechanism["variance"] / mechanism["noise_growth"]
+                                           * true_sum.size)
     assert noise / np.linalg.norm(true_sum) > 0.5
     distance = closest_to_the_unnoised_sum(reachable, true_sum, settings, mechanism["padded_dimension"])
     assert distance == pytest.approx(noise / np.linalg.norm(true_sum), rel=0.05)
@@ -225,7 +227,7 @@ def test_one_clients_rounded_vector_stays_within_the_declared_sensitivity(neighb
         update = np.resize(signs, d) * clip / math.sqrt(d)
     update *= min(1.0, clip / np.linalg.norm(update))
     settings = SkellamSettings(clipping_norm=clip, dimension=d, bits=16, scale=scale, noise_multiplier=1.0,
-                               cohort_bound=3, wrap_bound=0.0)
+                               noise_growth=1.0, cohort_bound=3, wrap_bound=0.0)
     l2 = scaled_l2_sensitivity(clip / scale, settings.padded_dimension)
     others = [np.random.default_rng(i).normal(size=d) * 1e-3 for i in range(3)]
     for seed in range(20):

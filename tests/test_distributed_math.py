@@ -12,6 +12,7 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine, f
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from scipy import stats
 
+from fl_app.secagg_params import unmask_threshold
 from strategies.distributed_dp import residues_of
 from strategies.privacy.discretization import (
     centred,
@@ -24,7 +25,13 @@ from strategies.privacy.discretization import (
     skellam_noise,
     unrotate,
 )
-from strategies.privacy.distributed import SkellamAccountant, cohort_bound, settings_for_run
+from strategies.privacy.distributed import (
+    SkellamAccountant,
+    SkellamSettings,
+    cohort_bound,
+    noise_growth,
+    settings_for_run,
+)
 from strategies.privacy.skellam import (
     ORDERS,
     calibrate_skellam_noise,
@@ -162,7 +169,8 @@ def test_encoded_updates_sum_to_the_noised_sum():
                                     modulus=modulus, rng=rng)
             assert message.min() >= 0 and message.max() < modulus
             residues = np.mod(residues + message, modulus)
-        errors.append(decode_sum(residues, signs=signs, scale=scale, modulus=modulus, dimension=d) - sum(updates))
+        errors.append(decode_sum(residues, signs=signs, scale=scale, modulus=modulus, dimension=d,
+                                 top_up=np.zeros(512, dtype=np.int64)) - sum(updates))
     errors = np.array(errors)
     rounding_variance = clients / 4 * scale ** 2  # at most a quarter per client and coordinate
     assert errors.var() == pytest.approx(clients * share * scale ** 2, rel=0.1, abs=rounding_variance)
@@ -217,14 +225,60 @@ def test_run_settings_keep_wrap_around_rare_and_refuse_too_few_bits():
 
 
 def test_accountant_states_both_guarantees_and_round_trips():
+    settings = SkellamSettings(clipping_norm=0.5, dimension=2 ** 15, bits=16, scale=0.5 / 3000, noise_multiplier=1.2,
+                               noise_growth=1.1, cohort_bound=200, wrap_bound=0.0)
+    l2, l1 = settings.l2_sensitivity, settings.l1_sensitivity
     accountant = SkellamAccountant(1e-5)
     for _ in range(20):
-        accountant.step(1.2, 0.1, 3000.0, rounded_l1_bound(3000.0, 2 ** 15))
+        accountant.step(settings, 0.1)
     public, server = accountant.epsilon(), accountant.epsilon(against_server=True)
     assert accountant.rounds == 20 and 0 < public < server
-    assert server == pytest.approx(skellam_epsilon(1.2, 3000.0, rounded_l1_bound(3000.0, 2 ** 15), 1.0, 20, 1e-5))
+    assert public == pytest.approx(skellam_epsilon(1.2, l2, l1, 0.1, 20, 1e-5))
+    assert server == pytest.approx(skellam_epsilon(1.2 / math.sqrt(1.1), l2, l1, 1.0, 20, 1e-5))
     copy = SkellamAccountant(1e-5)
     copy.load_state_dict(accountant.state_dict())
     assert copy.epsilon() == public
     with pytest.raises(ValueError, match="not skellam-rdp at delta 0.001"):
         SkellamAccountant(1e-3).load_state_dict(accountant.state_dict())
+
+
+def test_every_released_sum_carries_exactly_mu_and_every_unmasked_sum_at_least_mu_over_g():
+    """For every cohort K of a population and every number n of survivors SecAgg+ can
+    unmask with (τ(K) ≤ n ≤ K), the survivors' shares stay within [μ/g, μ] and the
+    server's top-up makes the released noise exactly μ."""
+    threshold = lambda k: unmask_threshold(k, 1.0, 0.9)  # noqa: E731
+    growth = noise_growth(60, threshold)
+    settings = SkellamSettings(clipping_norm=0.5, dimension=1000, bits=16, scale=1e-3, noise_multiplier=1.3,
+                               noise_growth=growth, cohort_bound=60, wrap_bound=0.0)
+    mu = settings.variance
+    for k in range(1, 61):
+        tau = threshold(k)
+        for n in range(tau, k + 1):
+            survivors = n * settings.share_variance(tau)
+            assert mu / growth * (1 - 1e-12) <= survivors <= mu * (1 + 1e-12)
+            assert survivors + settings.top_up_variance(n, tau) == pytest.approx(mu, rel=1e-12)
+    assert settings.top_up_variance(0, 1) == mu
+
+
+def test_the_released_noise_does_not_tell_the_cohort_size():
+    """The attack on per-client shares alone: the released noise's variance, measured
+    over many coordinates, tells a cohort of 5 (τ = 4) from one of 6 (τ = 5) if each
+    client adds μ/τ(K) (5/4 against 6/5 of μ). With the server's top-up both release
+    sk(μ): the same measurement finds no difference."""
+    rng = np.random.default_rng(11)
+    threshold = lambda k: unmask_threshold(k, 1.0, 0.9)  # noqa: E731
+    settings = SkellamSettings(clipping_norm=0.5, dimension=2 ** 20, bits=16, scale=1e-3, noise_multiplier=0.01,
+                               noise_growth=noise_growth(60, threshold), cohort_bound=60, wrap_bound=0.0)
+    size, mu = settings.padded_dimension, settings.variance
+    assert (threshold(5), threshold(6)) == (4, 5)
+
+    def measured(k: int, share: float, top_up: float) -> float:
+        noise = sum(skellam_noise(rng, share, size) for _ in range(k)) + skellam_noise(rng, top_up, size)
+        return float(np.var(noise)) / mu
+
+    error = 4 * math.sqrt(2 / size)  # four standard errors of a variance estimate
+    shares_only = [measured(k, mu / threshold(k), 0.0) for k in (5, 6)]
+    assert shares_only[0] - shares_only[1] > 2 * error
+    topped = [measured(k, settings.share_variance(threshold(k)),
+                       settings.top_up_variance(k, threshold(k))) for k in (5, 6)]
+    assert abs(topped[0] - topped[1]) < error and all(abs(v - 1) < error for v in topped)

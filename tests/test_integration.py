@@ -4,6 +4,7 @@ process it started. References come from the in-process federation (tests/federa
 with one torch thread, as each simulated client has: it equals the simulation bitwise."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from fl_app.config import project_defaults
 from fl_app.local_superlink import free_port, stop_process_tree
 from fl_app.outputs import HISTORY_FIELDS
 from fl_app.run_dir import RunDir
+from strategies.privacy.skellam import skellam_epsilon
 
 pytestmark = pytest.mark.integration
 
@@ -185,7 +187,7 @@ def test_distributed_dp_in_the_simulation_sums_the_clients_integers_exactly(tmp_
     result = run_simulation_cli(tmp_path, f"{QUICK} {dp} data-dir='{mnist_dir}' output-dir='{out}'", rounds=1)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     console = result.stdout + result.stderr
-    assert "vs the server" in console and "against the server too" in console
+    assert "vs the server" in console and "against the server and the sampled clients too" in console
     assert [mark for mark in ("Secure aggregation", "[Stage", "strategy sampled", "results and",
                               "cohort_size") if mark in console] == []
     (run_dir,) = out.iterdir()
@@ -193,7 +195,12 @@ def test_distributed_dp_in_the_simulation_sums_the_clients_integers_exactly(tmp_
     privacy = run.read_summary()["privacy"]
     assert privacy["mode"] == "distributed" and privacy["sampling_rate"] == 1.0
     assert 0.98 * 8.0 <= privacy["epsilon"] <= 8.0
-    assert privacy["epsilon_against_server"] == pytest.approx(privacy["epsilon"])  # q = 1: the same
+    # q = 1: against the server only the noise differs, μ/g against μ (g = 3/τ(3) = 3/2)
+    (mechanism,) = privacy["mechanisms"]
+    assert mechanism["noise_growth"] == 1.5 and privacy["epsilon_against_server"] > privacy["epsilon"]
+    assert privacy["epsilon_against_server"] == pytest.approx(skellam_epsilon(
+        mechanism["noise_multiplier"] / math.sqrt(1.5), mechanism["sensitivity"], mechanism["l1_sensitivity"],
+        1.0, 1, 1e-3), rel=1e-9)
     one_round = QUICK.replace("rounds=2", "rounds=1")
     plain = in_process_reference(f"{one_round} {dp} data-dir='{mnist_dir}'", 3, tmp_path / "plain")
     assert plain[-1]["epsilon"] == run.read_history()[-1]["epsilon"]

@@ -91,7 +91,8 @@ def encode_update(update: np.ndarray, *, signs: np.ndarray, scale: float, norm_b
 
 
 def decode_sum(residue_sum: np.ndarray, *, signs: np.ndarray, scale: float, modulus: int,
-               dimension: int) -> np.ndarray:
-    """The server's view of the noised sum (flat, float64): the modular sum centred,
-    multiplied by γ and rotated back."""
-    return unrotate(centred(residue_sum, modulus).astype(np.float64) * scale, signs, dimension)
+               dimension: int, top_up: np.ndarray) -> np.ndarray:
+    """The released noised sum (flat, float64): the modular sum centred, the server's
+    integer noise `top_up` added, multiplied by γ and rotated back."""
+    total = centred(residue_sum, modulus) + top_up
+    return unrotate(total.astype(np.float64) * scale, signs, dimension)

@@ -2,17 +2,21 @@
 run (`SkellamSettings`) and the accountant of the two statements (`SkellamAccountant`).
 
 Each sampled client sends encode(clip(Δ, S)) (`strategies.privacy.discretization`) only
-through SecAgg+; it adds sk(μ/τ) noise, τ the fewest survivors with which SecAgg+ can
-unmask its cohort, so every sum the server ever unmasks carries noise of variance ≥ μ =
-(σΔ₂)². Two guarantees follow, both accounted every round:
+through SecAgg+; it adds sk(μ/(gτ)) noise, τ the fewest survivors with which SecAgg+
+can unmask its cohort of K and g ≥ K/τ(K) for every cohort the population allows, so
+every sum the server ever unmasks carries noise of variance at least μ/g (μ = (σΔ₂)²)
+and at most μ. The server adds sk(μ − n·μ/(gτ)) to the sum of the n survivors, so that
+every released round carries exactly sk(μ), whatever the cohort's size and the
+dropouts (a sum of independent Skellam variables is Skellam). Two guarantees follow,
+both accounted every round:
 
-- against the server, which chooses the cohort and sees who took part: each round is
-  the Skellam mechanism on a known cohort (no amplification). It protects a client's
-  update (its data), whatever it is, zero included;
-- against everyone who sees only the released models: the same mechanism on a Poisson
-  sample of rate q (amplification by sampling), counting each round's noise as sk(μ)
-  whichever clients it came from, the accounting of Agarwal et al. 2021 and of
-  TensorFlow Federated's `DistributedDpSumFactory`.
+- against the server, which chooses the cohort, sees who took part and knows the noise
+  it added: each round is the Skellam mechanism of variance μ/g on a known cohort (no
+  amplification). It protects a client's update (its data), whatever it is, zero
+  included; it also covers the sampled clients, which learn their cohort's size;
+- against everyone who sees only the released models: the Skellam mechanism of variance
+  μ on a Poisson sample of rate q (amplification by sampling). Its noise does not depend
+  on the cohort, so the mechanism is exactly the one the amplification theorem covers.
 """
 
 import math
@@ -42,15 +46,18 @@ FIELD_BITS = 32  # Flower's SecAgg+ sums modulo 2^32 (its `modulus_range`)
 @dataclass(frozen=True)
 class SkellamSettings:
     """The discretization and noise of a run: clipping norm S, model dimension d, bits b
-    per coordinate (modulus M = 2^b), scale γ (real units per integer step) and noise
-    multiplier σ (the noise std on the sum over Δ₂); `cohort_bound` the largest cohort
-    the scale is sized for, `wrap_bound` the probability that a round's sum wraps."""
+    per coordinate (modulus M = 2^b), scale γ (real units per integer step), noise
+    multiplier σ (the std of every released sum's noise over Δ₂) and `noise_growth` g
+    (every unmasked sum carries at least 1/g of that variance); `cohort_bound` the
+    largest cohort the scale is sized for, `wrap_bound` the probability that a round's
+    sum wraps."""
 
     clipping_norm: float
     dimension: int
     bits: int
     scale: float
     noise_multiplier: float
+    noise_growth: float
     cohort_bound: int
     wrap_bound: float
 
@@ -76,19 +83,29 @@ class SkellamSettings:
 
     @property
     def variance(self) -> float:
-        """μ = (σΔ₂)², the noise variance per coordinate of every unmasked sum (at least)."""
+        """μ = (σΔ₂)², the noise variance per coordinate of every released sum."""
         return (self.noise_multiplier * self.l2_sensitivity) ** 2
+
+    @property
+    def server_noise_multiplier(self) -> float:
+        """σ/√g: the least noise of an unmasked sum over Δ₂ (what the server sees)."""
+        return self.noise_multiplier / math.sqrt(self.noise_growth)
 
     def share_variance(self, threshold: int) -> float:
         """The noise variance one client adds when at least `threshold` clients' vectors
-        make up the sum: μ/τ."""
-        return self.variance / max(threshold, 1)
+        make up the sum: μ/(gτ)."""
+        return self.variance / (self.noise_growth * max(threshold, 1))
+
+    def top_up_variance(self, survivors: int, threshold: int) -> float:
+        """What the server adds to the sum of `survivors` clients' vectors (shares of
+        μ/(gτ) each) so that the released sum carries exactly μ."""
+        return max(self.variance - survivors * self.share_variance(threshold), 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         """The figures `summary.json` and the clients need."""
         return {"clipping_norm": self.clipping_norm, "dimension": self.dimension, "bits": self.bits,
                 "scale": self.scale, "noise_multiplier": self.noise_multiplier,
-                "cohort_bound": self.cohort_bound, "wrap_bound": self.wrap_bound}
+                "noise_growth": self.noise_growth, "cohort_bound": self.cohort_bound, "wrap_bound": self.wrap_bound}
 
 
 def scaled_l2_sensitivity(scaled_norm: float, padded: int) -> float:
@@ -103,10 +120,10 @@ def cohort_bound(population: int, sampling_rate: float) -> int:
     return int(min(population, stats.binom.isf(COHORT_TAIL, population, sampling_rate)))
 
 
-def noise_growth(bound: int, threshold: Callable[[int], int]) -> float:
-    """The most noise a sum can carry, in units of μ: K/τ(K) over cohorts K ≤ `bound`
-    (every survivor adds μ/τ)."""
-    return max(k / max(threshold(k), 1) for k in range(1, bound + 1))
+def noise_growth(population: int, threshold: Callable[[int], int]) -> float:
+    """g = max K/τ(K) over the cohorts K ≤ `population` can have: with shares of μ/(gτ),
+    no unmasked sum carries more than μ, and every one at least μ/g."""
+    return max(k / max(threshold(k), 1) for k in range(1, max(population, 1) + 1))
 
 
 def settings_for_run(*, clipping_norm: float, dimension: int, bits: int, noise_multiplier: float | None,
@@ -126,7 +143,7 @@ def settings_for_run(*, clipping_norm: float, dimension: int, bits: int, noise_m
     if bound << bits >= 1 << FIELD_BITS:
         raise ValueError(f"dp-bits = {bits} leaves SecAgg+'s 2^{FIELD_BITS} field room for cohorts of fewer "
                          f"than {(1 << FIELD_BITS) >> bits} clients; this run samples up to {bound}")
-    growth = noise_growth(bound, threshold)
+    growth = noise_growth(population, threshold)
     modulus = 1 << bits
 
     def sigma_for(scaled_norm: float) -> float:
@@ -140,7 +157,7 @@ def settings_for_run(*, clipping_norm: float, dimension: int, bits: int, noise_m
     def wrap(scaled_norm: float, sigma: float) -> float:
         l2 = scaled_l2_sensitivity(scaled_norm, padded)
         signal = (bound * scaled_norm) ** 2 / padded
-        return wrap_probability(modulus / 2, signal, growth * (sigma * l2) ** 2, bound, padded)
+        return wrap_probability(modulus / 2, signal, (sigma * l2) ** 2, bound, padded)
 
     def finest(sigma: float) -> float:
         """The largest S/γ (finest grid) whose wrap bound stays within the target."""
@@ -162,13 +179,15 @@ def settings_for_run(*, clipping_norm: float, dimension: int, bits: int, noise_m
         sigma = updated
     scaled_norm = finest(sigma)
     return SkellamSettings(clipping_norm=clipping_norm, dimension=dimension, bits=bits,
-                           scale=clipping_norm / scaled_norm, noise_multiplier=sigma, cohort_bound=bound,
+                           scale=clipping_norm / scaled_norm, noise_multiplier=sigma, noise_growth=growth,
+                           cohort_bound=bound,
                            wrap_bound=wrap(scaled_norm, sigma) + COHORT_TAIL)
 
 
 class SkellamAccountant:
-    """ε of a distributed-DP run at δ, against the released models (amplified at the
-    sampling rate) and against the server (q = 1), one `step` per released round."""
+    """ε of a distributed-DP run at δ, against the released models (noise multiplier σ,
+    amplified at the sampling rate) and against the server (σ/√g, q = 1), one `step` per
+    released round."""
 
     kind = "skellam-rdp"
 
@@ -176,30 +195,31 @@ class SkellamAccountant:
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
         self.delta = delta
-        self.history: list[list[float]] = []  # [σ, q, Δ₂, Δ₁, rounds]
+        self.history: list[list[float]] = []  # [σ, σ against the server, q, Δ₂, Δ₁, rounds]
 
     @property
     def rounds(self) -> int:
         """Rounds accounted for."""
-        return int(sum(entry[4] for entry in self.history))
+        return int(sum(entry[5] for entry in self.history))
 
-    def step(self, noise_multiplier: float, sampling_rate: float, l2: float, l1: float) -> None:
-        """Account for one released round."""
-        entry = [noise_multiplier, sampling_rate, l2, l1]
-        if self.history and self.history[-1][:4] == entry:
-            self.history[-1][4] += 1
+    def step(self, settings: SkellamSettings, sampling_rate: float) -> None:
+        """Account for one round released with these settings."""
+        entry = [settings.noise_multiplier, settings.server_noise_multiplier, sampling_rate,
+                 settings.l2_sensitivity, settings.l1_sensitivity]
+        if self.history and self.history[-1][:5] == entry:
+            self.history[-1][5] += 1
         else:
             self.history.append(entry + [1])
 
     def epsilon(self, against_server: bool = False) -> float:
-        """ε at δ so far; `against_server`: without amplification by sampling."""
+        """ε at δ so far; `against_server`: at σ/√g, without amplification by sampling."""
         return history_epsilon(self.history, self.delta, against_server)
 
-    def epsilon_after_next(self, noise_multiplier: float, sampling_rate: float, l2: float, l1: float) -> float:
+    def epsilon_after_next(self, settings: SkellamSettings, sampling_rate: float) -> float:
         """ε (against the released models) if one more round were released."""
         trial = SkellamAccountant(self.delta)
         trial.history = [list(entry) for entry in self.history]
-        trial.step(noise_multiplier, sampling_rate, l2, l1)
+        trial.step(settings, sampling_rate)
         return trial.epsilon()
 
     def state_dict(self) -> dict[str, Any]:
@@ -213,12 +233,13 @@ class SkellamAccountant:
 
 
 def history_epsilon(history: list[list[float]], delta: float, against_server: bool) -> float:
-    """ε at δ of an accountant history of [σ, q, Δ₂, Δ₁, rounds] entries (RDP adds up);
-    `against_server`: every entry at q = 1."""
+    """ε at δ of an accountant history of [σ, σ against the server, q, Δ₂, Δ₁, rounds]
+    entries (RDP adds up); `against_server`: every entry at its server σ and q = 1."""
     if not history:
         return 0.0
     total = [0.0] * len(ORDERS)
-    for sigma, q, l2, l1, rounds in history:
-        curve = skellam_round_rdp(sigma, l2, l1, 1.0 if against_server else q)
+    for sigma, server_sigma, q, l2, l1, rounds in history:
+        curve = (skellam_round_rdp(server_sigma, l2, l1, 1.0) if against_server
+                 else skellam_round_rdp(sigma, l2, l1, q))
         total = [t + rounds * r for t, r in zip(total, curve, strict=True)]
     return rdp_to_epsilon(total, ORDERS, delta)

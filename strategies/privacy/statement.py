@@ -30,6 +30,10 @@ SECAGG_DROPOUTS = ("a round whose SecAgg+ halts (more dropouts than the reconstr
                    "tolerates) releases noise only; the guarantee assumes no round loses more "
                    "clients than that (settings where one dropout halts a cohort of the expected "
                    "size are refused)")
+SECAGG_SHOWS_THE_COHORT = "SecAgg+ tells each sampled client its cohort's size and its neighbours' node ids"
+SECAGG_COHORT_SEEN = (f"{SECAGG_SHOWS_THE_COHORT}: against a client, the rounds it is sampled in are not amplified "
+                      "by sampling (ε assumes a secret sample; such a client is covered by the same mechanisms at "
+                      "q = 1)")
 PUBLIC_DATASET_SIZE = ("each site's number of records is treated as public: its DP-SGD batch rate "
                        "(1/batches per epoch) and noise multiplier follow from it and reach the server")
 
@@ -37,7 +41,7 @@ PUBLIC_DATASET_SIZE = ("each site's number of records is treated as public: its 
 def central_assumptions(secure_aggregation: bool) -> list[str]:
     """What a central DP-FedAvg claim rests on beyond its figures."""
     if secure_aggregation:
-        return [SERVER_SEES_SUM, SECAGG_DROPOUTS, TIMING]
+        return [SERVER_SEES_SUM, SECAGG_DROPOUTS, SECAGG_COHORT_SEEN, TIMING]
     return [SERVER_SEES_UPDATES, TIMING]
 
 
@@ -100,15 +104,17 @@ def central_privacy(
 
 
 SERVER_RUNS_THE_PROTOCOL = ("the server is honest but curious: it runs SecAgg+ and Poisson sampling as "
-                            "specified and tells the clients the true cohort size (each client's noise share "
-                            "is μ/τ(K)); it sees masked vectors and the noised sum only, never an update nor a "
-                            "sum without the full noise")
-SURVIVORS = ("every sum SecAgg+ unmasks has at least τ(K) survivors, so at least the full noise μ; a round "
-             "with no usable sum (empty cohort, SecAgg+ halted by dropouts) releases noise the server draws, "
-             "which depends on no client's update")
-AMPLIFIED_NOISE = ("the amplified ε (against the released models) counts each round's noise as one sk(μ) "
-                   "whichever clients added it, as Agarwal et al. 2021 and TFF's DistributedDpSumFactory "
-                   "do; ε against the server needs no such assumption")
+                            "specified and tells the clients the true cohort size K (each client's noise share "
+                            "is μ/(gτ(K))); it sees masked vectors and the noised sum only, never an update nor a "
+                            "sum with less than μ/g of noise")
+SURVIVORS = ("every sum SecAgg+ unmasks has at least τ(K) survivors, so at least the noise μ/g the statement "
+             "against the server counts; a round with no usable sum (empty cohort, SecAgg+ halted by dropouts) "
+             "releases noise the server draws, which depends on no client's update")
+RELEASED_NOISE = ("the server tops every sum up to exactly sk(μ) (sk(μ − n·μ/(gτ(K))) for n survivors), so the "
+                  "released models' noise does not depend on the cohort: the amplified ε trusts it to; without "
+                  "it they would still be covered by ε against the server")
+SAMPLED_CLIENTS_SEE_THE_COHORT = (f"{SECAGG_SHOWS_THE_COHORT}: against a client that is sampled, ε against the "
+                                  "server holds, not the amplified ε")
 
 
 def distributed_privacy(
@@ -146,11 +152,12 @@ def distributed_privacy(
         "secure_aggregation": True,
         "reproducible_noise": reproducible_noise,
         "valid_claim": valid,
-        "assumptions": [SERVER_RUNS_THE_PROTOCOL, SURVIVORS, AMPLIFIED_NOISE, TIMING],
+        "assumptions": [SERVER_RUNS_THE_PROTOCOL, SURVIVORS, RELEASED_NOISE, SAMPLED_CLIENTS_SEE_THE_COHORT, TIMING],
         "statement": claim(epsilon, "against everyone who sees only the released models; the clients add "
                                     "the noise, no party holds an un-noised sum"),
-        "statement_against_server": claim(epsilon_against_server, "against the server too (no amplification "
-                                                                  "by sampling: it chooses the cohort)"),
+        "statement_against_server": claim(epsilon_against_server, "against the server and the sampled clients "
+                                                                  "too (no amplification by sampling: they "
+                                                                  "see the cohort)"),
     }
 
 
