@@ -21,10 +21,10 @@ clipping. After the run (the statistics: strategies/privacy/audit.py):
   bottom scores guessed included and excluded; the number of correct guesses gives a
   lower bound on ε that holds whatever the mechanism;
 - **ε_gaussian (95%)**, the parametric audit of Nasr et al. 2023: the update noise
-  measured on the never-included directions and a canary's effect in the rounds it was
-  sampled give the per-round noise multiplier; the accountant's ε at its 95% upper limit
-  (the claimed q and T) is the least ε the run should have stated if its release is
-  Gaussian;
+  measured on the never-included directions and a canary's effect (its rounds sampled
+  against its rounds not sampled) give the per-round noise multiplier; the
+  accountant's ε at its 95% upper limit (the claimed q and T) is the least ε the run
+  should have stated if its release is Gaussian;
 - **ε_estimate**: the accountant's ε at the measured noise multipliers (update sum and
   noised count composed). An estimate, not a bound.
 
@@ -40,13 +40,18 @@ run directory.
     python -m fl_app.audit --mechanisms [--run-config "dp-clipping='server'"]
 
 checks instead, in seconds and without training, the sensitivity every mechanism of the
-configured DP-FedAvg declares in its privacy ledger (`DPFedAvg.mechanisms`): adversarial
-neighbouring cohorts (`strategies.privacy.sensitivity`) go through the strategy's own
-screening, clipping and summing (`DPFedAvg.unnoised_round`) on a small model, and each
-released quantity's change is compared with its declared sensitivity. Under secure
-aggregation the clients clip and refuse non-finite updates as the app's clients do, and
-the strategy receives K × SecAgg+'s mean, a lone client's clipped update, or nothing when
-SecAgg+ halts (more clients send nothing than the reconstruction threshold tolerates).
+configured (central or distributed) DP-FedAvg declares in its privacy ledger
+(`DPFedAvg.mechanisms`): adversarial neighbouring cohorts
+(`strategies.privacy.sensitivity`) go through the strategy's own screening, clipping and
+summing (`DPFedAvg.unnoised_round`) on a small model, and each released quantity's
+change is compared with its declared sensitivity. Under secure aggregation the clients
+clip and refuse non-finite updates as the app's clients do, and the strategy receives K
+× SecAgg+'s mean, a lone client's clipped update, or nothing when SecAgg+ halts (more
+clients send nothing than the reconstruction threshold tolerates). Under `dp-mode =
+"distributed"` the released quantity is the sum of the survivors' rounded integer
+vectors (each client's update encoded as the clients encode it, without noise; zero when
+SecAgg+ halts), checked in L2 against Δ₂ and in L1 against Δ₁; its scale γ is the one a
+population of ⌈dp-clients-per-round⌉ clients (q = 1) would get.
 The noise is not drawn, so σ only names the mechanisms:
 dp-noise-multiplier, 1 if unset. One line per check and a last line
 `mechanisms=<n> violations=<k>` are printed; the exit status is 1 when k > 0.
@@ -84,9 +89,10 @@ from fl_app.distributed_client import distributed_message
 from fl_app.in_process import run_federation
 from fl_app.model import seeded_model, uses_dropout
 from fl_app.run_dir import RunDir
-from fl_app.secagg_params import tolerated_dropouts
+from fl_app.secagg_params import tolerated_dropouts, unmask_threshold
 from fl_app.server import RecordingServer
 from fl_app.task import get_weights
+from strategies.distributed_dp import DistributedDPFedAvg, rotation_seed
 from strategies.dp_fedavg import UNCLIPPED_COUNT, UPDATE_SUM, DPFedAvg
 from strategies.fedavg import WeightedFedAvg
 from strategies.privacy.accounting import ClientLevelAccountant, epsilon_after
@@ -100,6 +106,7 @@ from strategies.privacy.audit import (
     simulate_canaries,
     subsampled_gaussian_scores,
 )
+from strategies.privacy.discretization import centred, encode_update, rotation_signs
 from strategies.privacy.distributed import SkellamAccountant
 from strategies.privacy.ledger import CLIPPED_SUM, Mechanism, effective_noise_multiplier
 from strategies.privacy.mechanism import clip_update
@@ -432,24 +439,31 @@ def fit_results(cohort: Sequence[Reply]) -> list[tuple[ClientProxy, FitRes]]:
             for k, r in enumerate(cohort) if r.arrays is not None]
 
 
-def secure_aggregate(cohort: Sequence[Reply], clipping_norm: float, secagg: SecAggConfig
-                     ) -> list[tuple[ClientProxy, FitRes]]:
-    """What DP-FedAvg receives from a SecAgg+ round (fl_app/secure_aggregation.py): each
+def survivors(cohort: Sequence[Reply], clipping_norm: float, secagg: SecAggConfig
+              ) -> list[tuple[Reply, list[np.ndarray]]]:
+    """The clipped updates SecAgg+ sums for a cohort (fl_app/secure_aggregation.py): each
     client clips its update to S and does not send a non-finite one (as fl_app/client.py
-    does); the strategy gets K results holding the mean of the K updates sent, weighted 1
-    each; none when SecAgg+ halts (more clients send nothing than `tolerated_dropouts`
-    allows); a cohort of one sends its clipped update as it is."""
+    does); none when SecAgg+ halts (more clients send nothing than `tolerated_dropouts`
+    allows); a cohort of one sends its clipped update without SecAgg+. Each with its reply."""
     updates = []
     for reply in cohort:
         if reply.arrays is not None:
             with np.errstate(invalid="ignore"):  # a non-finite update clips to NaN
                 update, _ = clip_update(list(reply.arrays), clipping_norm)
             if all(np.isfinite(a).all() for a in update):
-                updates.append(update)
-    if not updates:
-        return []
+                updates.append((reply, update))
     if len(cohort) >= 2 and len(cohort) - len(updates) > tolerated_dropouts(
             len(cohort), secagg.num_shares, secagg.reconstruction_threshold):
+        return []
+    return updates
+
+
+def secure_aggregate(cohort: Sequence[Reply], clipping_norm: float, secagg: SecAggConfig
+                     ) -> list[tuple[ClientProxy, FitRes]]:
+    """What DP-FedAvg receives from a SecAgg+ round: K results holding the mean of the K
+    `survivors`' updates, weighted 1 each (none when there is no survivor)."""
+    updates = [update for _, update in survivors(cohort, clipping_norm, secagg)]
+    if not updates:
         return []
     mean = [np.mean([u[i].astype(np.float64) for u in updates], axis=0) for i in range(len(updates[0]))]
     return [(AuditedClient(f"client-{k}"), FitRes(OK, ndarrays_to_parameters(mean), 1, {}))
@@ -463,32 +477,64 @@ def unnoised_release(strategy: DPFedAvg, cohort: Sequence[Reply], secagg: SecAgg
     return strategy.unnoised_round(1, results).released()
 
 
+def distributed_unnoised_release(strategy: DistributedDPFedAvg, cohort: Sequence[Reply], secagg: SecAggConfig,
+                                 rounding_seeds: dict[Reply, int]) -> Release:
+    """Distributed DP's released quantity before noise, in integer units: the sum of the
+    survivors' rounded vectors (each encoded as the clients encode, without noise; zero
+    when there is no sum). Each reply rounds with its own generator, seeded by
+    `rounding_seeds` (a new reply gets the next seed), so that neighbouring cohorts share
+    the other clients' draws, as the sensitivity argument couples them."""
+    s = strategy.skellam
+    signs = rotation_signs(rotation_seed(strategy.seed, 1), s.padded_dimension)
+    total = np.zeros(s.padded_dimension, dtype=np.int64)
+    for reply, update in survivors(cohort, strategy.clipping_norm, secagg):
+        seed = rounding_seeds.setdefault(reply, len(rounding_seeds))
+        residues = encode_update(flat(update, np.float64), signs=signs, scale=s.scale, norm_bound=s.l2_sensitivity,
+                                 noise_variance=0.0, modulus=s.modulus, rng=np.random.default_rng(seed))
+        total += centred(residues, s.modulus)
+    return {UPDATE_SUM: [total]}
+
+
 def mechanism_audit(run_config: dict[str, Any], sensitivity_scale: float = 1.0,
                     rng: np.random.Generator | None = None) -> tuple[list[SensitivityCheck], int]:
     """The configured DP-FedAvg's sensitivity checks (see the module) and the number of
     mechanisms it declares; every declared sensitivity × `sensitivity_scale`. σ is
     dp-noise-multiplier, or 1 where it would be calibrated: no sensitivity depends on it."""
     cfg = AppConfig.from_run_config(run_config)
-    if cfg.dp.mode != "central":
-        raise ConfigError(f"Invalid run-config: dp-mode = '{cfg.dp.mode}' (allowed: 'central'; the audit "
-                          "checks client-level DP-FedAvg)")
+    if not cfg.dp.central:
+        raise ConfigError(f"Invalid run-config: dp-mode = '{cfg.dp.mode}' (allowed: 'central' or 'distributed'; "
+                          "the audit checks client-level DP-FedAvg)")
     rng = rng or np.random.default_rng(cfg.run.seed)
     reference = [rng.normal(size=shape).astype(np.float32) for shape in AUDITED_SHAPES]
     initial = ndarrays_to_parameters(reference)
-    strategy = DPFedAvg(
-        WeightedFedAvg(initial_parameters=initial), UpdateScreen(initial, log_rejections=False),
+    options: dict[str, Any] = dict(
         clipping=cfg.dp.clipping, clipping_norm=cfg.dp.clipping_norm,
         noise_multiplier=cfg.dp.noise_multiplier or 1.0, clients_per_round=cfg.dp.clients_per_round,
-        accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta), target_epsilon=None, rounds=None,
-        server_learning_rate=1.0, target_quantile=cfg.dp.target_quantile, clip_learning_rate=cfg.dp.clip_learning_rate,
-        clipped_count_stddev=cfg.dp.clipped_count_stddev, secure_aggregation=cfg.secagg.enabled,
-        randomness=DPRandomness(cfg.run.seed, reproducible=False), min_available_clients=1,
+        target_epsilon=None, rounds=None, server_learning_rate=1.0, target_quantile=cfg.dp.target_quantile,
+        clip_learning_rate=cfg.dp.clip_learning_rate, clipped_count_stddev=cfg.dp.clipped_count_stddev,
+        secure_aggregation=cfg.secagg.enabled, randomness=DPRandomness(cfg.run.seed, reproducible=False),
+        min_available_clients=1,
     )
-    declared = strategy.mechanisms()
-    bounds = {m.name: sensitivity_scale * m.sensitivity_value(strategy.clipping_norm) for m in declared}
-    cases = neighbouring_cohorts(reference, strategy.clipping_norm, sends_deltas=cfg.dp.clipping == "client",
+    parts = (WeightedFedAvg(initial_parameters=initial), UpdateScreen(initial, log_rejections=False))
+    cases = neighbouring_cohorts(reference, cfg.dp.clipping_norm, sends_deltas=cfg.dp.clipping == "client",
                                  foreign_clients=not cfg.secagg.enabled, rng=rng)
-    checks = check_sensitivity(lambda cohort: unnoised_release(strategy, cohort, cfg.secagg), bounds, cases)
+    if cfg.dp.mode == "distributed":
+        strategy = DistributedDPFedAvg(
+            *parts, **options, accountant=SkellamAccountant(cfg.dp.delta), bits=cfg.dp.bits,
+            dimension=sum(int(np.prod(shape)) for shape in AUDITED_SHAPES), seed=cfg.run.seed, secure_sum=False,
+            threshold=lambda k: unmask_threshold(k, cfg.secagg.num_shares, cfg.secagg.reconstruction_threshold))
+        strategy.population = [str(k) for k in range(max(math.ceil(cfg.dp.clients_per_round), 1))]
+        strategy.settle_noise()
+        seeds: dict[Reply, int] = {}
+        declared = strategy.mechanisms()
+        bounds = {m.name: sensitivity_scale * m.sensitivity_value(strategy.clipping_norm) for m in declared}
+        checks = check_sensitivity(lambda cohort: distributed_unnoised_release(strategy, cohort, cfg.secagg, seeds),
+                                   bounds, cases, {UPDATE_SUM: sensitivity_scale * strategy.skellam.l1_sensitivity})
+        return checks, len(declared)
+    central = DPFedAvg(*parts, **options, accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta))
+    declared = central.mechanisms()
+    bounds = {m.name: sensitivity_scale * m.sensitivity_value(central.clipping_norm) for m in declared}
+    checks = check_sensitivity(lambda cohort: unnoised_release(central, cohort, cfg.secagg), bounds, cases)
     return checks, len(declared)
 
 

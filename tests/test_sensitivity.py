@@ -111,6 +111,25 @@ def test_secure_aggregation_keeps_every_client_within_s():
     assert change["three-others+nan", "update_sum"] == 0.0  # not sent: the other three are summed
 
 
+def test_distributed_dp_moves_the_integer_sum_by_at_most_its_declared_l2_and_l1():
+    """Distributed DP's released quantity is the sum of the survivors' rounded integer
+    vectors (the noise does not depend on it): a client at S moves it by its rounded
+    vector, S/γ up to rounding's extra (≤ Δ₂), in L1 within Δ₁; a client that sends
+    nothing (non-finite, failed) moves it by nothing; 0.99 × the declared Δ₂ is flagged."""
+    config = audited(**{"dp-mode": "distributed", "dp-clipping": "client", "secure-aggregation": True})
+    checks, mechanisms = mechanism_audit(config, rng=np.random.default_rng(1))
+    assert mechanisms == 1 and len(checks) == 3 * 9 * 2
+    assert [c.case for c in checks if not c.ok] == []
+    change, bound = by_case(checks), {c.mechanism: c.bound for c in checks}
+    assert bound["update_sum (L1)"] == pytest.approx(8 * bound["update_sum"])  # √d' Δ₂, d' = 64
+    for case in ("alone+at-S", "one-other+far-above-S", "three-others+at-S"):
+        assert 0.99 * bound["update_sum"] < change[case, "update_sum"] <= bound["update_sum"]
+        assert change[case, "update_sum"] <= change[case, "update_sum (L1)"] <= bound["update_sum (L1)"]
+    assert change["three-others+nan", "update_sum"] == change["three-others+failed", "update_sum"] == 0.0
+    flagged, _ = mechanism_audit(config, sensitivity_scale=0.99, rng=np.random.default_rng(1))
+    assert {c.case for c in flagged if not c.ok} >= {"alone+at-S", "one-other+at-S", "three-others+far-above-S"}
+
+
 def test_the_cli_prints_one_line_per_check_and_the_count(capsys):
     assert main(["--mechanisms"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -142,5 +161,5 @@ def test_the_cli_refuses_a_fault_of_the_other_mode(argv, message, capsys):
 
 def test_the_mechanism_audit_refuses_a_run_without_central_dp(capsys):
     assert main(["--mechanisms", "--run-config", "dp-mode='local' dp-target-epsilon=1.0"]) == 2
-    assert capsys.readouterr().err.strip() == ("error: Invalid run-config: dp-mode = 'local' (allowed: 'central'; "
-                                               "the audit checks client-level DP-FedAvg)")
+    assert capsys.readouterr().err.strip() == ("error: Invalid run-config: dp-mode = 'local' (allowed: 'central' or "
+                                               "'distributed'; the audit checks client-level DP-FedAvg)")

@@ -63,19 +63,20 @@ class SensitivityCheck:
         return self.change <= self.bound * (1 + TOLERANCE)
 
 
-def distance(a: Quantity, b: Quantity) -> float:
-    """‖a − b‖₂ over every array (or the two numbers), in float64."""
+def distance(a: Quantity, b: Quantity, order: int = 2) -> float:
+    """‖a − b‖ (L2, or L1 with `order` = 1) over every array (or the two numbers), in float64."""
     if isinstance(a, float | int) or isinstance(b, float | int):
         return abs(float(a) - float(b))  # type: ignore[arg-type]
     total = 0.0
     for x, y in zip(a, b, strict=True):
         d = np.ravel(x).astype(np.float64) - np.ravel(y).astype(np.float64)
-        total += float(d @ d)
-    return float(np.sqrt(total))
+        total += float(np.abs(d).sum()) if order == 1 else float(d @ d)
+    return total if order == 1 else float(np.sqrt(total))
 
 
 def check_sensitivity(
-    release: Callable[[Sequence[Reply]], Release], bounds: Mapping[str, float], cases: Sequence[Neighbours]
+    release: Callable[[Sequence[Reply]], Release], bounds: Mapping[str, float], cases: Sequence[Neighbours],
+    l1_bounds: Mapping[str, float] | None = None,
 ) -> list[SensitivityCheck]:
     """Every case's change of every released quantity beside its declared bound.
 
@@ -84,9 +85,11 @@ def check_sensitivity(
             cohort's replies.
         bounds: the declared L2 sensitivity of each mechanism, by name.
         cases: the neighbouring cohorts.
+        l1_bounds: the declared L1 sensitivity of the mechanisms whose accounting uses
+            one (distributed DP's Skellam noise), checked as "<name> (L1)".
 
     Returns:
-        One check per case and mechanism, in order.
+        One check per case and mechanism (and L1 bound), in order.
 
     Raises:
         ValueError: `release` gives quantities that are not exactly the declared ones.
@@ -100,6 +103,8 @@ def check_sensitivity(
                                  f"declares {sorted(bounds)}")
         checks.extend(SensitivityCheck(case.name, name, distance(smaller[name], larger[name]), bound)
                       for name, bound in bounds.items())
+        checks.extend(SensitivityCheck(case.name, f"{name} (L1)", distance(smaller[name], larger[name], 1), bound)
+                      for name, bound in (l1_bounds or {}).items())
     return checks
 
 
