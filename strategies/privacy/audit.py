@@ -35,7 +35,8 @@ O(1/√d) each along a random direction). Three statistics of the matrix z:
   Differentially Private Machine Learning", USENIX Security: assume the release is
   Gaussian, as the mechanism's form says, and measure its parameter): along the
   directions never inserted z is the noise alone, and in the rounds an included canary
-  was sampled z is its effect s plus the noise (`gaussian_fit`). The measured per-round
+  was sampled z is its effect s plus the noise, measured against its other rounds
+  (`gaussian_fit`). The measured per-round
   noise multiplier σ/s, at its 95% upper confidence limit, composed over T rounds at the
   claimed rate q by the app's accountant, is the least ε that accountant would state for
   the mechanism measured: it exceeds the stated ε only when the noise is measurably
@@ -164,21 +165,28 @@ class GaussianFit:
 def gaussian_fit(z: np.ndarray, included: Sequence[bool] | np.ndarray, sampled: np.ndarray,
                  confidence: float = CONFIDENCE) -> GaussianFit:
     """The update sum measured from the projections z (canaries × rounds): the noise std
-    from the never-included canaries' z (mean 0: n·σ̂²/σ² ~ χ²(n)) and the effect from the
-    included canaries' z in the rounds they were `sampled` in (Student's t), each limit at
-    1 − (1 − `confidence`)/2, so that both hold together at `confidence`."""
+    from the never-included canaries' z (mean 0: n·σ̂²/σ² ~ χ²(n)) and the effect as the
+    included canaries' mean z in the rounds they were `sampled` in less their mean z in
+    the rounds they were not (Student's t on the difference, with the smaller sample's
+    degrees of freedom), each limit at 1 − (1 − `confidence`)/2, so that both hold
+    together at `confidence`. The difference removes what training adds along an
+    included canary's direction after it was inserted (a model that keeps moving along
+    earlier canaries): Poisson sampling makes a round's sampling independent of the
+    rounds before it, so that drift is the same, on average, in both sets of rounds."""
     z, included, sampled = np.asarray(z, dtype=np.float64), np.asarray(included, dtype=bool), np.asarray(sampled)
     alpha = (1.0 - confidence) / 2
     null = z[~included].ravel()
     hits = z[included][sampled[included]]
-    if len(null) < 2 or len(hits) < 2:
-        raise ValueError(f"need two observations of the noise and two of a sampled canary, got "
-                         f"{len(null)} and {len(hits)} (more canaries or rounds)")
+    misses = z[included][~sampled[included]]
+    if len(null) < 2 or len(hits) < 2 or len(misses) < 2:
+        raise ValueError(f"need two observations of the noise, two of a sampled canary and two of an unsampled "
+                         f"included one, got {len(null)}, {len(hits)} and {len(misses)} (more canaries or rounds)")
     noise = math.sqrt(float(np.mean(null ** 2)))
     noise_upper = noise * math.sqrt(len(null) / stats.chi2.ppf(alpha, len(null)))
-    effect = float(hits.mean())
-    spread = float(hits.std(ddof=1)) / math.sqrt(len(hits))
-    effect_lower = effect - float(stats.t.ppf(1 - alpha, len(hits) - 1)) * spread
+    effect = float(hits.mean() - misses.mean())
+    spread = math.sqrt(float(hits.var(ddof=1)) / len(hits) + float(misses.var(ddof=1)) / len(misses))
+    dof = min(len(hits), len(misses)) - 1
+    effect_lower = effect - float(stats.t.ppf(1 - alpha, dof)) * spread
     return GaussianFit(effect, effect_lower, noise, noise_upper)
 
 
@@ -217,16 +225,19 @@ class SimulatedCanaries:
 
 
 def simulate_canaries(rng: np.random.Generator, noise_multiplier: float, count_stddev: float, count_effect: float,
-                      canaries: int = 200, rounds: int = 20, clients: int = 20, cohort: float = 30.0
-                      ) -> SimulatedCanaries:
+                      canaries: int = 200, rounds: int = 20, clients: int = 20, cohort: float = 30.0,
+                      drift: float = 0.0) -> SimulatedCanaries:
     """Each canary included with probability ½, q = `cohort` / (`clients` + included),
     Poisson sampling per round; z = 1[sampled] + N(0, σ²) with σ = `noise_multiplier`, and
     a count that each sampled canary moves by −`count_effect` (½ as declared) plus
-    N(0, `count_stddev`²). The real clients' updates and counts are left out."""
+    N(0, `count_stddev`²). The real clients' updates and counts are left out, except for
+    `drift`: training that adds `drift` × (the canary's earlier samplings) to its z in
+    every later round (a model that keeps moving along inserted directions)."""
     included = rng.random(canaries) < 0.5
     q = cohort / (clients + int(included.sum()))
     sampled = (rng.random((canaries, rounds)) < q) & included[:, None]
-    z = sampled + noise_multiplier * rng.standard_normal((canaries, rounds))
+    earlier: np.ndarray = np.cumsum(sampled, axis=1) - sampled
+    z = sampled + drift * earlier + noise_multiplier * rng.standard_normal((canaries, rounds))
     counts = -count_effect * sampled.sum(axis=0) + count_stddev * rng.standard_normal(rounds)
     return SimulatedCanaries(z, included, sampled, counts, q)
 
