@@ -265,6 +265,8 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
         rows.append(("privacy", summary["privacy"]["statement"]))
         if "statement_against_server" in summary["privacy"]:  # distributed DP: the second guarantee
             rows.append(("vs the server", summary["privacy"]["statement_against_server"]))
+        if "statement_against_sampled_clients" in summary["privacy"]:  # central DP with SecAgg+
+            rows.append(("vs sampled clients", summary["privacy"]["statement_against_sampled_clients"]))
     if "stopped_early" in summary:
         rows.append(("stopped early", str(summary["stopped_early"])))
     rows += [("wall time", format_duration(summary["wall_seconds"])), ("outputs", summary["run_dir"])]

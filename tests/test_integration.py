@@ -165,6 +165,9 @@ def test_secure_aggregation_releases_the_same_model_as_plain_client_clipping(tmp
     assert privacy["epsilon"] == pytest.approx(history[-1]["epsilon"])
     assert 0.98 * 8.0 <= privacy["epsilon"] <= 8.0  # σ calibrated to spend the budget
     assert privacy["noise_multiplier"] > 0 and privacy["secure_aggregation"] is True
+    # q = 1: the clients, who see the cohort, are covered by the same ε
+    assert privacy["epsilon_against_sampled_clients"] == pytest.approx(privacy["epsilon"], rel=1e-9)
+    assert f"vs sampled clients  {privacy['statement_against_sampled_clients']}" in console
 
     one_round = QUICK.replace("rounds=2", "rounds=1")
     plain = in_process_reference(f"{one_round} {dp} data-dir='{mnist_dir}'", 3, tmp_path / "plain")

@@ -12,6 +12,7 @@ from test_dp_fedavg import GLOBAL, manager, result, strategy, trained
 from strategies.privacy.accounting import calibrate_noise_multiplier, epsilon_after
 from strategies.privacy.adaptive_clipping import update_noise_multiplier
 from strategies.privacy.ledger import Mechanism, effective_noise_multiplier
+from strategies.privacy.statement import round_up
 
 
 def dp_accounting_rdp_epsilon(sigma: float, q: float, rounds: int, delta: float) -> float:
@@ -74,6 +75,15 @@ def test_dp_fedavg_declares_what_it_releases_and_accounts_the_sigma_they_compose
     recomputed = dp_accounting_rdp_epsilon(privacy["effective_noise_multiplier"], privacy["sampling_rate"],
                                            privacy["rounds_accounted"], privacy["delta"])
     assert privacy["epsilon"] == pytest.approx(recomputed, rel=1e-3)
+    if secure:  # SecAgg+ shows the sampled clients their cohort: against them, the same rounds at q = 1
+        against_clients = dp_accounting_rdp_epsilon(privacy["effective_noise_multiplier"], 1.0,
+                                                    privacy["rounds_accounted"], privacy["delta"])
+        assert privacy["epsilon_against_sampled_clients"] == pytest.approx(against_clients, rel=1e-3)
+        assert privacy["epsilon_against_sampled_clients"] > 2 * privacy["epsilon"]  # 3.83 against 1.37
+        assert privacy["statement_against_sampled_clients"].startswith(
+            f"(ε = {round_up(privacy['epsilon_against_sampled_clients']):g}, δ = {privacy['delta']:g}) client-level DP")
+    else:
+        assert "epsilon_against_sampled_clients" not in privacy
 
 
 def test_the_uncentred_count_would_have_cost_more_than_the_stated_epsilon():

@@ -51,6 +51,7 @@ def test_central_dp_summary_states_the_accountants_guarantee(small, mnist_dir, t
                 "RDP accountant; trusted server (sees each sampled update)")
     assert privacy["statement"] == sentence
     assert privacy["assumptions"] == central_assumptions(secure_aggregation=False)
+    assert "epsilon_against_sampled_clients" not in privacy  # without SecAgg+ no client sees the cohort
     assert f"privacy         {sentence}" in summary_table(summary_of(tmp_path))
     assert RunDir(tmp_path).read_config()["model"] == "tanh-cnn"  # auto: the DP recipe's model
     build_model("tanh-cnn").load_state_dict(torch.load(RunDir(tmp_path).model))

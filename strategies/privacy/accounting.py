@@ -13,6 +13,8 @@ multiplier σ and client sampling rate q; the accountant composes them and conve
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 # Opacus (with scipy) takes over a second to import: it is imported where it is used,
 # so that processes without DP (every ClientApp of a plain run) never load it.
 
@@ -48,6 +50,14 @@ class ClientLevelAccountant:
             return 0.0
         return composed_epsilon(self.kind, self.delta, tuple(tuple(entry) for entry in self._accountant.history))
 
+    def epsilon_without_sampling(self) -> float:
+        """ε at `delta` of the same rounds released at q = 1: what an observer who knows
+        every round's cohort is protected by (0 before the first round)."""
+        if not self._accountant.history:
+            return 0.0
+        return composed_epsilon(self.kind, self.delta,
+                                tuple((sigma, 1.0, steps) for sigma, _, steps in self._accountant.history))
+
     def epsilon_after_next(self, noise_multiplier: float, sample_rate: float) -> float:
         """ε if one more round with (σ, q) were released; the state is unchanged."""
         trial = ClientLevelAccountant(self.kind, self.delta)
@@ -82,7 +92,8 @@ def composed_epsilon(accountant: str, delta: float, history: tuple[tuple[float, 
 
     composed = create_accountant(mechanism=accountant)
     composed.history = list(history)
-    return float(composed.get_epsilon(delta=delta))
+    with np.errstate(divide="ignore"):  # PRV takes log(1 − q), −inf at q = 1, and handles it
+        return float(composed.get_epsilon(delta=delta))
 
 
 def epsilon_after(noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str) -> float:

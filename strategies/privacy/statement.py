@@ -32,8 +32,8 @@ SECAGG_DROPOUTS = ("a round whose SecAgg+ halts (more dropouts than the reconstr
                    "size are refused)")
 SECAGG_SHOWS_THE_COHORT = "SecAgg+ tells each sampled client its cohort's size and its neighbours' node ids"
 SECAGG_COHORT_SEEN = (f"{SECAGG_SHOWS_THE_COHORT}: against a client, the rounds it is sampled in are not amplified "
-                      "by sampling (ε assumes a secret sample; such a client is covered by the same mechanisms at "
-                      "q = 1)")
+                      "by sampling, so ε (which assumes a secret sample) does not hold against the clients; "
+                      "epsilon_against_sampled_clients does (every round at q = 1)")
 PUBLIC_DATASET_SIZE = ("each site's number of records is treated as public: its DP-SGD batch rate "
                        "(1/batches per epoch) and noise multiplier follow from it and reach the server")
 
@@ -69,13 +69,16 @@ def central_privacy(
     sampling_rate: float, rounds_accounted: int, accountant: str, clipping: str, clipping_norm: float,
     clients_per_round: float, population: int, secure_aggregation: bool, reproducible_noise: bool,
     mechanisms: list[dict[str, Any]], effective_noise_multiplier: float | None,
+    epsilon_against_sampled_clients: float,
 ) -> dict[str, Any]:
     """The privacy object of a central DP-FedAvg run (client-level); the server adds
     `unprotected_metrics_released`. `mechanisms` is the ledger of one round (each
     mechanism's name, unit, sensitivity and noise multiplier, `strategies.privacy.ledger`)
     and `effective_noise_multiplier` the σ they compose to, the one the accountant steps
-    with."""
-    return {
+    with. Under SecAgg+ the sampled clients learn their cohort, so a second figure and
+    statement hold against them: `epsilon_against_sampled_clients`, the same rounds at
+    q = 1."""
+    privacy = {
         "mode": "central",
         "level": "client",
         "epsilon": epsilon,
@@ -101,6 +104,13 @@ def central_privacy(
                                       "SecAgg+ hides each update)" if secure_aggregation else
                                       "trusted server (sees each sampled update)")),
     }
+    if secure_aggregation:
+        privacy["epsilon_against_sampled_clients"] = epsilon_against_sampled_clients
+        privacy["statement_against_sampled_clients"] = statement(
+            epsilon=epsilon_against_sampled_clients, delta=delta, level="client", population=population,
+            rounds=rounds_accounted, accountant=accountant, valid=not reproducible_noise,
+            trust="against the sampled clients too (no amplification by sampling: SecAgg+ shows them the cohort)")
+    return privacy
 
 
 SERVER_RUNS_THE_PROTOCOL = ("the server is honest but curious: it runs SecAgg+ and Poisson sampling as "
