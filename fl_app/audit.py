@@ -63,7 +63,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -518,24 +518,26 @@ def mechanism_audit(run_config: dict[str, Any], sensitivity_scale: float = 1.0,
     parts = (WeightedFedAvg(initial_parameters=initial), UpdateScreen(initial, log_rejections=False))
     cases = neighbouring_cohorts(reference, cfg.dp.clipping_norm, sends_deltas=cfg.dp.clipping == "client",
                                  foreign_clients=not cfg.secagg.enabled, rng=rng)
+    strategy: DPFedAvg
+    release: Callable[[Sequence[Reply]], Release]
+    l1_bounds: dict[str, float] = {}
     if cfg.dp.mode == "distributed":
-        strategy = DistributedDPFedAvg(
+        distributed = DistributedDPFedAvg(
             *parts, **options, accountant=SkellamAccountant(cfg.dp.delta), bits=cfg.dp.bits,
             dimension=sum(int(np.prod(shape)) for shape in AUDITED_SHAPES), seed=cfg.run.seed, secure_sum=False,
             threshold=lambda k: unmask_threshold(k, cfg.secagg.num_shares, cfg.secagg.reconstruction_threshold))
-        strategy.population = [str(k) for k in range(max(math.ceil(cfg.dp.clients_per_round), 1))]
-        strategy.settle_noise()
+        distributed.population = [str(k) for k in range(max(math.ceil(cfg.dp.clients_per_round), 1))]
+        distributed.settle_noise()
         seeds: dict[Reply, int] = {}
-        declared = strategy.mechanisms()
-        bounds = {m.name: sensitivity_scale * m.sensitivity_value(strategy.clipping_norm) for m in declared}
-        checks = check_sensitivity(lambda cohort: distributed_unnoised_release(strategy, cohort, cfg.secagg, seeds),
-                                   bounds, cases, {UPDATE_SUM: sensitivity_scale * strategy.skellam.l1_sensitivity})
-        return checks, len(declared)
-    central = DPFedAvg(*parts, **options, accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta))
-    declared = central.mechanisms()
-    bounds = {m.name: sensitivity_scale * m.sensitivity_value(central.clipping_norm) for m in declared}
-    checks = check_sensitivity(lambda cohort: unnoised_release(central, cohort, cfg.secagg), bounds, cases)
-    return checks, len(declared)
+        strategy = distributed
+        release = lambda cohort: distributed_unnoised_release(distributed, cohort, cfg.secagg, seeds)  # noqa: E731
+        l1_bounds = {UPDATE_SUM: sensitivity_scale * distributed.skellam.l1_sensitivity}
+    else:
+        strategy = DPFedAvg(*parts, **options, accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta))
+        release = lambda cohort: unnoised_release(strategy, cohort, cfg.secagg)  # noqa: E731
+    declared = strategy.mechanisms()
+    bounds = {m.name: sensitivity_scale * m.sensitivity_value(strategy.clipping_norm) for m in declared}
+    return check_sensitivity(release, bounds, cases, l1_bounds), len(declared)
 
 
 def audit_mechanisms(run_config: dict[str, Any], sensitivity_scale: float) -> int:
