@@ -45,6 +45,24 @@ def add_json(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--json", type=Path, default=Path(name))
 
 
+def add_set(parser: argparse.ArgumentParser, example: str) -> None:
+    """`--set KEY=VALUE` (repeatable): any other run-config key, VALUE read as JSON
+    (numbers, true/false), else as a string; `args.set` holds the (key, value) pairs."""
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"any other run-config key, e.g. --set {example}")
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` of `--set`: VALUE as JSON (numbers, true/false), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def write_json(path: Path, figures: dict[str, Any], *, show: bool = False) -> None:
     """Write `figures` to `path` as indented JSON (and print them with `show`)."""
     text = json.dumps(figures, indent=2)

@@ -41,6 +41,7 @@ from bench.common import (
     APP_DEFAULTS,
     add_data_dir,
     add_json,
+    add_set,
     argument_parser,
     machine,
     simulate,
@@ -98,17 +99,6 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             config[key] = value
     return config | dict(args.set)
-
-
-def setting(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE` of `--set`: VALUE as JSON (numbers, true/false), else as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def run_once(args: argparse.Namespace, epsilon: float, data_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -220,8 +210,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="default: the recipe's")
     parser.add_argument("--model", help="default: the recipe's")
     parser.add_argument("--clients-per-round", type=float, help="default: the recipe's")
-    parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
-                        help="any other run-config key, e.g. --set lr-schedule=constant (tuning)")
+    add_set(parser, "lr-schedule=constant (tuning)")
     parser.add_argument("--seed", type=int, default=APP_DEFAULTS["seed"])
     parser.add_argument("--holdout", action="store_true", help="tune: evaluate on held-out training images")
     parser.add_argument("--simulation", action="store_true", help="through run_simulation.py (Flower's engine)")

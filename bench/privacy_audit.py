@@ -12,7 +12,13 @@ the issue's configuration (20 clients, 200 canaries, 30 clients per round, 20 ro
 with 60 samples per client: the audit's statistics depend on the canaries, rounds, q and
 σ, not on the real clients' data, and 60 samples keep a run near a minute. Prints a
 Markdown table (flagged runs, ε reported and as run, the bounds' and the estimate's
-ranges, seconds) and writes every run's figures as JSON after each run.
+ranges, seconds) and writes every run's figures as JSON after each run. `--set KEY=VALUE`
+sets any other run-config key, e.g. the distributed-DP audit of the unit test's setting:
+
+    python -m bench.privacy_audit --num-clients 10 --samples-per-client 50 --canaries 500 \
+        --clients-per-round 60 --epsilons 1 --faults none noise-scale=0.5 noise-scale=0.25 \
+        --set dp-mode=distributed --set dp-clipping=client --set secure-aggregation=true \
+        --set secagg-reconstruction-threshold=0.9
 
     python -m bench.privacy_audit --simulate --runs 200
 
@@ -34,7 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import APP_DEFAULTS, add_data_dir, add_json, argument_parser, machine, write_json
+from bench.common import (
+    APP_DEFAULTS,
+    add_data_dir,
+    add_json,
+    add_set,
+    argument_parser,
+    machine,
+    run_config_text,
+    write_json,
+)
 
 
 def audit_once(args: argparse.Namespace, epsilon: float, fault: str, out: Path) -> dict[str, Any]:
@@ -49,7 +64,7 @@ def audit_once(args: argparse.Namespace, epsilon: float, fault: str, out: Path) 
         "validation-fraction": 0.0, "min-available-clients": args.num_clients, "num-server-rounds": args.rounds,
         "dp-mode": "central", "dp-target-epsilon": epsilon, "dp-noise-multiplier": 0.0, "dp-delta": args.delta,
         "dp-clients-per-round": args.clients_per_round,
-    }
+    } | dict(args.set)
     name, scale = parse_fault(fault) if fault != "none" else ("none", 1.0)
     started = time.perf_counter()
     figures = run_audit(config, args.num_clients, args.canaries, out,
@@ -122,9 +137,12 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=APP_DEFAULTS["dp-delta"])
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--simulate", action="store_true", help="an ideal mechanism simulated, no training")
+    add_set(parser, "dp-mode=distributed (trained runs only)")
     add_data_dir(parser)
     add_json(parser, "privacy_audit.json")
     args = parser.parse_args()
+    if args.simulate and args.set:
+        parser.error("--set applies to trained runs; --simulate draws an ideal Gaussian mechanism")
     settings = [(eps, fault) for eps in args.epsilons for fault in args.faults for _ in range(args.runs)]
     setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
     setup["machine"] = machine()
@@ -147,7 +165,8 @@ def main() -> None:
             write_json(args.json, {"setup": setup, "runs": runs})
     print(f"{args.num_clients} clients x {args.samples_per_client} samples + {args.canaries} canaries, "
           f"{args.clients_per_round:g} clients per round, {args.rounds} rounds, delta = {args.delta:g}, "
-          f"model {runs[0]['model']}, {args.runs} runs per row\n")
+          f"model {runs[0]['model']}, {args.runs} runs per row"
+          + (f", {run_config_text(dict(args.set))}" if args.set else "") + "\n")
     print("\n".join(table(runs)))
 
 

@@ -43,18 +43,22 @@ def test_the_audit_flags_a_broken_mechanism_and_only_that(audited, tmp_path, noi
         assert figures["epsilon_lower_95"] > 2.0 and figures["epsilon_gaussian_95"] > 100
 
 
-@pytest.mark.parametrize("noise_scale", [1.0, 0.5], ids=["correct", "noise-x0.5"])
+@pytest.mark.parametrize("noise_scale", [1.0, 0.25], ids=["correct", "noise-x0.25"])
 def test_the_audit_measures_distributed_dp(audited, tmp_path, noise_scale):
     """The same audit when the clients add the noise (canaries too, each its share of
-    Skellam noise) and the fault is a server that tells them half the σ: the correct run
-    is not flagged, the broken one is, against the Skellam accountant's ε."""
+    Skellam noise) and the fault is a server that tells them a quarter of the σ: the
+    correct run is not flagged, the broken one is, against the Skellam accountant's ε.
+    The fault is × 0.25, not × 0.5 as above: the Skellam accountant needs about twice the
+    σ of the Gaussian one for the same ε, so at × 0.5 this small run measures an effect of
+    σ ≈ 4.5 from about 1,150 insertions and flags it in only 10 of 12 runs (docs/audit.md);
+    at × 0.25 the Gaussian bound came out 3.1–4.0 against ε = 1 in 6 of 6."""
     distributed = audited | {"dp-mode": "distributed", "dp-clipping": "client", "secure-aggregation": True,
                              "secagg-reconstruction-threshold": 0.9}
     figures = run_audit(distributed, 10, 500, tmp_path, noise_scale=noise_scale, rng=np.random.default_rng(5))
     assert figures["epsilon_reported"] == pytest.approx(1.0, abs=0.02)
     assert figures["violation"] == (noise_scale < 1), figures
     if noise_scale < 1:
-        assert figures["epsilon_true"] > 1.5 * figures["epsilon_reported"]
+        assert figures["epsilon_true"] > 3 * figures["epsilon_reported"]
         assert 1 / 1.5 < figures["epsilon_estimate"] / figures["epsilon_true"] < 1.5, figures
 
 
