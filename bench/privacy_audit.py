@@ -40,16 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (
-    APP_DEFAULTS,
-    add_data_dir,
-    add_json,
-    add_set,
-    argument_parser,
-    machine,
-    run_config_text,
-    write_json,
-)
+from bench.common import APP_DEFAULTS, add_data_dir, add_json, add_set, argument_parser, machine, write_json
 
 
 def audit_once(args: argparse.Namespace, epsilon: float, fault: str, out: Path) -> dict[str, Any]:
@@ -166,7 +157,7 @@ def main() -> None:
     print(f"{args.num_clients} clients x {args.samples_per_client} samples + {args.canaries} canaries, "
           f"{args.clients_per_round:g} clients per round, {args.rounds} rounds, delta = {args.delta:g}, "
           f"model {runs[0]['model']}, {args.runs} runs per row"
-          + (f", {run_config_text(dict(args.set))}" if args.set else "") + "\n")
+          + "".join(f", {key}={value}" for key, value in args.set) + "\n")
     print("\n".join(table(runs)))
 
 

@@ -1,8 +1,12 @@
-"""bench/dp_utility.py builds each cell's run-config from the recipe of its DP mode."""
+"""bench/dp_utility.py builds each cell's run-config from the recipe of its DP mode;
+`--set` (bench/common.py) overrides any key."""
 
 import argparse
 from pathlib import Path
 
+import pytest
+
+from bench.common import add_set
 from bench.dp_utility import result_line, run_config
 from fl_app.config import APP_DIR, AppConfig, auto_table, project_defaults
 
@@ -46,3 +50,15 @@ def test_the_result_line_of_a_local_and_of_a_plain_run():
                                         "noise_multiplier=1.2 sampling_rate=0.0500 rounds=3 model=tanh-cnn")
     plain = local | {"privacy": None}
     assert "epsilon=inf" in result_line(plain, 1e-5) and "rounds=3" in result_line(plain, 1e-5)
+
+
+def test_set_reads_json_values_else_strings_and_refuses_a_pair_without_equals(capsys):
+    parser = argparse.ArgumentParser()
+    add_set(parser, "dp-mode=distributed")
+    parsed = parser.parse_args(["--set", "secure-aggregation=true", "--set", "dp-bits=18", "--set",
+                                "dp-mode=distributed", "--set", "data-dir=a=b"])
+    assert parsed.set == [("secure-aggregation", True), ("dp-bits", 18), ("dp-mode", "distributed"),
+                          ("data-dir", "a=b")]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--set", "dp-bits"])
+    assert "argument --set: expected KEY=VALUE, got 'dp-bits'" in capsys.readouterr().err
