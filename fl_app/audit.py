@@ -60,6 +60,7 @@ understated sensitivity the check must flag).
 """
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -528,13 +529,13 @@ def mechanism_audit(run_config: dict[str, Any], sensitivity_scale: float = 1.0,
             threshold=lambda k: unmask_threshold(k, cfg.secagg.num_shares, cfg.secagg.reconstruction_threshold))
         distributed.population = [str(k) for k in range(max(math.ceil(cfg.dp.clients_per_round), 1))]
         distributed.settle_noise()
-        seeds: dict[Reply, int] = {}
         strategy = distributed
-        release = lambda cohort: distributed_unnoised_release(distributed, cohort, cfg.secagg, seeds)  # noqa: E731
+        release = functools.partial(distributed_unnoised_release, distributed, secagg=cfg.secagg,
+                                    rounding_seeds={})
         l1_bounds = {UPDATE_SUM: sensitivity_scale * distributed.skellam.l1_sensitivity}
     else:
         strategy = DPFedAvg(*parts, **options, accountant=ClientLevelAccountant(cfg.dp.accountant, cfg.dp.delta))
-        release = lambda cohort: unnoised_release(strategy, cohort, cfg.secagg)  # noqa: E731
+        release = functools.partial(unnoised_release, strategy, secagg=cfg.secagg)
     declared = strategy.mechanisms()
     bounds = {m.name: sensitivity_scale * m.sensitivity_value(strategy.clipping_norm) for m in declared}
     return check_sensitivity(release, bounds, cases, l1_bounds), len(declared)

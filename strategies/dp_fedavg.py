@@ -455,5 +455,6 @@ class DPFedAvg(AroundStrategy):
             reproducible_noise=self.randomness.reproducible,
             mechanisms=[m.as_dict() for m in mechanisms],
             effective_noise_multiplier=effective_noise_multiplier(mechanisms) if mechanisms else None,
-            epsilon_against_sampled_clients=self.accountant.epsilon_without_sampling(),
+            epsilon_against_sampled_clients=(self.accountant.epsilon_without_sampling()
+                                             if self.secure_aggregation else None),
         )}

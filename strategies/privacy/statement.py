@@ -69,7 +69,7 @@ def central_privacy(
     sampling_rate: float, rounds_accounted: int, accountant: str, clipping: str, clipping_norm: float,
     clients_per_round: float, population: int, secure_aggregation: bool, reproducible_noise: bool,
     mechanisms: list[dict[str, Any]], effective_noise_multiplier: float | None,
-    epsilon_against_sampled_clients: float,
+    epsilon_against_sampled_clients: float | None,
 ) -> dict[str, Any]:
     """The privacy object of a central DP-FedAvg run (client-level); the server adds
     `unprotected_metrics_released`. `mechanisms` is the ledger of one round (each
@@ -77,7 +77,7 @@ def central_privacy(
     and `effective_noise_multiplier` the σ they compose to, the one the accountant steps
     with. Under SecAgg+ the sampled clients learn their cohort, so a second figure and
     statement hold against them: `epsilon_against_sampled_clients`, the same rounds at
-    q = 1."""
+    q = 1 (None without SecAgg+)."""
     privacy = {
         "mode": "central",
         "level": "client",
@@ -104,7 +104,7 @@ def central_privacy(
                                       "SecAgg+ hides each update)" if secure_aggregation else
                                       "trusted server (sees each sampled update)")),
     }
-    if secure_aggregation:
+    if epsilon_against_sampled_clients is not None:
         privacy["epsilon_against_sampled_clients"] = epsilon_against_sampled_clients
         privacy["statement_against_sampled_clients"] = statement(
             epsilon=epsilon_against_sampled_clients, delta=delta, level="client", population=population,
